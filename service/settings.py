@@ -1,0 +1,210 @@
+"""Settings: environment first (``BDI_*``, then the old ``BRAKEDISC_*`` and the spec's bare names),
+then an optional TOML config file (``BDI_CONFIG``), then defaults.
+
+One table (``_FIELDS``) says, per setting, which variables are read in which order, how the text is
+parsed and what the default is; the README's settings table is written from the same facts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+MODEL_NAME = "vit_small_patch14_dinov2.lvd142m"
+PATCH_SIZE = 14
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"{text!r} is not a boolean (use 1/0, true/false)")
+
+
+def _parse_positive_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{text!r} is not a finite number > 0")
+    return value
+
+
+def _parse_positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"{text!r} is not an integer > 0")
+    return value
+
+
+def _parse_rate(text: str) -> float:
+    value = float(text)
+    if not (0 < value <= 1):
+        raise ValueError(f"{text!r} is not a rate in (0, 1]")
+    return value
+
+
+def _parse_percentile(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise ValueError(f"{text!r} is not an integer percentile in 1..100")
+    return value
+
+
+def _parse_input_size(text: str) -> int:
+    value = int(text)
+    if value <= 0 or value % PATCH_SIZE:
+        raise ValueError(f"{text!r} is not a positive multiple of {PATCH_SIZE}")
+    return value
+
+
+def _parse_port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise ValueError(f"{text!r} is not a TCP port")
+    return value
+
+
+def _parse_device(text: str) -> str:
+    value = text.strip().lower()
+    if value in {"auto", "cpu", "cuda", "mps"} or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise ValueError(f"{text!r} is not one of auto, cpu, cuda, cuda:N, mps")
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    env: tuple[str, ...]
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+
+_FIELDS: dict[str, _Field] = {
+    "models_dir": _Field(("BDI_MODELS_DIR", "BRAKEDISC_MODELS_DIR"), _text, "models",
+                         "root folder of the model artifacts and the registry"),
+    "database_url": _Field(("BDI_DATABASE_URL",), _text, "",
+                           "SQLAlchemy URL of the registry; empty: sqlite:///<models_dir>/registry.sqlite3"),
+    "device": _Field(("BDI_DEVICE", "BRAKEDISC_DEVICE", "DEVICE"), _parse_device, "auto",
+                     "auto | cpu | cuda | cuda:N | mps"),
+    "input_size": _Field(("BDI_INPUT_SIZE", "BRAKEDISC_INPUT_SIZE"), _parse_input_size, 448,
+                         "letterbox side in pixels, a multiple of 14 (token grid = input_size / 14)"),
+    "weights": _Field(("BDI_WEIGHTS", "BRAKEDISC_WEIGHTS"), _text, "hub",
+                      "hub (timm pretrained, local HF cache honoured) | path to .safetensors/.pth | random"),
+    "coreset_rate": _Field(("BDI_CORESET_RATE", "BRAKEDISC_CORESET_RATE", "CORESET_RATE"), _parse_rate, 0.02,
+                           "fraction of patches kept in the memory bank"),
+    "score_percentile": _Field(("BDI_SCORE_PERCENTILE", "BRAKEDISC_SCORE_PERCENTILE"), _parse_percentile, 99,
+                               "default percentile of calibration and of the score when uncalibrated"),
+    "area_mm2_thr": _Field(("BDI_AREA_MM2_THR", "BRAKEDISC_AREA_MM2_THR"), _parse_positive_float, 1.0,
+                           "default smallest region area in mm2"),
+    "host": _Field(("BDI_BACKEND_HOST", "BRAKEDISC_BACKEND_HOST"), _text, "127.0.0.1",
+                   "bind address (the bare HOST variable is deliberately not read)"),
+    "port": _Field(("BDI_BACKEND_PORT", "BRAKEDISC_BACKEND_PORT", "PORT"), _parse_port, 8000, "bind port"),
+    "max_fit_images": _Field(("BDI_MAX_FIT_IMAGES",), _parse_positive_int, 1000,
+                             "most images in one /fit_ok (else 413)"),
+    "max_image_pixels": _Field(("BDI_MAX_IMAGE_PIXELS",), _parse_positive_int, 100_000_000,
+                               "most pixels of one image, read from its header before decoding (else 413)"),
+    "max_body_mb": _Field(("BDI_MAX_BODY_MB",), _parse_positive_float, 1024.0,
+                          "largest request body in MB (else 413)"),
+    "keep_versions": _Field(("BDI_KEEP_VERSIONS",), _parse_positive_int, 5,
+                            "memory versions kept per model, the active one included"),
+    "cache_size": _Field(("BDI_CACHE_SIZE",), _parse_positive_int, 16,
+                         "memory banks kept loaded per process"),
+    "fit_batch_size": _Field(("BDI_FIT_BATCH_SIZE",), _parse_positive_int, 8,
+                             "images per backbone forward during a fit"),
+    "error_trace": _Field(("BDI_ERROR_TRACE",), _parse_bool, True,
+                          "include the traceback in 500 bodies"),
+    "log_level": _Field(("BDI_LOG_LEVEL",), lambda t: t.strip().upper(), "INFO", "logging level"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every knob of the service, resolved once at start-up."""
+
+    models_dir: Path
+    database_url: str
+    device: str
+    input_size: int
+    weights: str
+    coreset_rate: float
+    score_percentile: int
+    area_mm2_thr: float
+    host: str
+    port: int
+    max_fit_images: int
+    max_image_pixels: int
+    max_body_mb: float
+    keep_versions: int
+    cache_size: int
+    fit_batch_size: int
+    error_trace: bool
+    log_level: str
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        side = self.input_size // PATCH_SIZE
+        return side, side
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Resolve every setting; ``overrides`` (e.g. the CLI's ``--models-dir``) win over everything."""
+        env = os.environ if env is None else env
+        file_values = _read_config_file(env.get("BDI_CONFIG", ""))
+        values: dict[str, Any] = {}
+        for name, spec in _FIELDS.items():
+            if overrides.get(name) is not None:
+                values[name] = overrides[name]
+                continue
+            source, raw = next(((var, env[var]) for var in spec.env if env.get(var, "").strip()), (None, None))
+            if raw is None and name in file_values:
+                source, raw = f"{env['BDI_CONFIG']}:{name}", str(file_values[name])
+            if raw is None:
+                values[name] = spec.default
+                continue
+            try:
+                values[name] = spec.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"Setting {source} is invalid: {exc}.") from None
+        values["models_dir"] = Path(values["models_dir"]).expanduser()
+        if not values["database_url"]:
+            values["database_url"] = f"sqlite:///{(values['models_dir'] / 'registry.sqlite3').resolve()}"
+        return cls(**values)
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    if not path.strip():
+        return {}
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"Setting BDI_CONFIG={path!r} can't be read: {exc}.") from None
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"Config file {path!r} has unknown keys {unknown}; known keys: {sorted(_FIELDS)}.")
+    return data
+
+
+def settings_table() -> list[tuple[str, str, str, str]]:
+    """(setting, variables, default, meaning) rows, for the README and ``bdi --help``."""
+    return [(name, " / ".join(spec.env), str(spec.default), spec.help) for name, spec in _FIELDS.items()]
