@@ -1,0 +1,107 @@
+"""From per-patch nearest distances to what /infer answers: the anomaly map in the uploaded image's
+pixels, its score, the heatmap PNG and the defect regions.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .letterbox import Letterbox
+
+_BLUR_KSIZE = (7, 7)
+_BLUR_SIGMA = 1
+
+
+def anomaly_map(distances: np.ndarray, grid: tuple[int, int], letterbox: Letterbox) -> np.ndarray:
+    """The (src_h, src_w) float32 map, aligned pixel for pixel with the uploaded image.
+
+    The token grid covers the whole letterboxed canvas, padding included, so the map is first
+    brought to canvas size, then the pasted box is cut out and only that is stretched to the image
+    (stretching the whole square misplaced regions on non-square ROIs).
+    """
+    rows, cols = grid
+    tokens = np.asarray(distances, dtype=np.float32).reshape(rows, cols)
+    canvas = cv2.resize(tokens, (letterbox.size, letterbox.size), interpolation=cv2.INTER_LINEAR)
+    pasted = canvas[letterbox.y0 : letterbox.y0 + letterbox.height, letterbox.x0 : letterbox.x0 + letterbox.width]
+    image = cv2.resize(pasted, (letterbox.src_w, letterbox.src_h), interpolation=cv2.INTER_LINEAR)
+    return cv2.GaussianBlur(image, _BLUR_KSIZE, _BLUR_SIGMA)
+
+
+def image_score(amap: np.ndarray, mask: np.ndarray, percentile: float) -> float:
+    """The ``percentile`` (linear interpolation) of the map inside the mask."""
+    return float(np.percentile(_masked(amap, mask), percentile))
+
+
+def heatmap_png(amap: np.ndarray, mask: np.ndarray) -> bytes:
+    """8-bit single-channel PNG of the map: the mask's 1st..99th percentile stretched to 0..255.
+
+    Pixels outside the mask are 0; a map that is flat inside the mask is all 0 (nothing stands out).
+    """
+    mask = _checked_mask(amap, mask)
+    low, high = (float(v) for v in np.percentile(_masked(amap, mask), [1, 99]))
+    scaled = np.zeros(amap.shape, dtype=np.uint8)
+    if high > low:
+        unit = np.clip((amap[mask] - low) / (high - low), 0.0, 1.0)
+        scaled[mask] = (unit * 255).astype(np.uint8)
+    ok, png = cv2.imencode(".png", scaled)
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the heatmap as PNG")
+    return png.tobytes()
+
+
+def find_regions(
+    amap: np.ndarray, mask: np.ndarray, threshold: float, mm_per_px: float, area_mm2_thr: float
+) -> list[dict]:
+    """Connected areas (8-connectivity) where the map >= threshold inside the mask, largest first.
+
+    Areas below ``area_mm2_thr`` are dropped. ``area_px`` is the component's pixel count (a 1-px line
+    has a real area); the outline is traced on the component's bounding box only, so a large image
+    with many small spots stays fast. All coordinates are Python ints (JSON-ready).
+    """
+    hot = ((amap >= threshold) & _checked_mask(amap, mask)).astype(np.uint8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(hot, connectivity=8)
+    areas_mm2 = stats[:, cv2.CC_STAT_AREA] * mm_per_px**2
+    kept = np.flatnonzero(areas_mm2 >= area_mm2_thr)
+    kept = kept[kept > 0]  # label 0 is the background
+    kept = kept[np.argsort(-stats[kept, cv2.CC_STAT_AREA], kind="stable")]  # ties keep raster order
+    regions = []
+    for label in kept:
+        x, y, w, h, area = (int(v) for v in stats[label, :5])
+        regions.append(
+            {
+                "bbox": [x, y, w, h],
+                "x": x,
+                "y": y,
+                "w": w,
+                "h": h,
+                "area_px": float(area),
+                "area_mm2": float(areas_mm2[label]),
+                "contour": _outline(labels[y : y + h, x : x + w] == label, (x, y)),
+            }
+        )
+    return regions
+
+
+def _outline(component: np.ndarray, offset: tuple[int, int]) -> list[list[int]]:
+    """External outline of one component (its largest contour), in image coordinates."""
+    contours, _ = cv2.findContours(
+        component.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=offset
+    )
+    largest = max(contours, key=lambda contour: (cv2.contourArea(contour), len(contour)))
+    return [[int(px), int(py)] for px, py in largest.reshape(-1, 2)]
+
+
+def _checked_mask(amap: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != amap.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from the anomaly map's {amap.shape}")
+    return mask
+
+
+def _masked(amap: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The map's values inside the mask; an empty mask is a caller bug (shape_mask refuses those)."""
+    values = amap[_checked_mask(amap, mask)]
+    if values.size == 0:
+        raise ValueError("the mask covers no pixel of the anomaly map")
+    return values
