@@ -1,0 +1,28 @@
+"""Alembic environment. No ``fileConfig`` here: it would silence the service's loggers.
+
+The service passes its own engine (``config.attributes["engine"]``) so that the SQLite pragmas and
+BEGIN handling are the registry's; by hand, the URL comes from the service's settings.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+
+from service.registry.database import make_engine
+from service.registry.tables import Base
+from service.settings import Settings
+
+
+def run_migrations() -> None:
+    engine = context.config.attributes.get("engine")
+    if engine is None:
+        engine = make_engine(context.config.get_main_option("sqlalchemy.url") or Settings.load().database_url)
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+if context.is_offline_mode():
+    raise SystemExit("Offline (--sql) migrations are not supported; run them against the database.")
+run_migrations()

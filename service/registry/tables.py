@@ -1,0 +1,84 @@
+"""Registry tables. They index what is on disk (never the only copy of anything): a model per
+(role, roi), one row per memory version, one row per calibration (the history)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Model(Base):
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("role_id", "roi_id", name="uq_models_role_roi"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    role_id: Mapped[str] = mapped_column(String(128))
+    roi_id: Mapped[str] = mapped_column(String(128))
+    folder: Mapped[str] = mapped_column(String(600), doc="model folder, relative to the models dir")
+    active_version: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[str] = mapped_column(String(40))
+    updated_at: Mapped[str] = mapped_column(String(40))
+
+    versions: Mapped[list[MemoryVersion]] = relationship(
+        back_populates="model", cascade="all, delete-orphan", passive_deletes=True
+    )
+    calibrations: Mapped[list[Calibration]] = relationship(
+        back_populates="model", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class MemoryVersion(Base):
+    __tablename__ = "memory_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version", name="uq_memory_versions_model_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    n_embeddings: Mapped[int] = mapped_column(Integer)
+    coreset_size: Mapped[int] = mapped_column(Integer)
+    coreset_rate_requested: Mapped[float | None] = mapped_column(Float)
+    coreset_rate_applied: Mapped[float | None] = mapped_column(Float)
+    token_h: Mapped[int] = mapped_column(Integer)
+    token_w: Mapped[int] = mapped_column(Integer)
+    embed_dim: Mapped[int] = mapped_column(Integer)
+    extractor: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    memory_path: Mapped[str] = mapped_column(String(700))
+    memory_sha256: Mapped[str] = mapped_column(String(64))
+    memory_bytes: Mapped[int] = mapped_column(Integer)
+    index_path: Mapped[str | None] = mapped_column(String(700))
+    index_sha256: Mapped[str | None] = mapped_column(String(64))
+    index_bytes: Mapped[int | None] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(16), doc="fit | migrated")
+    legacy_path: Mapped[str | None] = mapped_column(String(1000))
+    created_at: Mapped[str] = mapped_column(String(40))
+
+    model: Mapped[Model] = relationship(back_populates="versions")
+
+
+class Calibration(Base):
+    __tablename__ = "calibrations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32), unique=True, doc="id of the history.jsonl entry")
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    memory_version: Mapped[int | None] = mapped_column(Integer, doc="active memory version when calibrated")
+    threshold: Mapped[float] = mapped_column(Float)
+    ok_mean: Mapped[float | None] = mapped_column(Float)
+    ng_mean: Mapped[float | None] = mapped_column(Float)
+    p99_ok: Mapped[float | None] = mapped_column(Float)
+    p5_ng: Mapped[float | None] = mapped_column(Float)
+    mm_per_px: Mapped[float | None] = mapped_column(Float)
+    area_mm2_thr: Mapped[float | None] = mapped_column(Float)
+    score_percentile: Mapped[int | None] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(16), doc="api | cli | legacy")
+    correlation_id: Mapped[str | None] = mapped_column(String(128))
+    client: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[str | None] = mapped_column(String(40))
+
+    model: Mapped[Model] = relationship(back_populates="calibrations")
