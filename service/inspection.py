@@ -1,0 +1,367 @@
+"""The inspection service: fit, calibrate, infer and state for one (role, roi).
+
+One code path for the HTTP routes and the CLI. Routes parse and shape; everything that decides
+anything happens here, and every failure a client can cause is a ``ServiceError`` (a 4xx).
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+import unicodedata
+import uuid
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .anomaly_map import anomaly_map, find_regions, heatmap_png, image_score
+from .artifacts import ModelStore, utc_now
+from .calibration import calibrate as calibration_rule
+from .errors import BadRequest, NotFitted, PayloadTooLarge, TokenGridMismatch
+from .features import FeatureExtractor
+from .images import decode_image
+from .letterbox import Letterbox
+from .masks import parse_shape, shape_mask
+from .patchcore import MemoryIndex, coreset_size, select_coreset
+from .registry import ModelState, Registry
+from .settings import MODEL_NAME, Settings
+
+logger = logging.getLogger(__name__)
+
+MAX_ID_LENGTH = 128
+CORESET_SEED = 0
+MIN_FREE_DISK_BYTES = 256 * 1024 * 1024
+_FORBIDDEN_ID_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    filename: str
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestContext:
+    """Who asked: recorded with each calibration (audit) and in the logs."""
+
+    correlation_id: str | None = None
+    client: str | None = None
+    source: str = "api"
+
+
+def validate_id(field: str, value: str) -> str:
+    """Ids are free text (any printable Unicode, 1..128 chars), case-sensitive, kept exactly."""
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"{field} is empty; send the name of the {field.split('_')[0]} (1 to 128 characters).")
+    if len(value) > MAX_ID_LENGTH:
+        raise BadRequest(f"{field} has {len(value)} characters; use at most {MAX_ID_LENGTH}.")
+    bad = next((c for c in value if unicodedata.category(c) in _FORBIDDEN_ID_CATEGORIES), None)
+    if bad is not None:
+        raise BadRequest(f"{field} contains the control character U+{ord(bad):04X}; use printable characters only.")
+    return value
+
+
+def validate_mm_per_px(value: float) -> float:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise BadRequest(f"mm_per_px must be a finite number > 0 (millimetres per pixel), got {value!r}.")
+    return float(value)
+
+
+class MemoryCache:
+    """Loaded memory banks per process, keyed by the registry's version: a refit elsewhere is a miss."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: collections.OrderedDict[tuple[Any, ...], MemoryIndex] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple[Any, ...]) -> MemoryIndex | None:
+        with self._lock:
+            index = self._items.get(key)
+            if index is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return index
+
+    def put(self, key: tuple[Any, ...], index: MemoryIndex) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+            self._items[key] = index
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+class InspectionService:
+    def __init__(self, settings: Settings, extractor: FeatureExtractor | None = None) -> None:
+        self.settings = settings
+        self.extractor = extractor or FeatureExtractor(
+            input_size=settings.input_size, weights=settings.weights, device=settings.device
+        )
+        if self.extractor.input_size != settings.input_size:
+            raise ValueError("The extractor's input size differs from settings.input_size.")
+        self.store = ModelStore(settings.models_dir, settings.keep_versions)
+        self.registry = Registry(settings.database_url, settings.models_dir / ".registry.lock")
+        self.cache = MemoryCache(settings.cache_size)
+
+    # ---- life cycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Migrate the registry, clean what killed writes left, and index folders it does not know."""
+        self.settings.models_dir.mkdir(parents=True, exist_ok=True)
+        self.registry.upgrade()
+        self.store.cleanup_leftovers()
+        imported = 0
+        for folder in self.store.scan():
+            self.registry.sync_folder(self.store, folder)
+            imported += 1
+        removed = self.registry.remove_missing(self.store)
+        logger.info(
+            "Service ready: device=%s weights=%s input_size=%d grid=%s models_dir=%s registry=%s models=%d%s",
+            self.extractor.device_name, self.extractor.weights_source, self.settings.input_size,
+            self.extractor.grid, self.settings.models_dir.resolve(), self.registry.url, imported,
+            f" (dropped {len(removed)} model(s) whose folders are gone)" if removed else "",
+        )
+
+    def close(self) -> None:
+        self.registry.dispose()
+
+    # ---- fit ------------------------------------------------------------------------------------
+    def fit(
+        self, role_id: str, roi_id: str, mm_per_px: float, images: list[Upload], memory_fit: bool = False,
+        context: RequestContext = RequestContext(),
+    ) -> dict[str, Any]:
+        validate_id("role_id", role_id)
+        validate_id("roi_id", roi_id)
+        validate_mm_per_px(mm_per_px)
+        if not images:
+            raise BadRequest("No images were sent; attach 1 or more OK images as 'images'.")
+        if len(images) > self.settings.max_fit_images:
+            raise PayloadTooLarge(
+                f"{len(images)} images in one fit is over the limit of {self.settings.max_fit_images} "
+                "(BDI_MAX_FIT_IMAGES); send fewer images or raise the limit."
+            )
+        started = time.perf_counter()
+        decoded = [decode_image(u.data, u.filename, self.settings.max_image_pixels) for u in images]
+        features = self.extractor.extract(decoded, batch_size=self.settings.fit_batch_size)
+        extracted = time.perf_counter()
+        embeddings = features.reshape(-1, features.shape[-1])
+        n_embeddings = int(embeddings.shape[0])
+        rate = 1.0 if memory_fit else self.settings.coreset_rate
+        size = coreset_size(n_embeddings, rate)
+        memory = embeddings if size >= n_embeddings else embeddings[select_coreset(embeddings, size, seed=CORESET_SEED)]
+        memory = np.ascontiguousarray(memory, dtype=np.float32)
+        index = MemoryIndex.build(memory)
+        selected = time.perf_counter()
+        grid = self.extractor.grid
+        metadata = {
+            "n_embeddings": n_embeddings,
+            "n_images": len(images),
+            "coreset_rate_requested": rate,
+            "coreset_rate_applied": memory.shape[0] / n_embeddings,
+            "coreset_seed": CORESET_SEED,
+            "mm_per_px": mm_per_px,
+            "extractor": self.extractor.fingerprint,
+            "created_at": utc_now(),
+        }
+        folder = self.store.model_dir(role_id, roi_id, create=True)
+        with self.store.locked(folder):
+            files = self.store.write_version(folder, memory, grid, metadata, index.to_bytes())
+            self.registry.add_version(self.store, role_id, roi_id, folder, files)
+        state = self.registry.state(role_id, roi_id)
+        if state is not None:
+            self.cache.put(self._cache_key(state), index)
+        logger.info(
+            "fit role=%r roi=%r images=%d patches=%d coreset=%d version=%d extract=%.2fs coreset+index=%.2fs "
+            "write=%.2fs total=%.2fs",
+            role_id, roi_id, len(images), n_embeddings, memory.shape[0], files.version, extracted - started,
+            selected - extracted, time.perf_counter() - selected, time.perf_counter() - started,
+        )
+        return {
+            "n_embeddings": n_embeddings,
+            "coreset_size": int(memory.shape[0]),
+            "token_shape": [grid[0], grid[1]],
+            "coreset_rate_requested": rate,
+            "coreset_rate_applied": memory.shape[0] / n_embeddings,
+        }
+
+    # ---- calibrate ------------------------------------------------------------------------------
+    def calibrate(
+        self, role_id: str, roi_id: str, ok_scores: list[float], ng_scores: list[float] | None = None,
+        mm_per_px: float = 0.2, area_mm2_thr: float | None = None, score_percentile: int | None = None,
+        context: RequestContext = RequestContext(),
+    ) -> dict[str, Any]:
+        validate_id("role_id", role_id)
+        validate_id("roi_id", roi_id)
+        validate_mm_per_px(mm_per_px)
+        values = calibration_rule(
+            ok_scores, ng_scores,
+            score_percentile=self.settings.score_percentile if score_percentile is None else score_percentile,
+            mm_per_px=mm_per_px,
+            area_mm2_thr=self.settings.area_mm2_thr if area_mm2_thr is None else area_mm2_thr,
+        )
+        folder = self.store.model_dir(role_id, roi_id, create=True)
+        with self.store.locked(folder):
+            entry = {
+                "uid": uuid.uuid4().hex,
+                "created_at": utc_now(),
+                "source": context.source,
+                "memory_version": self.store.active_version(folder),
+                "correlation_id": context.correlation_id,
+                "client": context.client,
+            }
+            self.store.write_calibration(folder, values, entry)
+            self.registry.add_calibration(self.store, role_id, roi_id, folder, {**entry, "calibration": values})
+        logger.info(
+            "calibrate role=%r roi=%r n_ok=%d n_ng=%d threshold=%.6f percentile=%s",
+            role_id, roi_id, len(ok_scores), len(ng_scores or []), values["threshold"], values["score_percentile"],
+        )
+        return values
+
+    # ---- infer ----------------------------------------------------------------------------------
+    def infer(
+        self, role_id: str, roi_id: str, mm_per_px: float, image: Upload, shape: str | None = None,
+        context: RequestContext = RequestContext(),
+    ) -> dict[str, Any]:
+        validate_id("role_id", role_id)
+        validate_id("roi_id", roi_id)
+        validate_mm_per_px(mm_per_px)
+        parsed_shape = parse_shape(shape)
+        started = time.perf_counter()
+        state = self.model_state(role_id, roi_id)
+        if state is None or state.active is None:
+            raise NotFitted(role_id, roi_id)
+        if state.active.token_grid != self.extractor.grid:
+            raise TokenGridMismatch(got=self.extractor.grid, expected=state.active.token_grid)
+        bgr = decode_image(image.data, image.filename, self.settings.max_image_pixels)
+        height, width = bgr.shape[:2]
+        mask = shape_mask(parsed_shape, width, height)
+        index = self._memory_index(state)
+        loaded = time.perf_counter()
+        features = self.extractor.extract([bgr])[0]
+        extracted = time.perf_counter()
+        distances = index.nearest_distances(features)
+        amap = anomaly_map(distances, self.extractor.grid, Letterbox.fit(width, height, self.settings.input_size))
+        calibration = state.calibration.values if state.calibration is not None else None
+        percentile = (calibration or {}).get("score_percentile") or self.settings.score_percentile
+        score = image_score(amap, mask, percentile)
+        threshold = calibration["threshold"] if calibration is not None else None
+        regions: list[dict[str, Any]] = []
+        if threshold is not None:
+            area_thr = calibration.get("area_mm2_thr")
+            area_thr = self.settings.area_mm2_thr if area_thr is None else area_thr
+            regions = find_regions(amap, mask, threshold, mm_per_px, area_thr)
+        heatmap = base64.b64encode(heatmap_png(amap, mask)).decode("ascii")
+        decision = None if threshold is None else ("ng" if score >= threshold else "ok")
+        logger.info(
+            "infer role=%r roi=%r image=%dx%d version=%d score=%.6f decision=%s regions=%d load=%.3fs "
+            "extract=%.3fs total=%.3fs",
+            role_id, roi_id, width, height, state.active_version, score, decision, len(regions),
+            loaded - started, extracted - loaded, time.perf_counter() - started,
+        )
+        return {
+            "score": score,
+            "threshold": threshold,
+            "decision": decision,
+            "token_shape": list(self.extractor.grid),
+            "heatmap_png_base64": heatmap,
+            "regions": regions,
+        }
+
+    # ---- state & health -------------------------------------------------------------------------
+    def model_state(self, role_id: str, roi_id: str) -> ModelState | None:
+        """The registry's rows; a folder on disk the registry does not know is imported on first use."""
+        state = self.registry.state(role_id, roi_id)
+        if state is None:
+            folder = self.store.model_dir(role_id, roi_id)
+            described = self.store.describe(folder) if folder is not None else None
+            if described is not None:
+                logger.info("Importing model folder %s into the registry", folder)
+                self.registry.sync_folder(self.store, described)
+                state = self.registry.state(role_id, roi_id)
+        return state
+
+    def state(self, role_id: str, roi_id: str) -> dict[str, Any]:
+        validate_id("role_id", role_id)
+        validate_id("roi_id", roi_id)
+        state = self.model_state(role_id, roi_id)
+        fitted = state is not None and state.active is not None
+        return {
+            "status": "ok",
+            "role_id": role_id,
+            "roi_id": roi_id,
+            "memory_fitted": fitted,
+            "fitted": fitted,
+            "calib_present": state is not None and state.calibration is not None,
+            "token_shape": list(state.active.token_grid) if fitted else None,
+            "version": state.active_version if fitted else None,
+            "calib_source": state.calibration.source if state is not None and state.calibration else None,
+        }
+
+    def health(self) -> dict[str, Any]:
+        problems = []
+        models_dir = self.settings.models_dir
+        if not os.access(models_dir, os.W_OK):
+            problems.append(f"models dir {models_dir} is not writable")
+        else:
+            free = shutil.disk_usage(models_dir).free
+            if free < MIN_FREE_DISK_BYTES:
+                problems.append(f"only {free // (1024 * 1024)} MB free on the disk of {models_dir}")
+        models = None
+        try:
+            models = self.registry.count_models()
+        except Exception as exc:  # noqa: BLE001 - any registry failure is reported, not raised
+            problems.append(f"registry unreadable: {exc}")
+        body: dict[str, Any] = {
+            "status": "degraded" if problems else "ok",
+            "device": self.extractor.device_name,
+            "model": MODEL_NAME,
+            "version": __version__,
+            "weights": self.extractor.weights_source,
+            "input_size": self.settings.input_size,
+            "token_shape": list(self.extractor.grid),
+            "models": models,
+        }
+        if problems:
+            body["problems"] = problems
+        return body
+
+    # ---- memory cache ---------------------------------------------------------------------------
+    @staticmethod
+    def _cache_key(state: ModelState) -> tuple[Any, ...]:
+        assert state.active is not None
+        return (state.model_id, state.active_version, state.active.memory_sha256)
+
+    def _memory_index(self, state: ModelState) -> MemoryIndex:
+        key = self._cache_key(state)
+        index = self.cache.get(key)
+        if index is not None:
+            return index
+        folder = self.store.root / state.folder
+        try:
+            loaded = self.store.load_memory(folder, state.active_version)
+        except FileNotFoundError:
+            # Pruned or removed by another process since the registry was read: re-index, re-ask.
+            described = self.store.describe(folder)
+            if described is None:
+                raise NotFitted(state.role_id, state.roi_id) from None
+            self.registry.sync_folder(self.store, described)
+            fresh = self.registry.state(state.role_id, state.roi_id)
+            if fresh is None or fresh.active is None or self._cache_key(fresh) == key:
+                raise NotFitted(state.role_id, state.roi_id) from None
+            return self._memory_index(fresh)
+        if loaded.index_bytes is not None:
+            index = MemoryIndex.from_bytes(loaded.index_bytes, loaded.embeddings)
+        else:
+            index = MemoryIndex.build(loaded.embeddings)
+        self.cache.put(key, index)
+        return index
