@@ -184,6 +184,7 @@ def create_app(settings: Settings | None = None, service: InspectionService | No
         multipart_form_part_limit=settings.max_fit_images + 64,
         openapi_config=OpenAPIConfig(title="Brake-disc inspection service", version=__version__),
         type_encoders={msgspec.UnsetType: lambda _: None},
+        logging_config=None,  # keep configure_logging's handler (it stamps the correlation id)
         debug=False,
     )
     app.state.settings = settings
