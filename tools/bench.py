@@ -1,0 +1,193 @@
+"""Benchmark of the service against one bare backbone forward, measured in the same run.
+
+Starts ``bdi serve`` on loopback (or uses ``--url``), then measures: one bare forward, /fit_ok of N
+ROIs, sequential /infer, concurrent /infer, the coreset alone, and the server's peak RSS. Prints a
+table and writes JSON with absolute times and the ratios the speed targets are stated in.
+
+    .venv/bin/python tools/bench.py --weights random --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from service.features import FeatureExtractor  # noqa: E402
+from service.patchcore import coreset_size, select_coreset  # noqa: E402
+
+
+def synthetic_roi(width: int, height: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    radius = np.hypot(xx - width / 2, yy - height / 2)
+    grey = 120 + 18 * np.sin(radius * 0.9 + rng.uniform(0, np.pi)) + rng.normal(0, 6, (height, width))
+    image = np.clip(np.stack([grey] * 3, axis=-1), 0, 255).astype(np.uint8)
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(args: argparse.Namespace, models_dir: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "BDI_WEIGHTS": args.weights, "BDI_INPUT_SIZE": str(args.input_size),
+           "BDI_MODELS_DIR": models_dir, "BDI_CORESET_RATE": str(args.fit_rate), "BDI_LOG_LEVEL": "WARNING"}
+    bdi = str(Path(sys.executable).with_name("bdi"))
+    process = subprocess.Popen([bdi, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{url}/health", timeout=2)
+            return process, url
+        except httpx.TransportError:
+            if process.poll() is not None:
+                raise SystemExit("bdi serve exited during start-up")
+            time.sleep(0.5)
+    raise SystemExit("bdi serve did not start within 300 s")
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def bare_forward(args: argparse.Namespace, image: bytes) -> float:
+    extractor = FeatureExtractor(input_size=args.input_size, weights=args.weights, device=args.device)
+    bgr = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+    extractor.extract([bgr])  # warm-up
+    times = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        extractor.extract([bgr])
+        times.append(time.perf_counter() - started)
+    del extractor
+    return statistics.median(times)
+
+
+def bench_coreset(n: int, rate: float) -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((n, 1152), dtype=np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    size = coreset_size(n, rate)
+    tracemalloc.start()
+    started = time.perf_counter()
+    first = select_coreset(data, size, seed=0)
+    elapsed = time.perf_counter() - started
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    same = bool(np.array_equal(first, select_coreset(data, size, seed=0)))
+    return {"n": n, "size": size, "seconds": elapsed, "peak_extra_mb": peak / 2**20,
+            "input_mb": data.nbytes / 2**20, "same_seed_same_coreset": same}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="benchmark a running service instead of starting one")
+    parser.add_argument("--weights", default="random")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--input-size", type=int, default=448)
+    parser.add_argument("--roi", default="300x270", help="ROI size WxH")
+    parser.add_argument("--fit-images", type=int, default=20)
+    parser.add_argument("--fit-rate", type=float, default=0.10, help="coreset rate of the started server")
+    parser.add_argument("--infers", type=int, default=20)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--coreset-n", type=int, default=100_000)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    width, height = map(int, args.roi.lower().split("x"))
+    images = [synthetic_roi(width, height, seed) for seed in range(max(args.fit_images, 1) + 8)]
+
+    forward = bare_forward(args, images[0])
+    process, url = (None, args.url) if args.url else start_server(args, tempfile.mkdtemp(prefix="bdi-bench-"))
+    try:
+        client = httpx.Client(base_url=url, timeout=600)
+        fields = {"role_id": "bench", "roi_id": "roi-0", "mm_per_px": "0.2"}
+        started = time.perf_counter()
+        response = client.post("/fit_ok", data=fields,
+                               files=[("images", (f"{i}.png", images[i], "image/png")) for i in range(args.fit_images)])
+        fit_seconds = time.perf_counter() - started
+        response.raise_for_status()
+        fit_body = response.json()
+
+        def one_infer(seed: int) -> float:
+            begin = time.perf_counter()
+            reply = client.post("/infer", data=fields, files={"image": ("x.png", images[seed % len(images)], "image/png")})
+            reply.raise_for_status()
+            assert 0 <= reply.json()["score"] <= 2
+            return time.perf_counter() - begin
+
+        one_infer(0)  # warm the memory cache
+        latencies = sorted(one_infer(i) for i in range(args.infers))
+        total = args.clients * max(args.infers // 2, 4)
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
+            list(pool.map(one_infer, range(total)))
+        concurrent_rps = total / (time.perf_counter() - started)
+        rss = peak_rss_mb(process.pid) if process else None
+    finally:
+        if process:
+            process.terminate()
+            process.wait(30)
+    coreset = bench_coreset(args.coreset_n, 0.02)
+
+    p50 = statistics.median(latencies)
+    results = {
+        "input_size": args.input_size, "roi": args.roi, "weights": args.weights, "device": args.device,
+        "bare_forward_s": forward,
+        "fit": {"images": args.fit_images, "rate": args.fit_rate, "seconds": fit_seconds, **fit_body},
+        "infer": {"n": len(latencies), "p50_s": p50, "p90_s": latencies[int(0.9 * (len(latencies) - 1))]},
+        "concurrent": {"clients": args.clients, "requests": total, "rps": concurrent_rps},
+        "coreset": coreset,
+        "server_peak_rss_mb": rss,
+        "ratios": {
+            "infer_p50_over_forward": p50 / forward,
+            "fit_over_n_forwards": fit_seconds / (args.fit_images * forward),
+            "concurrent_rps_times_forward": concurrent_rps * forward,
+        },
+    }
+    rows = [
+        ("bare forward", f"{forward * 1000:.0f} ms", ""),
+        (f"/fit_ok {args.fit_images} ROIs @ {args.fit_rate}", f"{fit_seconds:.2f} s",
+         f"{results['ratios']['fit_over_n_forwards']:.2f} x {args.fit_images} forwards (target <= 1.5)"),
+        ("/infer p50", f"{p50 * 1000:.0f} ms", f"{results['ratios']['infer_p50_over_forward']:.2f} x forward (target <= 1.2)"),
+        (f"{args.clients} concurrent clients", f"{concurrent_rps:.2f} req/s",
+         f"{results['ratios']['concurrent_rps_times_forward']:.2f} / forward (target >= 0.9)"),
+        (f"coreset {coreset['n']}x1152 @ 0.02", f"{coreset['seconds']:.2f} s",
+         f"peak extra {coreset['peak_extra_mb']:.0f} MB of {coreset['input_mb']:.0f} MB input (target <= 30 s, <= 2x)"),
+        ("server peak RSS", f"{rss:.0f} MB" if rss else "n/a", ""),
+    ]
+    width_name = max(len(r[0]) for r in rows)
+    for name, value, ratio in rows:
+        print(f"{name:<{width_name}}  {value:>12}  {ratio}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
