@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,27 +32,38 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def test_bdi_serve_answers_the_gui_flow(tmp_path):
+def _start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
     port = _free_port()
-    process = subprocess.Popen([BDI, "serve", "--port", str(port)], env=_env(tmp_path),
+    process = subprocess.Popen([BDI, "serve", "--port", str(port), *args], env=_env(tmp_path),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
+    return process, f"http://127.0.0.1:{port}"
+
+
+def _wait_healthy(process: subprocess.Popen[str], base: str, **headers: str) -> httpx.Response:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            return httpx.get(f"{base}/health", headers=headers, timeout=5)
+        except httpx.TransportError:
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "bdi serve did not answer within 120 s"
+            time.sleep(0.5)
+
+
+def _form(roi: str = "r") -> dict[str, str]:
+    return {"role_id": "R", "roi_id": roi, "mm_per_px": "0.2"}
+
+
+def test_bdi_serve_answers_the_gui_flow(tmp_path):
+    process, base = _start(tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                health = httpx.get(f"{base}/health", headers={"X-Request-Id": "smoke-1"}, timeout=5)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, process.stdout.read()
-                assert time.monotonic() < deadline, "bdi serve did not answer within 120 s"
-                time.sleep(0.5)
+        health = _wait_healthy(process, base, **{"X-Request-Id": "smoke-1"})
         assert health.status_code == 200 and health.json()["status"] == "ok"
         assert health.headers["x-request-id"] == "smoke-1"
         files = [("images", (f"{i}.png", png_bytes(synthetic_roi(64, 48, i)), "image/png")) for i in range(2)]
-        fitted = httpx.post(f"{base}/fit_ok", data={"role_id": "R", "roi_id": "r", "mm_per_px": "0.2"}, files=files, timeout=60)
+        fitted = httpx.post(f"{base}/fit_ok", data=_form(), files=files, timeout=60)
         assert fitted.status_code == 200 and fitted.json()["token_shape"] == [8, 8]
-        inferred = httpx.post(f"{base}/infer", data={"role_id": "R", "roi_id": "r", "mm_per_px": "0.2"},
+        inferred = httpx.post(f"{base}/infer", data=_form(),
                               files={"image": ("x.png", png_bytes(synthetic_roi(64, 48, 7)), "image/png")}, timeout=60)
         assert inferred.status_code == 200 and inferred.json()["decision"] is None
     finally:
@@ -67,3 +80,42 @@ def test_bdi_serve_refuses_to_start_and_names_the_setting(tmp_path, env, setting
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert setting in result.stderr and "Traceback" not in result.stderr
+
+
+def test_two_workers_over_one_models_dir_fit_and_infer_at_once(tmp_path):
+    """Every infer answers 200 with the old or the new version; both fits end up in the history."""
+    process, base = _start(tmp_path, "--workers", "2")
+    image = png_bytes(synthetic_roi(64, 48, 3))
+    try:
+        _wait_healthy(process, base)
+        first = httpx.post(f"{base}/fit_ok", data=_form(), files={"images": ("0.png", image, "image/png")}, timeout=60)
+        assert first.status_code == 200, first.text
+        errors: list[str] = []
+
+        def infer_many() -> None:
+            for _ in range(8):
+                reply = httpx.post(f"{base}/infer", data=_form(), files={"image": ("x.png", image, "image/png")}, timeout=60)
+                if reply.status_code != 200:
+                    errors.append(reply.text)
+
+        def fit_once(seed: int) -> None:
+            files = {"images": ("a.png", png_bytes(synthetic_roi(64, 48, seed)), "image/png")}
+            reply = httpx.post(f"{base}/fit_ok", data=_form(), files=files, timeout=60)
+            if reply.status_code != 200:
+                errors.append(reply.text)
+
+        threads = [threading.Thread(target=infer_many) for _ in range(3)]
+        threads += [threading.Thread(target=fit_once, args=(seed,)) for seed in (5, 6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        # Both workers agree on the active version (requests land on either).
+        versions = {httpx.get(f"{base}/state", params={"role_id": "R", "roi_id": "r"}).json()["version"] for _ in range(6)}
+        assert versions == {3}
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    history = [json.loads(p.read_text())["version"] for p in (tmp_path / "models").rglob("version.json")]
+    assert sorted(history) == [1, 2, 3]
