@@ -10,10 +10,11 @@ import msgspec
 from litestar import Request, get, post
 from litestar.enums import RequestEncodingType
 from litestar.di import NamedDependency
-from litestar.params import Body, FromQuery
+from litestar.params import Body, Parameter
 
 from .inspection import InspectionService, RequestContext, Upload
 from .logs import correlation_id
+from .openapi import error_responses
 from .schemas import (
     CalibrateRequest,
     CalibrationResponse,
@@ -42,12 +43,40 @@ def _as(schema: type[T], value: dict[str, Any]) -> T:
     return msgspec.convert(value, schema)
 
 
-@get("/health", operation_id="health_health_get", summary="Service health")
+_IDS_400 = "`role_id` or `roi_id` is blank, longer than 128 characters or contains control characters."
+
+
+@get(
+    "/health",
+    operation_id="health_health_get",
+    summary="Service health",
+    description="What runs (device, backbone, weights, input size) and whether the service can serve. Always 200: "
+    "`status` is `degraded`, with `problems`, when the models dir is not writable, the disk is nearly full or the "
+    "registry is unreadable.",
+    response_description="What runs and whether it can serve.",
+    responses=error_responses(),
+)
 async def health(service: NamedDependency[InspectionService]) -> HealthResponse:
     return _as(HealthResponse, await _off_loop(service.health))
 
 
-@post("/fit_ok", status_code=200, operation_id="fit_ok_fit_ok_post", summary="Fit a ROI from OK images")
+@post(
+    "/fit_ok",
+    status_code=200,
+    operation_id="fit_ok_fit_ok_post",
+    summary="Fit a ROI from OK images",
+    description="Builds a new PatchCore memory for (role_id, roi_id) from these OK images only and makes it the "
+    "active version (the previous one stays in the history). The active calibration is kept: the threshold "
+    "stays until /calibrate_ng is called again. Form fields are text (`mm_per_px=0.2`, `memory_fit=true`).",
+    response_description="The memory just built.",
+    responses=error_responses({
+        400: f"{_IDS_400} Or `mm_per_px` is not a finite number > 0; or an image is empty or does not decode (the "
+        "error names the file); or the body is not multipart/form-data. Nothing is stored.",
+        413: "More images than BDI_MAX_FIT_IMAGES (default 1000), an image over BDI_MAX_IMAGE_PIXELS (default "
+        "100 000 000, read from its header) or a body over BDI_MAX_BODY_MB (default 1024 MB). Nothing is stored.",
+        422: None,
+    }),
+)
 async def fit_ok(
     data: Annotated[FitOkForm, Body(media_type=RequestEncodingType.MULTI_PART)],
     request: Request[Any, Any, Any],
@@ -60,7 +89,24 @@ async def fit_ok(
     return _as(FitResponse, result)
 
 
-@post("/calibrate_ng", status_code=200, operation_id="calibrate_ng_calibrate_ng_post", summary="Calibrate the threshold")
+@post(
+    "/calibrate_ng",
+    status_code=200,
+    operation_id="calibrate_ng_calibrate_ng_post",
+    summary="Calibrate the threshold",
+    description="Sets the threshold of (role_id, roi_id) from the scores /infer gave OK samples (and NG samples, if "
+    "any; `ng_scores` may be null). Rule: `p_ok` = percentile(ok_scores, score_percentile); no NG: threshold = "
+    "`p_ok`; with NG, `p_ng` = percentile(ng_scores, 5): threshold = `1.02 * p_ok` if `p_ng <= p_ok`, else "
+    "`(p_ok + p_ng) / 2`. Stored as the model's calib.json and in the history. Calibrating a model that is not "
+    "fitted yet is allowed.",
+    response_description="The stored calibration.",
+    responses=error_responses({
+        400: f"{_IDS_400} Or `ok_scores` is empty; a score or `mm_per_px` is not finite (or `mm_per_px` <= 0); "
+        "`score_percentile` is outside 1..100; or the body is not a JSON object.",
+        413: None,
+        422: None,
+    }),
+)
 async def calibrate_ng(data: CalibrateRequest, request: Request[Any, Any, Any], service: NamedDependency[InspectionService]) -> CalibrationResponse:
     result = await _off_loop(
         service.calibrate, data.role_id, data.roi_id, data.ok_scores, data.ng_scores, data.mm_per_px,
@@ -69,24 +115,50 @@ async def calibrate_ng(data: CalibrateRequest, request: Request[Any, Any, Any], 
     return _as(CalibrationResponse, result)
 
 
-@post("/infer", status_code=200, operation_id="infer_infer_post", summary="Inspect one ROI image")
+@post(
+    "/infer",
+    status_code=200,
+    operation_id="infer_infer_post",
+    summary="Inspect one ROI image",
+    description="Scores one image of (role_id, roi_id) against its memory, optionally inside a `shape` mask, and "
+    "returns the score, the decision (`ng` when score >= threshold, `ok` otherwise; `threshold` and `decision` "
+    "are null while the model is not calibrated), a heatmap PNG of the image's size and the defect regions. Form "
+    "fields are text (`mm_per_px=0.2`).",
+    response_description="The inspection result.",
+    responses=error_responses({
+        400: "No memory for (role_id, roi_id): `error` contains `Memory not fitted` and `Memoria no encontrada. "
+        "Ejecuta /fit_ok primero.`. The memory was fitted at another input size: `error` starts `Token grid "
+        "mismatch: got (H, W), expected (H', W')`. The image is empty or does not decode. `shape` is not valid "
+        f"JSON, has bad numbers or covers no pixel of the image. `mm_per_px` is not a finite number > 0. {_IDS_400}",
+        413: "The image is over BDI_MAX_IMAGE_PIXELS (default 100 000 000, read from its header) or the body over "
+        "BDI_MAX_BODY_MB (default 1024 MB).",
+        422: None,
+    }),
+)
 async def infer(
     data: Annotated[InferForm, Body(media_type=RequestEncodingType.MULTI_PART)],
     request: Request[Any, Any, Any],
     service: NamedDependency[InspectionService],
 ) -> InferResponse:
     upload = Upload(data.image.filename or "image", await data.image.read())
-    result = await _off_loop(
-        service.infer, data.role_id, data.roi_id, data.mm_per_px, upload, data.shape, _context(request)
-    )
+    shape = None if data.shape is msgspec.UNSET else data.shape
+    result = await _off_loop(service.infer, data.role_id, data.roi_id, data.mm_per_px, upload, shape, _context(request))
     return _as(InferResponse, result)
 
 
-@get("/state", operation_id="state_state_get", summary="State of one model")
+@get(
+    "/state",
+    operation_id="state_state_get",
+    summary="State of one model",
+    description="Whether (role_id, roi_id) has an active memory and a calibration. Read-only. An unknown pair is "
+    "not an error: it answers 200 with `memory_fitted: false`, `token_shape: null`, `version: null`.",
+    response_description="The model's state.",
+    responses=error_responses({400: _IDS_400, 422: "`role_id` or `roi_id` is missing from the query."}),
+)
 async def state(
     service: NamedDependency[InspectionService],
-    role_id: FromQuery[str],
-    roi_id: FromQuery[str],
+    role_id: Annotated[str, Parameter(description="Role of the model, e.g. `Master1`.")],
+    roi_id: Annotated[str, Parameter(description="ROI within the role, e.g. `inspection-1`.")],
 ) -> StateResponse:
     return _as(StateResponse, await _off_loop(service.state, role_id, roi_id))
 

@@ -15,7 +15,6 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.middleware import ASGIMiddleware
-from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
@@ -23,6 +22,7 @@ from .api import ROUTES
 from .errors import ServiceError
 from .inspection import InspectionService
 from .logs import configure_logging, correlation_id
+from .openapi import CORRELATION_HEADER, DOC_ROUTES, finish_document, openapi_config
 from .schemas import ErrorResponse, ValidationDetail
 from .settings import Settings
 
@@ -91,6 +91,7 @@ def _service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Respon
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 _AT_PATH = re.compile(r"^(.*?) - at `\$(.*)`$")
 _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_MISSING_PARAMETER = re.compile(r"Missing required (\w+) parameter '([^']*)'")
 
 
 def _fastapi_detail(problem: dict[str, Any]) -> ValidationDetail:
@@ -115,6 +116,8 @@ def _validation_error(request: Request[Any, Any, Any], exc: ValidationException)
     """Litestar's 400 validation failures become FastAPI's 422 with a ``{loc, msg, type}`` list."""
     problems = exc.extra if isinstance(exc.extra, list) else []
     details = [_fastapi_detail(problem) for problem in problems if isinstance(problem, dict)]
+    if missing := _MISSING_PARAMETER.match(str(exc.detail)):
+        details = [ValidationDetail(loc=[missing.group(1), missing.group(2)], msg="Field required", type="missing")]
     if not details:
         message = f"The request body could not be read ({str(exc.detail).rstrip('.')}); send the fields CONTRACT.md lists."
         logger.warning("%s %s -> 400: %s", request.method, request.url.path, message)
@@ -128,9 +131,12 @@ def _validation_error(request: Request[Any, Any, Any], exc: ValidationException)
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorResponse]:
     status = exc.status_code
     if status == 404:
-        message = f"No route {request.url.path}; the service answers /health, /fit_ok, /calibrate_ng, /infer, /state."
+        message = (
+            f"No route {request.url.path}; the service answers /health, /fit_ok, /calibrate_ng, /infer, /state "
+            "(API document: /openapi.json, viewer: /docs)."
+        )
     elif status == 405:
-        message = f"{request.method} is not allowed on {request.url.path}; see the API document at /schema."
+        message = f"{request.method} is not allowed on {request.url.path}; see the API document at /docs."
     elif status == 413:
         settings: Settings = request.app.state.settings
         message = (
@@ -138,7 +144,7 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
             "send fewer or smaller images."
         )
     else:
-        message = f"{str(exc.detail).rstrip('.')}; check the request against the API document at /schema."
+        message = f"{str(exc.detail).rstrip('.')}; check the request against the API document at /docs."
     logger.warning("%s %s -> %d: %s", request.method, request.url.path, status, message)
     response = _error(status, message)
     if exc.headers:
@@ -169,7 +175,7 @@ def create_app(settings: Settings | None = None, service: InspectionService | No
             service.close()
 
     app = Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *DOC_ROUTES],
         dependencies={"service": Provide(lambda: service, use_cache=True, sync_to_thread=False)},
         exception_handlers={
             ServiceError: _service_error,
@@ -179,14 +185,16 @@ def create_app(settings: Settings | None = None, service: InspectionService | No
         },
         middleware=[CorrelationMiddleware()],
         before_send=[echo_correlation_id],
+        response_headers=[CORRELATION_HEADER],
         on_shutdown=[shutdown],
         request_max_body_size=settings.max_body_bytes,
         multipart_form_part_limit=settings.max_fit_images + 64,
-        openapi_config=OpenAPIConfig(title="Brake-disc inspection service", version=__version__),
+        openapi_config=openapi_config(__version__),
         type_encoders={msgspec.UnsetType: lambda _: None},
         logging_config=None,  # keep configure_logging's handler (it stamps the correlation id)
         debug=False,
     )
+    finish_document(app.openapi_schema)
     app.state.settings = settings
     app.state.service = service
     return app

@@ -1,0 +1,192 @@
+"""The OpenAPI document: its settings, the error responses every route documents, and the routes
+that serve it (``/schema/openapi.json``, ``/openapi.json`` where FastAPI clients look, ``/docs``).
+
+The document must not depend on settings or the machine: ``openapi.json`` at the top of the repo
+is a snapshot of it that the tests compare against.
+"""
+
+from __future__ import annotations
+
+import inspect
+from http import HTTPStatus
+from typing import Any
+
+from litestar import Request, Response, Router, get
+from litestar.datastructures import ResponseHeader
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Example, OpenAPI, Schema
+
+from . import schemas
+from .schemas import ErrorResponse
+
+DESCRIPTION = """\
+Anomaly detection for brake-disc inspection ROIs: DINOv2 ViT-S/14 patch features + PatchCore.
+A drop-in replacement for the old FastAPI backend; its operation ids, fields and error bodies are kept.
+
+The GUI's flow: **POST /fit_ok** with OK images of a (role_id, roi_id) → **POST /infer** on OK (and NG)
+samples to collect their scores → **POST /calibrate_ng** with those scores to set the threshold →
+**POST /infer** in production, reading `decision` (`ng` when score ≥ threshold). **GET /state** tells
+whether a model is fitted and calibrated; **GET /health** what runs.
+
+Form fields are text: numbers and booleans arrive as strings (`"0.2"`, `"true"`). In the JSON body of
+/calibrate_ng numbers may also be numeric strings.
+
+Every error is JSON `{"error", "detail"}` (`ErrorResponse`): `error` says what to do, `detail` repeats it
+or, on 422, lists the fields FastAPI-style; 500 adds `trace`. Unknown routes answer 404 with the same body.
+
+An `X-Correlation-Id` or `X-Request-Id` request header is echoed on the response (a new id otherwise) and
+marks the server's log lines of that request.
+
+This document is at `/openapi.json` and `/schema/openapi.json`; a viewer is at `/docs`.
+"""
+
+VIEWER = SwaggerRenderPlugin(path="/")
+
+CORRELATION_HEADER = ResponseHeader(
+    name="X-Correlation-Id",
+    value="3f9c2a7e5b1d4c8f9a0e6b2d7c4f1a85",
+    documentation_only=True,  # set on every response, errors included, by the app's before_send hook
+    description="The request's X-Correlation-Id or X-Request-Id (also echoed as X-Request-Id when that was sent), "
+    "else a new id. It marks the server's log lines of this request.",
+)
+
+_ERROR_MESSAGES = {
+    400: "role_id is empty; send the name of the role (1 to 128 characters).",
+    405: "GET is not allowed on /fit_ok; see the API document at /docs.",
+    413: "The request body is over the limit of 1024 MB (BDI_MAX_BODY_MB); send fewer or smaller images.",
+    422: "Invalid request (roi_id: Field required). Fix the listed fields and send it again.",
+    500: "disk I/O error",
+}
+_ERROR_DESCRIPTIONS = {
+    405: "Another method on this route. OPTIONS answers 2xx with an `Allow` header instead.",
+    413: "The body is over BDI_MAX_BODY_MB (default 1024 MB).",
+    422: "A required field is missing or has the wrong type; `detail` lists the problems as `{loc, msg, type}`.",
+    500: "An unexpected server error. `error` is the exception's message; `trace` carries the server's traceback "
+    "unless BDI_ERROR_TRACE=0.",
+}
+
+
+def _example(status: int) -> Example:
+    message = _ERROR_MESSAGES[status]
+    value: dict[str, Any] = {"error": message, "detail": message}
+    if status == 422:
+        value["detail"] = [{"loc": ["body", "roi_id"], "msg": "Field required", "type": "missing"}]
+    elif status == 500:
+        value["detail"] = "Internal error: OperationalError('disk I/O error')"
+        value["trace"] = "Traceback (most recent call last):\n  ...\nsqlite3.OperationalError: disk I/O error\n"
+    return Example(summary=f"{status} {HTTPStatus(status).phrase}", value=value)
+
+
+def error_responses(when: dict[int, str | None] | None = None) -> dict[int, ResponseSpec]:
+    """The error responses of one route: 405 and 500, plus the statuses in ``when``, each with the text
+    saying when this route answers it (None: the generic text)."""
+    statuses: dict[int, str | None] = {405: None, 500: None, **(when or {})}
+    return {
+        status: ResponseSpec(
+            data_container=ErrorResponse,
+            description=text or _ERROR_DESCRIPTIONS[status],
+            examples=[_example(status)],
+            generate_examples=False,
+        )
+        for status, text in sorted(statuses.items())
+    }
+
+
+def finish_document(openapi: OpenAPI) -> None:
+    """Add what Litestar leaves out of the component schemas of our Structs: the docstring as the
+    description and the ``example`` class variable; also unwrap the one-member ``oneOf`` that an
+    ``X | UnsetType`` field becomes, which some generators reject."""
+    for name, schema in (openapi.components.schemas or {}).items():
+        model = getattr(schemas, name, None)
+        if model is None:
+            continue
+        if model.__doc__:
+            schema.description = inspect.cleandoc(model.__doc__)
+        if (example := getattr(model, "example", None)) is not None:
+            schema.examples = [example]
+        for key, prop in (schema.properties or {}).items():
+            if isinstance(prop, Schema) and prop.one_of and len(prop.one_of) == 1:
+                schema.properties[key] = prop.one_of[0]
+
+
+def openapi_30(document: dict[str, Any]) -> dict[str, Any]:
+    """The document as OpenAPI 3.0.3, for generators that read only 3.0 (NSwag, openapi-generator).
+
+    Litestar writes 3.1 only. The 3.1 parts of this document become: a ``oneOf`` with ``{"type": "null"}``
+    → ``nullable: true``, schema ``examples`` → ``example``; ``contentMediaType`` is dropped (``format:
+    binary`` already marks files).
+    """
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: _schema_30(value) if key == "schema" else walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value) for value in node]
+        return node
+
+    components = document["components"]
+    return {
+        **document,
+        "openapi": "3.0.3",
+        "paths": walk(document["paths"]),
+        "components": {**components, "schemas": {name: _schema_30(s) for name, s in components["schemas"].items()}},
+    }
+
+
+def _schema_30(schema: Any) -> Any:
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: value for key, value in schema.items() if key not in ("contentMediaType", "examples")}
+    if schema.get("examples"):
+        out["example"] = schema["examples"][0]
+    if "properties" in out:
+        out["properties"] = {name: _schema_30(value) for name, value in out["properties"].items()}
+    for key in ("items", "additionalProperties"):
+        if key in out:
+            out[key] = _schema_30(out[key])
+    for key in ("oneOf", "anyOf", "allOf"):
+        if key in out:
+            out[key] = [_schema_30(member) for member in out[key]]
+    if {"type": "null"} in out.get("oneOf", []):
+        rest = [member for member in out.pop("oneOf") if member != {"type": "null"}]
+        if len(rest) == 1 and "$ref" not in rest[0]:
+            out = {**rest[0], **out}
+        else:
+            out["allOf" if len(rest) == 1 else "oneOf"] = rest  # 3.0 ignores siblings of a bare $ref
+        out["nullable"] = True
+    return out
+
+
+def openapi_config(version: str) -> OpenAPIConfig:
+    """Litestar serves the document at /schema/openapi.json and the viewer at /schema (links from before);
+    the 404 page Litestar serves for other /schema paths is HTML, so it is replaced by the JSON error body."""
+    return OpenAPIConfig(
+        title="Brake-disc inspection service",
+        version=version,
+        description=DESCRIPTION,
+        render_plugins=[VIEWER, JsonRenderPlugin()],
+        openapi_router=Router("/schema", route_handlers=[], include_in_schema=False, after_request=_json_not_found),
+    )
+
+
+def _json_not_found(response: Response[Any]) -> Response[Any]:
+    if response.status_code != 404:
+        return response
+    message = "No such page under /schema; the API document is /openapi.json and its viewer /docs."
+    return Response(ErrorResponse(error=message, detail=message), status_code=404, media_type="application/json")
+
+
+@get("/openapi.json", include_in_schema=False, sync_to_thread=False, media_type="application/json")
+def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """Where FastAPI clients and generators look for the document."""
+    return request.app.openapi_schema.to_schema()
+
+
+@get("/docs", include_in_schema=False, sync_to_thread=False, media_type="text/html")
+def docs(request: Request[Any, Any, Any]) -> bytes:
+    """The viewer at FastAPI's address."""
+    return VIEWER.render(request, request.app.openapi_schema.to_schema())
+
+
+DOC_ROUTES = [openapi_json, docs]
