@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import time
@@ -11,9 +12,12 @@ from typing import Any
 
 import msgspec
 from litestar import Litestar, Request, Response
+from litestar.config.cors import CORSConfig
+from litestar.connection import ASGIConnection
 from litestar.datastructures import MutableScopeHeaders
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -74,6 +78,16 @@ async def echo_correlation_id(message: Message, scope: Scope) -> None:
         headers["X-Correlation-Id"] = cid
         if scope["state"].get("correlation_header") == "x-request-id":
             headers["X-Request-Id"] = cid
+
+
+def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+    """With BDI_API_KEY set, every route but /health (and CORS preflights) needs ``X-API-Key``."""
+    expected = connection.app.state.settings.api_key
+    if not expected or connection.scope["path"] == "/health" or connection.scope.get("method") == "OPTIONS":
+        return
+    given = connection.headers.get("x-api-key", "")
+    if not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
+        raise NotAuthorizedException("missing or wrong X-API-Key")
 
 
 def _error(status: int, message: str, detail: Any = None, trace: str | None = None) -> Response[ErrorResponse]:
@@ -137,6 +151,8 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         )
     elif status == 405:
         message = f"{request.method} is not allowed on {request.url.path}; see the API document at /docs."
+    elif status == 401:
+        message = "This service needs an API key: send the header X-API-Key with the value of BDI_API_KEY."
     elif status == 413:
         settings: Settings = request.app.state.settings
         message = (
@@ -184,6 +200,13 @@ def create_app(settings: Settings | None = None, service: InspectionService | No
             Exception: _unexpected_error,
         },
         middleware=[CorrelationMiddleware()],
+        guards=[require_api_key],
+        cors_config=CORSConfig(
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Content-Type", "X-API-Key", "X-Correlation-Id", "X-Request-Id"],
+            expose_headers=["X-Correlation-Id", "X-Request-Id"],
+        ) if settings.cors_origins else None,
         before_send=[echo_correlation_id],
         response_headers=[CORRELATION_HEADER],
         on_shutdown=[shutdown],

@@ -83,6 +83,10 @@ def _parse_device(text: str) -> str:
     raise ValueError(f"{text!r} is not one of auto, cpu, cuda, cuda:N, mps")
 
 
+def _parse_origins(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def _text(text: str) -> str:
     return text.strip()
 
@@ -129,6 +133,10 @@ _FIELDS: dict[str, _Field] = {
                              "images per backbone forward during a fit"),
     "error_trace": _Field(("BDI_ERROR_TRACE",), _parse_bool, True,
                           "include the traceback in 500 bodies"),
+    "api_key": _Field(("BDI_API_KEY",), _text, "",
+                      "when set, every route but /health needs the header X-API-Key with this value"),
+    "cors_origins": _Field(("BDI_CORS_ORIGINS",), _parse_origins, (),
+                           "comma-separated origins allowed by CORS; empty: CORS off"),
     "log_level": _Field(("BDI_LOG_LEVEL",), lambda t: t.strip().upper(), "INFO", "logging level"),
 }
 
@@ -154,6 +162,8 @@ class Settings:
     cache_size: int
     fit_batch_size: int
     error_trace: bool
+    api_key: str
+    cors_origins: tuple[str, ...]
     log_level: str
 
     @property
@@ -177,7 +187,9 @@ class Settings:
                 continue
             source, raw = next(((var, env[var]) for var in spec.env if env.get(var, "").strip()), (None, None))
             if raw is None and name in file_values:
-                source, raw = f"{env['BDI_CONFIG']}:{name}", str(file_values[name])
+                value = file_values[name]
+                source = f"{env['BDI_CONFIG']}:{name}"
+                raw = ",".join(map(str, value)) if isinstance(value, list) else str(value)
             if raw is None:
                 values[name] = spec.default
                 continue
