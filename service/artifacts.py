@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
+from . import patchcore
+
 logger = logging.getLogger(__name__)
 
 MEMORY_FILE = "memory.npz"
@@ -51,6 +53,7 @@ CALIB_FILE = "calib.json"
 ACTIVE_FILE = "active.json"
 HISTORY_FILE = "history.jsonl"
 ID_FILE = "id.json"
+MIGRATED_FILE = "migrated.jsonl"
 VERSION_FILE = "version.json"
 VERSIONS_DIR = "versions"
 LOCK_FILE = ".lock"
@@ -104,6 +107,30 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def _append_json_line(path: Path, entry: dict[str, Any]) -> None:
+    """Append-only logs (calibration history, legacy imports): one fsynced JSON object per line."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _read_json_lines(path: Path) -> list[dict[str, Any]]:
+    entries = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line torn by a crash mid-append
+                if isinstance(entry, dict):
+                    entries.append(entry)
+    except FileNotFoundError:
+        pass
+    return entries
 
 
 def is_plain_name(name: str) -> bool:
@@ -211,6 +238,42 @@ class ModelStore:
         if role_dir is None:
             return None
         return self._child(role_dir, roi_id, {"role_id": role_id, "roi_id": roi_id}, create)
+
+    def claim(self, folder: Path, ids: dict[str, str]) -> bool:
+        """Give an existing folder without id.json (an earlier backend's) the ids it is the plain name of.
+
+        Lets a migrated model keep its spec path ``models/<role>/<roi>/`` instead of a hashed one.
+        Refused (False) when the name is not the plain name of the id or a sibling differs only in case.
+        """
+        identifier = ids.get("roi_id", ids["role_id"])
+        if folder.name != identifier or not is_plain_name(identifier) or not folder.is_dir():
+            return False
+        if (folder / ID_FILE).exists():
+            return self._owns(folder, ids)
+        if any(entry != identifier and entry.lower() == identifier.lower() for entry in os.listdir(folder.parent)):
+            return False
+        write_json_atomic(folder / ID_FILE, ids)
+        return True
+
+    def delete_model(self, role_id: str, roi_id: str) -> Path | None:
+        """Remove a model's folder, and its role folder when no other model is left in it.
+
+        Each folder is renamed to a temp name first: readers see the model or nothing, and a crash
+        mid-delete leaves a temp folder that start-up removes.
+        """
+        folder = self.model_dir(role_id, roi_id)
+        if folder is None:
+            return None
+        with self.locked(folder):
+            aside = folder.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+            os.rename(folder, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        role_dir = folder.parent
+        if all(entry == ID_FILE or entry.startswith(TMP_PREFIX) for entry in os.listdir(role_dir)):
+            aside = role_dir.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+            os.rename(role_dir, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        return folder
 
     @contextlib.contextmanager
     def locked(self, folder: Path) -> Iterator[None]:
@@ -368,27 +431,12 @@ class ModelStore:
     # ---- calibrations -------------------------------------------------------------------------
     def write_calibration(self, folder: Path, calibration: dict[str, Any], record: dict[str, Any]) -> None:
         """Log first (the log is the truth the registry is rebuilt from), then calib.json."""
-        line = json.dumps({**record, "calibration": calibration}, ensure_ascii=False)
-        with open(folder / HISTORY_FILE, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        _append_json_line(folder / HISTORY_FILE, {**record, "calibration": calibration})
         write_json_atomic(folder / CALIB_FILE, calibration)
 
     def calibration_history(self, folder: Path) -> list[dict[str, Any]]:
-        entries = []
-        try:
-            with open(folder / HISTORY_FILE, encoding="utf-8") as handle:
-                for line in handle:
-                    try:
-                        entry = json.loads(line)
-                    except ValueError:
-                        continue  # a line torn by a crash mid-append
-                    if isinstance(entry, dict) and isinstance(entry.get("calibration"), dict):
-                        entries.append(entry)
-        except FileNotFoundError:
-            pass
-        return entries
+        entries = _read_json_lines(folder / HISTORY_FILE)
+        return [entry for entry in entries if isinstance(entry.get("calibration"), dict)]
 
     def read_calibration(self, folder: Path) -> dict[str, Any] | None:
         try:
@@ -396,6 +444,36 @@ class ModelStore:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+    # ---- legacy imports -------------------------------------------------------------------------
+    def legacy_imports(self, folder: Path) -> list[dict[str, Any]]:
+        """What was imported into this model from earlier backends' files (path + sha256): makes
+        migration idempotent even after the imported version has been pruned."""
+        return _read_json_lines(folder / MIGRATED_FILE)
+
+    def record_legacy_import(self, folder: Path, entry: dict[str, Any]) -> None:
+        _append_json_line(folder / MIGRATED_FILE, entry)
+
+    # ---- consistency ----------------------------------------------------------------------------
+    def verify_folder(self, folder: Path) -> list[str]:
+        """Sentences for whatever in one model folder disagrees: files vs their manifests (sha256,
+        embedding dims, token grid), index vs memory, pointer vs versions, canonical copies vs the
+        active version."""
+        problems = []
+        versions = self.versions(folder)
+        kept = [files.version for files in versions]
+        active = self.active_version(folder)
+        if (folder / ACTIVE_FILE).exists() and active is None:
+            problems.append(f"{ACTIVE_FILE} can't be read")
+        for files in versions:
+            problems += [f"version {files.version}: {problem}" for problem in _verify_version(files)]
+        if active is not None and active not in kept:
+            problems.append(f"{ACTIVE_FILE} points to version {active}, which is not on disk (kept: {kept or 'none'})")
+        elif active is not None and not self.canonical_is_current(folder, active):
+            problems.append(f"the canonical {MEMORY_FILE}/{INDEX_FILE} are not those of the active version {active}")
+        if (folder / CALIB_FILE).exists() and self.read_calibration(folder) is None:
+            problems.append(f"{CALIB_FILE} can't be read")
+        return problems
 
     # ---- whole-tree operations ----------------------------------------------------------------
     def scan(self) -> Iterator[ModelFolder]:
@@ -443,3 +521,47 @@ class ModelStore:
         if removed:
             logger.warning("Removed %d leftover temp file(s) of interrupted writes under %s", removed, self.root)
         return removed
+
+
+def _verify_version(files: VersionFiles) -> list[str]:
+    """What is wrong with one version folder, checked against its own manifest."""
+    manifest = files.manifest
+    if not files.memory_path.is_file():
+        return [f"{MEMORY_FILE} is missing"]
+    problems = []
+    if sha256_file(files.memory_path) != manifest.get("memory_sha256"):
+        problems.append(f"{MEMORY_FILE} does not match the sha256 in {VERSION_FILE} (changed after it was written)")
+    try:
+        with np.load(files.memory_path, allow_pickle=False) as data:
+            shape = data["emb"].shape
+            grid = (int(data["token_h"]), int(data["token_w"]))
+    except Exception as exc:  # noqa: BLE001 - a damaged npz raises many kinds of errors
+        return [*problems, f"{MEMORY_FILE} can't be read ({type(exc).__name__})"]
+    expected = (manifest.get("coreset_size"), manifest.get("embed_dim"))
+    if len(shape) != 2 or tuple(shape) != expected:
+        problems.append(f"{MEMORY_FILE} holds embeddings of shape {tuple(shape)}, {VERSION_FILE} says {expected}")
+    expected_grid = (manifest.get("token_h"), manifest.get("token_w"))
+    if grid != expected_grid:
+        problems.append(f"{MEMORY_FILE} has token grid {grid}, {VERSION_FILE} says {expected_grid}")
+    index_path = files.folder / INDEX_FILE
+    if manifest.get("index_sha256") and not index_path.is_file():
+        problems.append(f"{INDEX_FILE} is missing")
+    elif index_path.is_file():
+        if sha256_file(index_path) != manifest.get("index_sha256"):
+            problems.append(f"{INDEX_FILE} does not match the sha256 in {VERSION_FILE}")
+        problems += _verify_index(index_path.read_bytes(), shape)
+    return problems
+
+
+def _verify_index(data: bytes, memory_shape: tuple[int, ...]) -> list[str]:
+    """The faiss index must hold exactly as many vectors, of the same dim, as the memory."""
+    if not patchcore.FAISS_AVAILABLE:
+        return []
+    try:
+        index = patchcore.faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except RuntimeError:
+        return [f"{INDEX_FILE} can't be read by faiss"]
+    if len(memory_shape) == 2 and (index.ntotal, index.d) != tuple(memory_shape):
+        rows, dim = memory_shape
+        return [f"{INDEX_FILE} holds {index.ntotal} vectors of dim {index.d}, {MEMORY_FILE} holds {rows} of dim {dim}"]
+    return []

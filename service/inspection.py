@@ -28,6 +28,7 @@ from .calibration import calibrate as calibration_rule
 from .errors import BadRequest, NotFitted, PayloadTooLarge, TokenGridMismatch
 from .features import FeatureExtractor
 from .images import decode_image
+from .legacy import ADOPTED, ALREADY_MIGRATED, IMPORTED, MigrationAction, migrate
 from .letterbox import Letterbox
 from .masks import parse_shape, shape_mask
 from .patchcore import MemoryIndex, coreset_size, select_coreset
@@ -116,10 +117,12 @@ class InspectionService:
 
     # ---- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        """Migrate the registry, clean what killed writes left, and index folders it does not know."""
+        """Migrate the registry, clean what killed writes left, import what earlier backends wrote, and
+        index folders it does not know."""
         self.settings.models_dir.mkdir(parents=True, exist_ok=True)
         self.registry.upgrade()
         self.store.cleanup_leftovers()
+        self.import_legacy()
         imported = 0
         for folder in self.store.scan():
             self.registry.sync_folder(self.store, folder)
@@ -131,6 +134,16 @@ class InspectionService:
             self.extractor.grid, self.settings.models_dir.resolve(), self.registry.url, imported,
             f" (dropped {len(removed)} model(s) whose folders are gone)" if removed else "",
         )
+
+    def import_legacy(self) -> list[MigrationAction]:
+        """Import what earlier backends wrote (``bdi models migrate`` without options), so a GUI
+        pointed at an old models dir works at once; legacy files stay where they are."""
+        actions = migrate(self.store, self.registry)
+        for action in actions:
+            if action.outcome != ALREADY_MIGRATED:
+                level = logging.INFO if action.outcome in {IMPORTED, ADOPTED} else logging.WARNING
+                logger.log(level, "Legacy model %s: %s", action.legacy.name, action.describe())
+        return actions
 
     def close(self) -> None:
         self.registry.dispose()
@@ -280,15 +293,7 @@ class InspectionService:
     # ---- state & health -------------------------------------------------------------------------
     def model_state(self, role_id: str, roi_id: str) -> ModelState | None:
         """The registry's rows; a folder on disk the registry does not know is imported on first use."""
-        state = self.registry.state(role_id, roi_id)
-        if state is None:
-            folder = self.store.model_dir(role_id, roi_id)
-            described = self.store.describe(folder) if folder is not None else None
-            if described is not None:
-                logger.info("Importing model folder %s into the registry", folder)
-                self.registry.sync_folder(self.store, described)
-                state = self.registry.state(role_id, roi_id)
-        return state
+        return self.registry.state_or_import(self.store, role_id, roi_id)
 
     def state(self, role_id: str, roi_id: str) -> dict[str, Any]:
         validate_id("role_id", role_id)

@@ -5,10 +5,12 @@ so a lost registry is rebuilt with ``reindex`` and nothing is ever only here."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import importlib.util
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from alembic import command
 from alembic.config import Config
 from filelock import FileLock
 from sqlalchemy import Engine, create_engine, delete, event, func, select, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ..artifacts import ModelFolder, ModelStore, VersionFiles, utc_now
@@ -65,6 +68,20 @@ class ModelState:
     active_version: int | None
     active: VersionInfo | None
     calibration: CalibrationInfo | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisteredVersion:
+    """Where the registry says one version's files are, and their sha256 (for ``bdi models verify``)."""
+
+    role_id: str
+    roi_id: str
+    folder: str
+    version: int
+    memory_path: str
+    memory_sha256: str
+    index_path: str | None
+    index_sha256: str | None
 
 
 def make_engine(url: str) -> Engine:
@@ -129,6 +146,46 @@ class Registry:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    def problem(self) -> str | None:
+        """Why the registry can't be used (not a database, failed integrity check), or None when it can.
+
+        Migrates first, so a missing file is simply created.
+        """
+        try:
+            self.upgrade()
+            with self.engine.connect() as connection:
+                if self.engine.dialect.name == "sqlite":
+                    rows = [row[0] for row in connection.exec_driver_sql("PRAGMA quick_check")]
+                    if rows != ["ok"]:
+                        return "integrity check failed: " + "; ".join(map(str, rows[:3]))
+                connection.execute(text("SELECT 1 FROM models LIMIT 1"))
+        except SQLAlchemyError as exc:
+            return str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        return None
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The database file when the registry is a SQLite file, else None."""
+        database = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+            return None
+        return Path(database)
+
+    def set_aside(self) -> Path:
+        """Move a damaged SQLite file (with its -wal/-shm) to ``<name>.damaged-<UTC time>``: kept for
+        inspection, out of the way of a fresh registry rebuilt from the files."""
+        path = self.sqlite_path
+        if path is None:
+            raise RuntimeError(f"The registry {self.url} is not a SQLite file; repair or recreate it by hand.")
+        self.engine.dispose()
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        target = path.with_name(f"{path.name}.damaged-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{path}{suffix}")
+            if source.exists():
+                os.replace(source, f"{target}{suffix}")
+        return target
+
     def _read(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
 
@@ -176,6 +233,32 @@ class Registry:
                 select(Calibration).where(Calibration.model_id == model.id).order_by(Calibration.id.desc())
             ).all()
             return [_version_info(v) for v in versions], [_calibration_info(c) for c in calibrations]
+
+    def registered_versions(self) -> list[RegisteredVersion]:
+        with self._read() as session, session.begin():
+            rows = session.execute(
+                select(Model, MemoryVersion).join(MemoryVersion, MemoryVersion.model_id == Model.id)
+                .order_by(Model.role_id, Model.roi_id, MemoryVersion.version)
+            ).all()
+            return [
+                RegisteredVersion(
+                    model.role_id, model.roi_id, model.folder, row.version, row.memory_path, row.memory_sha256,
+                    row.index_path, row.index_sha256,
+                )
+                for model, row in rows
+            ]
+
+    def state_or_import(self, store: ModelStore, role_id: str, roi_id: str) -> ModelState | None:
+        """The registry's rows; a folder on disk the registry does not know is imported on first use."""
+        state = self.state(role_id, roi_id)
+        if state is None:
+            folder = store.model_dir(role_id, roi_id)
+            described = store.describe(folder) if folder is not None else None
+            if described is not None:
+                logger.info("Importing model folder %s into the registry", folder)
+                self.sync_folder(store, described)
+                state = self.state(role_id, roi_id)
+        return state
 
     def count_models(self) -> int:
         with self._read() as session, session.begin():
@@ -231,6 +314,15 @@ class Registry:
                     removed.append((model.role_id, model.roi_id))
                     session.delete(model)
         return removed
+
+    def remove_model(self, role_id: str, roi_id: str) -> bool:
+        """Drop one model's rows (versions and calibrations go with it); False when there were none."""
+        with self._write() as session, session.begin():
+            model = session.scalar(select(Model).where(Model.role_id == role_id, Model.roi_id == roi_id))
+            if model is None:
+                return False
+            session.delete(model)
+            return True
 
     @staticmethod
     def _model_row(session: Session, role_id: str, roi_id: str, folder: str) -> Model:
