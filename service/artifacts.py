@@ -347,6 +347,7 @@ class ModelStore:
                 "token_w": int(token_grid[1]),
                 "embed_dim": int(embeddings.shape[1]),
                 "extractor": metadata.get("extractor"),
+                "dataset": metadata.get("dataset"),  # provenance of a CLI fit: which samples were held out
                 "memory_sha256": hashlib.sha256(memory).hexdigest(),
                 "memory_bytes": len(memory),
                 "index_sha256": hashlib.sha256(index_bytes).hexdigest() if index_bytes is not None else None,

@@ -31,7 +31,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from .artifacts import ModelStore
-from .datasets import DatasetError, Sample, common_mm_per_px, load_dataset
+from .datasets import Dataset, DatasetError, Sample, common_mm_per_px, load_dataset, relative_name, split_holdout
 from .errors import ConfigError, ServiceError
 from .legacy import FAILED, WOULD, LegacyError, migrate, recorded_files, remove_files
 from .logs import configure_logging
@@ -527,13 +527,27 @@ def _progress() -> Progress:
                     console=_console(stderr=True))
 
 
-def _dataset_samples(dataset_dir: Path, role_id: str, roi_id: str) -> tuple[list[Sample], list[Sample]]:
+def _dataset(dataset_dir: Path, role_id: str, roi_id: str) -> Dataset:
     dataset = load_dataset(dataset_dir, role_id, roi_id)
     for path, reason in dataset.skipped:
         _console(stderr=True).print(f"skipped {path}: {reason}")
     if not dataset.ok:
         raise CliError(f"Dataset {dataset.root} has no OK samples (PNG/JPG/BMP in ok/).", EXIT_USAGE)
-    return dataset.ok, dataset.ng
+    return dataset
+
+
+def _fitted_state(service: InspectionService, role_id: str, roi_id: str) -> ModelState:
+    state = service.model_state(role_id, roi_id)
+    if state is None or state.active is None:
+        raise CliError(f"There is no memory for role_id={role_id!r} roi_id={roi_id!r}; "
+                       f"run `bdi fit {role_id} {roi_id} --dataset DIR` first.")
+    return state
+
+
+def _provenance(service: InspectionService, state: ModelState) -> dict[str, Any]:
+    """What the active version recorded about the dataset it was fitted on (empty for HTTP fits)."""
+    manifest = service.store.version_files(service.store.root / state.folder, state.active_version).manifest
+    return manifest.get("dataset") or {}
 
 
 def _upload(sample: Sample) -> Upload:
@@ -550,24 +564,40 @@ def _upload(sample: Sample) -> Upload:
 @click.option("--memory-fit", is_flag=True, help="Keep every patch (coreset rate 1.0).")
 @click.option("--mm-per-px", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Millimetres per pixel [the sidecars' value, else 0.2].")
+@click.option("--holdout", type=click.FloatRange(0, 0.9), default=0.0, show_default=True,
+              help="Fraction of the OK samples kept out of the memory (seeded) for `bdi calibrate` to score.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the holdout split.")
 @_models_dir_option
 def fit(role_id: str, roi_id: str, dataset_dir: Path, memory_fit: bool, mm_per_px: float | None,
-        models_dir: Path | None) -> None:
-    """Fit the memory of ROLE_ID / ROI_ID from the OK samples of a dataset folder."""
+        holdout: float, seed: int, models_dir: Path | None) -> None:
+    """Fit the memory of ROLE_ID / ROI_ID from the OK samples of a dataset folder.
+
+    With --holdout the held-out samples are recorded with the version, and `bdi calibrate` on the same
+    dataset scores those instead of the images the memory was built from.
+    """
     from .inspection import RequestContext
 
-    ok, _ = _dataset_samples(dataset_dir, role_id, roi_id)
-    mm_per_px = mm_per_px or common_mm_per_px(ok, DEFAULT_MM_PER_PX)
+    dataset = _dataset(dataset_dir, role_id, roi_id)
+    fit_samples, held_out = split_holdout(dataset.ok, holdout, seed)
+    mm_per_px = mm_per_px or common_mm_per_px(dataset.ok, DEFAULT_MM_PER_PX)
     service = _service(models_dir)
     with _progress() as progress:
-        uploads = [_upload(sample) for sample in progress.track(ok, description="Reading OK samples")]
+        uploads = [_upload(sample) for sample in progress.track(fit_samples, description="Reading OK samples")]
+    provenance = {
+        "dataset": str(dataset.root.resolve()),
+        "holdout_rate": holdout,
+        "seed": seed,
+        "fit_files": [relative_name(sample, dataset.root) for sample in fit_samples],
+        "holdout_files": [relative_name(sample, dataset.root) for sample in held_out],
+    }
     with _console(stderr=True).status(f"Fitting {role_id} / {roi_id} on {len(uploads)} image(s)"):
         result = service.fit(role_id, roi_id, mm_per_px, uploads, memory_fit=memory_fit,
-                             context=RequestContext(correlation_id=uuid.uuid4().hex, source="cli"))
+                             context=RequestContext(correlation_id=uuid.uuid4().hex, source="cli"),
+                             provenance=provenance)
     state = service.model_state(role_id, roi_id)
     _print_table(
         f"Fitted {role_id} / {roi_id}: version {state.active_version if state else '-'}", ("field", "value"),
-        [("images", len(uploads)), ("mm_per_px", mm_per_px), *result.items()],
+        [("images", len(uploads)), ("held out", len(held_out)), ("mm_per_px", mm_per_px), *result.items()],
     )
 
 
@@ -588,12 +618,9 @@ def calibrate(role_id: str, roi_id: str, dataset_dir: Path, mm_per_px: float | N
     """Score every OK and NG sample of a dataset folder, then calibrate the threshold of ROLE_ID / ROI_ID."""
     from .inspection import RequestContext
 
-    ok, ng = _dataset_samples(dataset_dir, role_id, roi_id)
+    dataset = _dataset(dataset_dir, role_id, roi_id)
     service = _service(models_dir)
-    state = service.model_state(role_id, roi_id)
-    if state is None or state.active is None:
-        raise CliError(f"There is no memory for role_id={role_id!r} roi_id={roi_id!r}; "
-                       f"run `bdi fit {role_id} {roi_id} --dataset DIR` first.")
+    ok, ng = _calibration_samples(dataset, _provenance(service, _fitted_state(service, role_id, roi_id)))
     context = RequestContext(correlation_id=uuid.uuid4().hex, source="cli")
     scores: dict[str, list[float]] = {"ok": [], "ng": []}
     with _progress() as progress:
@@ -615,12 +642,73 @@ def calibrate(role_id: str, roi_id: str, dataset_dir: Path, mm_per_px: float | N
     )
 
 
+def _calibration_samples(dataset: Dataset, provenance: dict[str, Any]) -> tuple[list[Sample], list[Sample]]:
+    """The OK samples the memory has not seen when the fit recorded a holdout of this dataset; else
+    every OK sample, with a warning: a memory scores its own images low, so the threshold comes out low."""
+    err = _console(stderr=True)
+    names = {relative_name(sample, dataset.root): sample for sample in dataset.ok}
+    held_out = [names[name] for name in provenance.get("holdout_files") or [] if name in names]
+    if held_out:
+        err.print(f"Scoring the {len(held_out)} OK sample(s) held out of the fit (of {len(dataset.ok)}) "
+                  f"and every NG sample.")
+        return held_out, dataset.ng
+    seen = len(set(provenance.get("fit_files") or []) & set(names))
+    if seen:
+        err.print(f"[yellow]Warning:[/] {seen} of the {len(dataset.ok)} OK samples were used to fit this memory; "
+                  "their scores are biased low, so the threshold will be too low. "
+                  "Fit with --holdout 0.3 and calibrate again.")
+    elif not provenance:
+        err.print("[yellow]Note:[/] this memory records no holdout; if these OK samples were used to fit it, "
+                  "their scores are biased low and so is the threshold (`bdi fit --holdout 0.3` avoids it).")
+    return dataset.ok, dataset.ng
+
+
+# ---- bdi eval ----------------------------------------------------------------------------------
+@main.command("eval")
+@click.argument("role_id")
+@click.argument("roi_id")
+@click.option("--dataset", "dataset_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder with ok/ and ng/ (or ko/) samples, or with <role>/<roi>/ok/.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for summary.json, scores.png, overlays/ and README.md.")
+@_models_dir_option
+def evaluate_command(role_id: str, roi_id: str, dataset_dir: Path, report_dir: Path, models_dir: Path | None) -> None:
+    """Score every sample of a labelled dataset like /infer and write a quality report."""
+    from .evaluation import evaluate
+
+    dataset = _dataset(dataset_dir, role_id, roi_id)
+    service = _service(models_dir)
+    provenance = _provenance(service, _fitted_state(service, role_id, roi_id))
+    seen = len(set(provenance.get("fit_files") or []) & {relative_name(s, dataset.root) for s in dataset.ok})
+    if seen:
+        _console(stderr=True).print(f"[yellow]Note:[/] {seen} OK sample(s) were used to fit this memory; "
+                                    "they score lower than new parts would.")
+    samples = dataset.ok + dataset.ng
+    with _progress() as progress:
+        task = progress.add_task("Scoring samples", total=len(samples))
+        try:
+            summary = evaluate(service, role_id, roi_id, samples, report_dir,
+                               progress=lambda done, _total: progress.update(task, completed=done))
+        except ServiceError as exc:
+            raise CliError(exc.message) from None
+    confusion = summary.get("confusion") or {}
+    _print_table(
+        f"Evaluation of {role_id} / {roi_id}", ("metric", "value"),
+        [(key, summary[key]) for key in ("n_ok", "n_ng", "image_auroc", "pixel_auroc", "threshold", "precision",
+                                         "recall", "f1")]
+        + [(f"confusion {key}", value) for key, value in confusion.items()],
+    )
+    _console().print(f"Report: {report_dir / 'README.md'}")
+
+
 # ---- bdi openapi -------------------------------------------------------------------------------
 @main.command()
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="File to write [stdout].")
+@click.option("--openapi-3.0", "as_30", is_flag=True,
+              help="Write an OpenAPI 3.0.3 copy (for C# generators that do not read 3.1).")
 @_models_dir_option
-def openapi(output: Path | None, models_dir: Path | None) -> None:
+def openapi(output: Path | None, as_30: bool, models_dir: Path | None) -> None:
     """Write the service's OpenAPI document (JSON).
 
     The document does not depend on the weights or the models, so the app is built with the seeded
@@ -640,7 +728,11 @@ def openapi(output: Path | None, models_dir: Path | None) -> None:
             document = create_app(settings, service).openapi_schema.to_schema()
         finally:
             service.close()
-    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if as_30:
+        from .openapi import openapi_30
+
+        document = openapi_30(document)
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     if output is None:
         click.echo(text, nl=False)
     else:

@@ -14,6 +14,8 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
+
+import numpy as np
 from typing import Any
 
 SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -124,3 +126,19 @@ def _other_model(sample: Sample, role_id: str | None, roi_id: str | None) -> str
     if roi_id is not None and sample.roi_id not in (None, roi_id):
         return f"its sidecar names roi_id={sample.roi_id!r}"
     return None
+
+
+def relative_name(sample: Sample, root: Path) -> str:
+    """How a sample is recorded in a fit's provenance: its path under the dataset root, with ``/``."""
+    return sample.path.relative_to(root).as_posix()
+
+
+def split_holdout(samples: list[Sample], rate: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(fit, held out): a seeded ``rate`` of the samples kept out of the memory, at least one on each
+    side when there are two or more. Sorted by path first, so the split ignores listing order."""
+    ordered = sorted(samples, key=lambda sample: sample.path.as_posix())
+    if rate <= 0 or len(ordered) < 2:
+        return ordered, []
+    count = min(max(1, round(len(ordered) * rate)), len(ordered) - 1)
+    chosen = set(np.random.default_rng(seed).choice(len(ordered), size=count, replace=False).tolist())
+    return ([s for i, s in enumerate(ordered) if i not in chosen], [s for i, s in enumerate(ordered) if i in chosen])

@@ -4,17 +4,12 @@ Every number comes from ``InspectionService.infer``, the one scoring path: each 
 ``mm_per_px`` and shape text go in exactly as /infer would get them, so what is measured is what a
 client sees (score, decision, regions, heatmap), never a second copy of the pipeline.
 
-Pixel AUROC, and why it is computed the way it is: /infer answers a heatmap PNG stretched per image
-(the mask's p1..p99 to 0..255), which is not comparable across images, and the raw anomaly map is
-not part of its answer. Recomputing the raw map here would mean running the extractor, the memory
-index and the map a second time outside ``infer``: a duplicate of the scoring path. So each pixel is
-scored ``image score x heatmap / 255``. Within an image that keeps the map's order (up to the PNG's
-256 levels and its clipping at p1 and p99); across images an OK image's pixels never rise above its
-own (low) score, while a defect's hottest pixels sit at its image's (high) score. It approximates the
-raw-map AUROC: every image's p1 maps to 0, so the cool pixels of a high-scoring image rank below the
-warm pixels of a low-scoring one. Pixels are pooled over all images, inside each sample's shape mask;
-an NG sample's mask file gives the positives (any non-zero pixel), all else is negative; OK samples
-are all negative; NG samples without a mask file are left out (their pixels' truth is unknown).
+Pixel AUROC uses the raw anomaly map (``InspectionService.inspect``, the computation behind /infer,
+hands it back; the heatmap PNG is stretched per image and so not comparable across images), rounded to
+``PIXEL_RESOLUTION`` so a data set's pixels pool as counts. Pixels are pooled over all images, inside
+each sample's shape mask; an NG sample's mask file gives the positives (any non-zero pixel), all else is
+negative; OK samples are all negative; NG samples without a mask file are left out (their pixels' truth
+is unknown).
 """
 
 from __future__ import annotations
@@ -29,11 +24,10 @@ import cv2
 import numpy as np
 
 from .datasets import Sample, common_mm_per_px
-from .images import decode_image
 from .inspection import InspectionService, Upload
-from .masks import parse_shape, shape_mask
 
 LABELS = ("ok", "ng")
+PIXEL_RESOLUTION = 1e-4  # anomaly-map units (distances in [0, 2]) per pixel-AUROC level
 WORST_SHOWN = 5
 
 # Overlay colours (BGR).
@@ -153,16 +147,16 @@ def evaluate(
         path = Path(sample.path)
         data = path.read_bytes()
         mm_per_px = fallback_mm_per_px if sample.mm_per_px is None else sample.mm_per_px
-        result = service.infer(role_id, roi_id, mm_per_px, Upload(path.name, data), sample.shape)
+        inspection = service.inspect(role_id, roi_id, mm_per_px, Upload(path.name, data), sample.shape)
+        result, image, roi = inspection.response, inspection.image, inspection.mask
         threshold = result["threshold"]
-        image = decode_image(data, path.name, service.settings.max_image_pixels)
         height, width = image.shape[:2]
         heatmap = cv2.imdecode(np.frombuffer(base64.b64decode(result["heatmap_png_base64"]), np.uint8),
                                cv2.IMREAD_GRAYSCALE)
-        roi = shape_mask(parse_shape(sample.shape), width, height)
         truth = _read_truth(sample.mask, (height, width)) if sample.label == "ng" and sample.mask else None
         if sample.label == "ok" or truth is not None:
-            levels.append(pixel_levels(result["score"] * (heatmap / 255.0), roi, truth))
+            quantised = np.round(inspection.anomaly_map / PIXEL_RESOLUTION).astype(np.int64)
+            levels.append(pixel_levels(quantised, roi, truth))
         name = _unique_name(path.stem, used_names)
         _write_png(out_dir / "overlays" / name, draw_overlay(image, heatmap, roi, result["regions"], truth,
                                                              _caption(sample.label, result)))
@@ -362,8 +356,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
     lines += [
         (
             "`scores.png`: OK and NG score histograms with the threshold. `overlays/`: each sample with its heatmap, "
-            "regions (red outline, yellow box) and true defect (green). Pixel AUROC scores each pixel "
-            "`image score x heatmap / 255` (the heatmap PNG is stretched per image); see service/evaluation.py."
+            "regions (red outline, yellow box) and true defect (green). Pixel AUROC ranks the raw anomaly map's "
+            "pixels inside each sample's shape; see service/evaluation.py."
         ),
         "",
     ]

@@ -50,6 +50,16 @@ class Upload:
 
 
 @dataclasses.dataclass(frozen=True)
+class Inspection:
+    """One inspection: the contract's answer plus what it was computed from."""
+
+    response: dict[str, Any]
+    image: np.ndarray  # the decoded BGR image
+    anomaly_map: np.ndarray  # float32 (H, W), blurred, in the score's units
+    mask: np.ndarray  # bool (H, W), the shape's pixels
+
+
+@dataclasses.dataclass(frozen=True)
 class RequestContext:
     """Who asked: recorded with each calibration (audit) and in the logs."""
 
@@ -151,8 +161,10 @@ class InspectionService:
     # ---- fit ------------------------------------------------------------------------------------
     def fit(
         self, role_id: str, roi_id: str, mm_per_px: float, images: list[Upload], memory_fit: bool = False,
-        context: RequestContext = RequestContext(),
+        context: RequestContext = RequestContext(), provenance: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """Build and activate a new memory version; ``provenance`` (the CLI's dataset and holdout) is
+        kept in the version's manifest so a later calibration can score the held-out samples."""
         validate_id("role_id", role_id)
         validate_id("roi_id", roi_id)
         validate_mm_per_px(mm_per_px)
@@ -184,6 +196,7 @@ class InspectionService:
             "coreset_seed": CORESET_SEED,
             "mm_per_px": mm_per_px,
             "extractor": self.extractor.fingerprint,
+            "dataset": provenance,
             "created_at": utc_now(),
         }
         folder = self.store.model_dir(role_id, roi_id, create=True)
@@ -245,6 +258,15 @@ class InspectionService:
         self, role_id: str, roi_id: str, mm_per_px: float, image: Upload, shape: str | None = None,
         context: RequestContext = RequestContext(),
     ) -> dict[str, Any]:
+        """The /infer answer (CONTRACT.md keys)."""
+        return self.inspect(role_id, roi_id, mm_per_px, image, shape, context).response
+
+    def inspect(
+        self, role_id: str, roi_id: str, mm_per_px: float, image: Upload, shape: str | None = None,
+        context: RequestContext = RequestContext(),
+    ) -> Inspection:
+        """/infer's whole computation, also handing back the decoded image, the raw map and the mask
+        (evaluation needs them: the heatmap PNG is stretched per image)."""
         validate_id("role_id", role_id)
         validate_id("roi_id", roi_id)
         validate_mm_per_px(mm_per_px)
@@ -281,7 +303,7 @@ class InspectionService:
             role_id, roi_id, width, height, state.active_version, score, decision, len(regions),
             loaded - started, extracted - loaded, time.perf_counter() - started,
         )
-        return {
+        response = {
             "score": score,
             "threshold": threshold,
             "decision": decision,
@@ -289,6 +311,7 @@ class InspectionService:
             "heatmap_png_base64": heatmap,
             "regions": regions,
         }
+        return Inspection(response, bgr, amap, mask)
 
     # ---- state & health -------------------------------------------------------------------------
     def model_state(self, role_id: str, roi_id: str) -> ModelState | None:

@@ -381,6 +381,48 @@ def test_fit_then_calibrate_from_a_dataset_folder(dataset, tmp_path, shared_back
     assert shown["threshold"] == pytest.approx(values["threshold"])  # a refit keeps the calibration
 
 
+def test_fit_with_holdout_then_calibrate_scores_only_the_held_out_ok_samples(dataset, tmp_path, shared_backbone):
+    models_dir = tmp_path / "models"
+    fitted = bdi(models_dir, "fit", "R", "r/1", "--dataset", str(dataset), "--holdout", "0.5", "--seed", "3")
+    assert fitted.exit_code == 0, fitted.output
+    assert as_json(bdi(models_dir, "models", "show", "R", "r/1", "--json"))["n_embeddings"] == 2 * 64
+    [manifest] = [json.loads(p.read_text()) for p in models_dir.rglob("version.json")]
+    provenance = manifest["dataset"]
+    assert len(provenance["fit_files"]) == len(provenance["holdout_files"]) == 2
+    assert not set(provenance["fit_files"]) & set(provenance["holdout_files"])
+    again = tmp_path / "again"
+    bdi(again, "fit", "R", "r/1", "--dataset", str(dataset), "--holdout", "0.5", "--seed", "3")
+    [same] = [json.loads(p.read_text()) for p in again.rglob("version.json")]
+    assert same["dataset"]["holdout_files"] == provenance["holdout_files"]  # seeded
+
+    calibrated = bdi(models_dir, "calibrate", "R", "r/1", "--dataset", str(dataset))
+    assert calibrated.exit_code == 0, calibrated.output
+    assert "Scoring the 2 OK sample(s) held out of the fit" in calibrated.stderr
+    assert "on 2 OK and 2 NG sample(s)" in calibrated.stdout
+
+
+def test_calibrate_on_the_fit_images_says_the_threshold_is_biased_low(dataset, tmp_path, shared_backbone):
+    models_dir = tmp_path / "models"
+    bdi(models_dir, "fit", "R", "r/1", "--dataset", str(dataset))
+    calibrated = bdi(models_dir, "calibrate", "R", "r/1", "--dataset", str(dataset))
+    assert calibrated.exit_code == 0 and "biased low" in calibrated.stderr and "--holdout" in calibrated.stderr
+
+
+def test_eval_writes_a_report_of_the_dataset(dataset, tmp_path, shared_backbone):
+    models_dir, report = tmp_path / "models", tmp_path / "report"
+    assert bdi(models_dir, "eval", "R", "r/1", "--dataset", str(dataset), "--report", str(report)).exit_code == 1
+    bdi(models_dir, "fit", "R", "r/1", "--dataset", str(dataset), "--holdout", "0.5")
+    bdi(models_dir, "calibrate", "R", "r/1", "--dataset", str(dataset))
+    result = bdi(models_dir, "eval", "R", "r/1", "--dataset", str(dataset), "--report", str(report))
+    assert result.exit_code == 0, result.output
+    assert "image_auroc" in result.stdout and "README.md" in result.stdout
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["n_ok"] == 4 and summary["n_ng"] == 2 and summary["threshold"] is not None
+    assert {item["label"] for item in summary["items"]} == {"ok", "ng"}
+    assert len(list((report / "overlays").glob("*.png"))) == 6
+    assert (report / "scores.png").is_file() and (report / "README.md").is_file()
+
+
 def test_fit_and_calibrate_refuse_unusable_input(dataset, tmp_path, shared_backbone):
     models_dir = tmp_path / "models"
     not_fitted = bdi(models_dir, "calibrate", "R", "r/1", "--dataset", str(dataset))
@@ -404,6 +446,11 @@ def test_openapi_writes_the_document(tmp_path, shared_backbone):
     assert {"/fit_ok", "/infer", "/calibrate_ng", "/state", "/health"} <= set(document["paths"])
     assert not (tmp_path / "models").exists()  # writing the document touches no models dir
     assert json.loads(bdi(tmp_path / "models", "openapi").stdout) == document
+    text = output.read_text()
+    assert text == json.dumps(document, indent=2, sort_keys=True) + "\n"  # the committed snapshot's format
+    converted = tmp_path / "openapi-3.0.json"
+    assert bdi(tmp_path / "models", "openapi", "--openapi-3.0", "--output", str(converted)).exit_code == 0
+    assert json.loads(converted.read_text())["openapi"] == "3.0.3"
 
 
 def test_admin_commands_never_import_the_backbone(models_dir):
