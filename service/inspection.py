@@ -387,6 +387,13 @@ class InspectionService:
             if fresh is None or fresh.active is None or self._cache_key(fresh) == key:
                 raise NotFitted(state.role_id, state.roi_id) from None
             return self._memory_index(fresh)
+        built_with = (loaded.metadata.get("extractor") or {}).get("weights_sha256")
+        if built_with and built_with != self.extractor.fingerprint["weights_sha256"]:
+            logger.warning(
+                "The memory of role=%r roi=%r (version %d) was built with other backbone weights than the ones "
+                "loaded now (%s); its scores are not comparable: refit it, or serve with the weights it was built with.",
+                state.role_id, state.roi_id, state.active_version, self.extractor.weights_source,
+            )
         if loaded.index_bytes is not None:
             index = MemoryIndex.from_bytes(loaded.index_bytes, loaded.embeddings)
         else:
