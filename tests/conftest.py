@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from litestar.testing import TestClient
 from service.app import create_app
 from service.features import FeatureExtractor
 from service.inspection import InspectionService
+from service.logs import configure_logging
 from service.settings import Settings
 
 TEST_INPUT_SIZE = 224
@@ -53,6 +53,13 @@ def decode_png(data: bytes) -> np.ndarray:
 @pytest.fixture(scope="session")
 def extractor() -> FeatureExtractor:
     return FeatureExtractor(input_size=TEST_INPUT_SIZE, weights="random", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def extractor_112() -> FeatureExtractor:
+    """The CLI tests' backbone (input 112). The log handler binds stderr once, before a CliRunner swaps it."""
+    configure_logging("WARNING")
+    return FeatureExtractor(input_size=112, weights="random", device="cpu")
 
 
 def make_settings(models_dir: Path, **env: str) -> Settings:

@@ -20,18 +20,11 @@ from service.cli import main
 from service.datasets import DatasetError, common_mm_per_px, load_dataset
 from service.features import FeatureExtractor
 from service.inspection import InspectionService, Upload
-from service.logs import configure_logging
 from service.settings import Settings
 
 CLI_INPUT_SIZE = 112
 PLAIN = ("Master1", "inspection-1")
 ODD = ("Inspection", "Zona A/1")  # hashed roi folder
-
-
-@pytest.fixture(scope="session")
-def extractor_112() -> FeatureExtractor:
-    configure_logging("WARNING")  # the log handler binds stderr once, before any runner swaps it
-    return FeatureExtractor(input_size=CLI_INPUT_SIZE, weights="random", device="cpu")
 
 
 def cli_env(models_dir: Path, **extra: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import png_bytes, synthetic_roi
-from test_cli import as_json, bdi, extractor_112, make_service, uploads  # noqa: F401 - extractor_112 is a fixture
+from test_cli import as_json, bdi, make_service, uploads
 
 from service.artifacts import ModelStore
 from service.inspection import Upload
@@ -32,7 +32,7 @@ def b64(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, extractor_112):  # noqa: F811 - the imported fixture
+def reference(tmp_path_factory, extractor_112):
     """A memory fitted by the service: the embeddings every legacy file carries, and its probe score."""
     service = make_service(tmp_path_factory.mktemp("reference") / "models", extractor_112)
     service.fit("Ref", "roi", 0.2, uploads(0, 1, 2))
@@ -165,7 +165,7 @@ def test_migrate_imports_every_layout_without_loss(legacy, reference):
     assert bdi(legacy, "models", "verify").exit_code == 0
 
 
-def test_migrated_models_score_like_the_original(legacy, reference, extractor_112):  # noqa: F811
+def test_migrated_models_score_like_the_original(legacy, reference, extractor_112):
     assert bdi(legacy, "models", "migrate").exit_code == 0
     service = make_service(legacy, extractor_112)
     try:
@@ -215,7 +215,7 @@ def test_remove_legacy_deletes_what_was_imported_and_keeps_the_rest(legacy):
     assert bdi(legacy, "models", "verify").exit_code == 0
 
 
-def test_canonical_data_newer_than_legacy_files_is_kept(tmp_path, reference, extractor_112):  # noqa: F811
+def test_canonical_data_newer_than_legacy_files_is_kept(tmp_path, reference, extractor_112):
     root = tmp_path / "models"
     service = make_service(root, extractor_112)
     service.fit("Master2", "Zona_B", 0.2, uploads(5))
@@ -237,7 +237,7 @@ def test_unreadable_legacy_files_fail_and_are_reported(legacy):
     assert len(as_json(bdi(legacy, "models", "list", "--json"))) == 5  # the rest is imported
 
 
-def test_start_imports_legacy_models_so_the_gui_works_at_once(legacy, reference, extractor_112):  # noqa: F811
+def test_start_imports_legacy_models_so_the_gui_works_at_once(legacy, reference, extractor_112):
     service = make_service(legacy, extractor_112)
     try:
         state = service.state("Prüfung ü", "Zona A/1")
@@ -248,7 +248,7 @@ def test_start_imports_legacy_models_so_the_gui_works_at_once(legacy, reference,
     assert "already migrated" in bdi(legacy, "models", "migrate").stdout
 
 
-def test_deleting_a_migrated_model_removes_its_legacy_files(legacy, extractor_112):  # noqa: F811
+def test_deleting_a_migrated_model_removes_its_legacy_files(legacy, extractor_112):
     assert bdi(legacy, "models", "migrate").exit_code == 0
     result = bdi(legacy, "models", "delete", "Master2", "Zona_B", "--yes")
     assert result.exit_code == 0 and "2 legacy file(s)" in result.stdout

@@ -47,12 +47,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(args: argparse.Namespace, models_dir: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """``bdi serve`` on a free loopback port with these BDI_* settings; returns once /health answers."""
     port = free_port()
-    env = {**os.environ, "BDI_WEIGHTS": args.weights, "BDI_INPUT_SIZE": str(args.input_size),
-           "BDI_MODELS_DIR": models_dir, "BDI_CORESET_RATE": str(args.fit_rate), "BDI_LOG_LEVEL": "WARNING"}
     bdi = str(Path(sys.executable).with_name("bdi"))
-    process = subprocess.Popen([bdi, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen([bdi, "serve", "--port", str(port)], env={**os.environ, **env}, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -63,13 +62,15 @@ def start_server(args: argparse.Namespace, models_dir: str) -> tuple[subprocess.
             if process.poll() is not None:
                 raise SystemExit("bdi serve exited during start-up")
             time.sleep(0.5)
+    process.terminate()
     raise SystemExit("bdi serve did not start within 300 s")
 
 
-def peak_rss_mb(pid: int) -> float | None:
+def proc_status_mb(pid: int, field: str) -> float | None:
+    """A memory figure of a process from /proc (``VmRSS`` now, ``VmHWM`` peak); None off Linux."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -125,7 +126,10 @@ def main() -> None:
     images = [synthetic_roi(width, height, seed) for seed in range(max(args.fit_images, 1) + 8)]
 
     forward = bare_forward(args, images[0])
-    process, url = (None, args.url) if args.url else start_server(args, tempfile.mkdtemp(prefix="bdi-bench-"))
+    env = {"BDI_WEIGHTS": args.weights, "BDI_INPUT_SIZE": str(args.input_size), "BDI_DEVICE": args.device,
+           "BDI_MODELS_DIR": tempfile.mkdtemp(prefix="bdi-bench-"), "BDI_CORESET_RATE": str(args.fit_rate),
+           "BDI_LOG_LEVEL": "WARNING"}
+    process, url = (None, args.url) if args.url else start_server(env)
     try:
         client = httpx.Client(base_url=url, timeout=600)
         fields = {"role_id": "bench", "roi_id": "roi-0", "mm_per_px": "0.2"}
@@ -157,7 +161,7 @@ def main() -> None:
         for roi in range(args.rss_rois):
             client.post("/infer", data={**fields, "roi_id": f"roi-{roi}"},
                         files={"image": ("x.png", images[roi % len(images)], "image/png")}).raise_for_status()
-        rss = peak_rss_mb(process.pid) if process else None
+        rss = proc_status_mb(process.pid, "VmHWM") if process else None
     finally:
         if process:
             process.terminate()

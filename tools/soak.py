@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import random
 import sys
 import tempfile
@@ -25,19 +24,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import free_port, synthetic_roi  # noqa: E402
+from bench import proc_status_mb, start_server, synthetic_roi  # noqa: E402
 
 OPERATIONS = (("infer", 0.70), ("state", 0.15), ("calibrate", 0.10), ("fit", 0.05))
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def main() -> None:
@@ -52,29 +41,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    process = None
-    url = args.url
-    if url is None:
-        port = free_port()
-        env = {**os.environ, "BDI_WEIGHTS": "random", "BDI_INPUT_SIZE": str(args.input_size),
-               "BDI_MODELS_DIR": tempfile.mkdtemp(prefix="bdi-soak-"), "BDI_LOG_LEVEL": "WARNING"}
-        process = __import__("subprocess").Popen(
-            [str(Path(sys.executable).with_name("bdi")), "serve", "--port", str(port)], env=env
-        )
-        url = f"http://127.0.0.1:{port}"
-    host = urlparse(url).hostname or ""
-    if not (host.startswith("127.") or host in {"localhost", "::1"}):
-        raise SystemExit("soak only targets loopback addresses")
+    if args.url:
+        process, url = None, args.url
+        host = urlparse(url).hostname or ""
+        if not (host.startswith("127.") or host in {"localhost", "::1"}):
+            raise SystemExit("soak only targets loopback addresses")
+    else:
+        process, url = start_server({"BDI_WEIGHTS": "random", "BDI_INPUT_SIZE": str(args.input_size),
+                                     "BDI_MODELS_DIR": tempfile.mkdtemp(prefix="bdi-soak-"), "BDI_LOG_LEVEL": "WARNING"})
     client = httpx.Client(base_url=url, timeout=120)
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            client.get("/health")
-            break
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise SystemExit("service did not start")
-            time.sleep(0.5)
 
     images = [synthetic_roi(300, 270, seed) for seed in range(12)]
     rois = [f"roi-{i}" for i in range(args.rois)]
@@ -126,10 +101,10 @@ def main() -> None:
     for thread in threads:
         thread.start()
     time.sleep(min(args.warmup, args.seconds / 2))
-    rss_start = rss_mb(process.pid) if process else None
+    rss_start = proc_status_mb(process.pid, "VmRSS") if process else None
     for thread in threads:
         thread.join()
-    rss_end = rss_mb(process.pid) if process else None
+    rss_end = proc_status_mb(process.pid, "VmRSS") if process else None
     if process:
         process.terminate()
         process.wait(30)
