@@ -15,7 +15,6 @@ import os
 import shutil
 import threading
 import time
-import unicodedata
 import uuid
 from typing import Any
 
@@ -27,6 +26,7 @@ from .artifacts import ModelStore, utc_now
 from .calibration import calibrate as calibration_rule
 from .errors import BadRequest, NotFitted, PayloadTooLarge, TokenGridMismatch
 from .features import FeatureExtractor
+from .ids import validate_id
 from .images import decode_image
 from .legacy import ADOPTED, ALREADY_MIGRATED, IMPORTED, MigrationAction, migrate
 from .letterbox import Letterbox
@@ -37,10 +37,8 @@ from .settings import MODEL_NAME, Settings
 
 logger = logging.getLogger(__name__)
 
-MAX_ID_LENGTH = 128
 CORESET_SEED = 0
 MIN_FREE_DISK_BYTES = 256 * 1024 * 1024
-_FORBIDDEN_ID_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,18 +64,6 @@ class RequestContext:
     correlation_id: str | None = None
     client: str | None = None
     source: str = "api"
-
-
-def validate_id(field: str, value: str) -> str:
-    """Ids are free text (any printable Unicode, 1..128 chars), case-sensitive, kept exactly."""
-    if not isinstance(value, str) or not value.strip():
-        raise BadRequest(f"{field} is empty; send the name of the {field.split('_')[0]} (1 to 128 characters).")
-    if len(value) > MAX_ID_LENGTH:
-        raise BadRequest(f"{field} has {len(value)} characters; use at most {MAX_ID_LENGTH}.")
-    bad = next((c for c in value if unicodedata.category(c) in _FORBIDDEN_ID_CATEGORIES), None)
-    if bad is not None:
-        raise BadRequest(f"{field} contains the control character U+{ord(bad):04X}; use printable characters only.")
-    return value
 
 
 def validate_mm_per_px(value: float) -> float:

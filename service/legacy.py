@@ -53,6 +53,7 @@ from .artifacts import (
     sha256_file,
     utc_now,
 )
+from .ids import validate_id
 from .errors import BadRequest
 from .patchcore import MemoryIndex
 from .registry import Registry
@@ -217,10 +218,6 @@ def _b64_id(text: str) -> str | None:
 
 
 def _valid_id(value: str | None) -> bool:
-    # Imported here: the id rule lives with the service, whose module pulls in torch, and the admin
-    # commands that use this module never need the backbone.
-    from .inspection import validate_id
-
     try:
         validate_id("id", value)  # type: ignore[arg-type]
     except BadRequest:
