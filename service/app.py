@@ -16,7 +16,7 @@ from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
 from litestar.datastructures import MutableScopeHeaders
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.exceptions import HTTPException, NotAuthorizedException, SerializationException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -113,6 +113,8 @@ def _fastapi_detail(problem: dict[str, Any]) -> ValidationDetail:
     source = str(problem.get("source") or "body")
     key = problem.get("key")
     message = str(problem.get("message", "invalid value"))
+    if key == "data" and message == "'data'":  # Litestar's KeyError text for an empty body
+        return ValidationDetail(loc=[source], msg="Field required", type="missing")
     loc: list[str | int] = [source]
     if key not in (None, "", "data"):
         loc += [name if name else int(index) for name, index in _PATH_PART.findall(f".{key}")]
@@ -158,6 +160,11 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         message = (
             f"The request body is over the limit of {settings.max_body_mb:g} MB (BDI_MAX_BODY_MB); "
             "send fewer or smaller images."
+        )
+    elif isinstance(exc.__cause__, SerializationException):  # the JSON body does not decode
+        message = (
+            f"The body is not valid JSON ({str(exc.detail).rstrip('.')}); send a JSON object with finite numbers "
+            "(no NaN, Infinity or out-of-range values) as the API document at /docs describes."
         )
     else:
         message = f"{str(exc.detail).rstrip('.')}; check the request against the API document at /docs."

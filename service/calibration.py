@@ -13,8 +13,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import BadRequest
+from .validation import validate_mm_per_px
 
 OVERLAP_MARGIN = 1.02
+MAX_SCORE = 1e6
+"""Largest score magnitude taken: means and midpoints of the scores stay finite (JSON has no infinity)."""
 NG_PERCENTILE = 5
 
 
@@ -32,8 +35,7 @@ def calibrate(
         raise BadRequest("ok_scores is empty; send the scores of at least one OK image.")
     ng = _scores("ng_scores", ng_scores if ng_scores is not None else [])
     percentile = _percentile(score_percentile)
-    if not math.isfinite(mm_per_px) or mm_per_px <= 0:
-        raise BadRequest(f"mm_per_px must be a finite number > 0, got {mm_per_px}.")
+    validate_mm_per_px(mm_per_px)
     if not math.isfinite(area_mm2_thr) or area_mm2_thr < 0:
         raise BadRequest(f"area_mm2_thr must be a finite number >= 0, got {area_mm2_thr}.")
 
@@ -67,6 +69,8 @@ def _scores(name: str, values: Sequence[float]) -> np.ndarray:
         raise BadRequest(f"{name} must be a flat list of numbers.")
     if not np.isfinite(array).all():
         raise BadRequest(f"{name} contains NaN or infinite values; send finite scores only.")
+    if (np.abs(array) > MAX_SCORE).any():
+        raise BadRequest(f"{name} must hold numbers within ±{MAX_SCORE:g} (/infer scores are 0..2); send the scores /infer gave.")
     return array
 
 

@@ -10,7 +10,6 @@ import base64
 import collections
 import dataclasses
 import logging
-import math
 import os
 import shutil
 import threading
@@ -26,7 +25,7 @@ from .artifacts import ModelStore, utc_now
 from .calibration import calibrate as calibration_rule
 from .errors import BadRequest, NotFitted, PayloadTooLarge, TokenGridMismatch
 from .features import FeatureExtractor
-from .ids import validate_id
+from .validation import validate_id, validate_mm_per_px
 from .images import decode_image
 from .legacy import ADOPTED, ALREADY_MIGRATED, IMPORTED, MigrationAction, migrate
 from .letterbox import Letterbox
@@ -64,12 +63,6 @@ class RequestContext:
     correlation_id: str | None = None
     client: str | None = None
     source: str = "api"
-
-
-def validate_mm_per_px(value: float) -> float:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise BadRequest(f"mm_per_px must be a finite number > 0 (millimetres per pixel), got {value!r}.")
-    return float(value)
 
 
 class MemoryCache:

@@ -53,7 +53,7 @@ from .artifacts import (
     sha256_file,
     utc_now,
 )
-from .ids import validate_id
+from .validation import validate_id
 from .errors import BadRequest
 from .patchcore import MemoryIndex
 from .registry import Registry

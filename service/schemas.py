@@ -14,17 +14,37 @@ import msgspec
 from litestar.datastructures import UploadFile
 from msgspec import Meta
 
+from .calibration import MAX_SCORE
+from .validation import MAX_ID_LENGTH, MAX_MM_PER_PX
+
+# Constraints for the document only: Litestar copies a Meta's ``extra_json_schema["extra"]`` into the field's
+# schema and msgspec validates none of it, so the service's own checks, with the contract's 400s, stay the rule.
+_CONTROL = "\\u0000-\\u001F\\u007F-\\u009F\\u2028\\u2029"
+_SPACE = " \\u00A0\\u1680\\u2000-\\u200A\\u202F\\u205F\\u3000"
+ID_SCHEMA = {
+    "minLength": 1,
+    "maxLength": MAX_ID_LENGTH,
+    "pattern": f"^[^{_CONTROL}]*[^{_SPACE}{_CONTROL}][^{_CONTROL}]*$",
+}
+"""What an id must be (``validation.validate_id``: not blank after ``str.strip``, no control, line or paragraph
+separator), for the document only: a violation is the contract's 400, not the 422 a validating Meta would give.
+The spaces listed are the characters ``str.isspace`` knows besides those; surrogates can't arrive in UTF-8."""
+MM_PER_PX_SCHEMA = {"maximum": MAX_MM_PER_PX}  # no lower bound: OpenAPI 3.0 has no numeric exclusiveMinimum
+SCORES_SCHEMA = {"items": {"type": "number", "minimum": -MAX_SCORE, "maximum": MAX_SCORE}}
+
 RoleId = Annotated[
     str,
     Meta(
-        description="Role of the model, e.g. `Master1`. Free text: 1 to 128 printable characters, "
+        description="Role of the model, e.g. `Master1`. Free text: 1 to 128 printable characters, not blank, "
         "case-sensitive (`Master1` and `master1` are two models).",
         examples=["Master1"],
+        extra_json_schema={"extra": ID_SCHEMA},
     ),
 ]
 RoiId = Annotated[
     str,
-    Meta(description="ROI within the role, e.g. `inspection-1`. Same rules as `role_id`.", examples=["inspection-1"]),
+    Meta(description="ROI within the role, e.g. `inspection-1`. Same rules as `role_id`.", examples=["inspection-1"],
+         extra_json_schema={"extra": ID_SCHEMA}),
 ]
 TokenShape = Annotated[
     list[int],
@@ -35,8 +55,9 @@ FormMmPerPx = Annotated[
     float,
     Meta(
         description="Millimetres per pixel of the image. Form fields are text: send it as e.g. `0.2`. "
-        "Must be finite and > 0, else 400.",
+        "Must be finite, > 0 and at most 1e6, else 400.",
         examples=[0.2],
+        extra_json_schema={"extra": MM_PER_PX_SCHEMA},
     ),
 ]
 MODEL_KEY_DESCRIPTION = "Accepted and ignored (newer GUIs send it)."
@@ -110,26 +131,31 @@ class CalibrateRequest(msgspec.Struct):
     roi_id: RoiId
     ok_scores: Annotated[
         list[float],
-        Meta(description="Scores of OK samples (from /infer): at least one, all finite, else 400.",
-             examples=[[0.41, 0.44, 0.39, 0.47]]),
+        Meta(description="Scores of OK samples (from /infer): at least one, all finite and within ±1e6, else 400.",
+             examples=[[0.41, 0.44, 0.39, 0.47]], extra_json_schema={"extra": {"minItems": 1, **SCORES_SCHEMA}}),
     ]
     ng_scores: Annotated[
         list[float] | None,
-        Meta(description="Scores of NG samples, all finite. May be null or absent when there are none "
-             "(the GUI sends null); the threshold is then the OK percentile.", examples=[[0.93, 1.1]]),
+        Meta(description="Scores of NG samples, all finite and within ±1e6. May be null or absent when there are "
+             "none (the GUI sends null); the threshold is then the OK percentile.", examples=[[0.93, 1.1]],
+             extra_json_schema={"extra": SCORES_SCHEMA}),
     ] = None
     mm_per_px: Annotated[
-        float, Meta(description="Millimetres per pixel stored with the calibration; finite, > 0.")
+        float,
+        Meta(description="Millimetres per pixel stored with the calibration; finite, > 0 and at most 1e6.",
+             extra_json_schema={"extra": MM_PER_PX_SCHEMA}),
     ] = 0.2
     area_mm2_thr: Annotated[
         float | None,
-        Meta(description="Smallest defect area in mm² that /infer reports as a region. Null or absent: the "
-             "server's setting (BDI_AREA_MM2_THR, default 1.0)."),
+        Meta(description="Smallest defect area in mm² that /infer reports as a region, finite and >= 0. Null or "
+             "absent: the server's setting (BDI_AREA_MM2_THR, default 1.0).",
+             extra_json_schema={"extra": {"minimum": 0}}),
     ] = None
     score_percentile: Annotated[
         int | None,
         Meta(description="Integer 1..100: the percentile taken of the OK scores here and of the anomaly map "
-             "in /infer. Null or absent: the server's setting (BDI_SCORE_PERCENTILE, default 99)."),
+             "in /infer. Null or absent: the server's setting (BDI_SCORE_PERCENTILE, default 99).",
+             extra_json_schema={"extra": {"minimum": 1, "maximum": 100}}),
     ] = None
 
 

@@ -1,13 +1,16 @@
-"""The id rule of CONTRACT.md, in a module of its own so that the admin commands (and the legacy
-import) check ids without importing the backbone's stack."""
+"""Rules for the values every route takes (ids, mm_per_px), in a module of their own so that the admin
+commands and the legacy import check them without importing the backbone's stack."""
 
 from __future__ import annotations
 
+import math
 import unicodedata
 
 from .errors import BadRequest
 
 MAX_ID_LENGTH = 128
+MAX_MM_PER_PX = 1e6
+"""A kilometre per pixel: past it the areas in mm² (px x mm_per_px²) stop being finite JSON numbers."""
 _FORBIDDEN_ID_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}  # controls (NUL included), surrogates, line breaks
 
 
@@ -21,3 +24,11 @@ def validate_id(field: str, value: str) -> str:
     if bad is not None:
         raise BadRequest(f"{field} contains the control character U+{ord(bad):04X}; use printable characters only.")
     return value
+
+
+def validate_mm_per_px(value: float) -> float:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 < value <= MAX_MM_PER_PX:
+        raise BadRequest(
+            f"mm_per_px must be a finite number > 0 and at most {MAX_MM_PER_PX:g} (millimetres per pixel), got {value!r}."
+        )
+    return float(value)
