@@ -721,8 +721,9 @@ def openapi(output: Path | None, as_30: bool, models_dir: Path | None) -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         # database_url="" derives the registry from the scratch models dir, whatever BDI_DATABASE_URL says.
-        settings = Settings.load(models_dir=Path(scratch), database_url="", log_level="WARNING")
-        extractor = FeatureExtractor(input_size=settings.input_size, weights="random", device="cpu")
+        settings = Settings.load(models_dir=Path(scratch), database_url="", log_level="WARNING", precision="fp32")
+        extractor = FeatureExtractor(input_size=settings.input_size, weights="random", device="cpu",
+                                     precision=settings.precision)
         service = InspectionService(settings, extractor=extractor)
         try:
             document = create_app(settings, service).openapi_schema.to_schema()

@@ -24,13 +24,14 @@ from PIL import Image
 
 from .errors import ConfigError
 from .letterbox import Letterbox
-from .settings import MODEL_NAME, PATCH_SIZE
+from .settings import MODEL_NAME, PATCH_SIZE, PRECISIONS
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 LAYERS = (9, 10, 11)
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 _WEIGHTS_HELP = (
     "set BDI_WEIGHTS to a local .safetensors/.pth checkpoint of the model, to 'random' (demos and tests "
@@ -136,10 +137,16 @@ class FeatureExtractor:
         weights: str = "hub",
         device: str = "auto",
         model_name: str = MODEL_NAME,
+        precision: str = "fp32",
     ) -> None:
         if input_size <= 0 or input_size % PATCH_SIZE:
             raise ConfigError(f"Setting BDI_INPUT_SIZE={input_size} is not a positive multiple of {PATCH_SIZE}.")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"Setting BDI_PRECISION={precision!r} is not one of {', '.join(PRECISIONS)}.")
         self.device, self.device_name = _resolve_device(device)
+        self.precision = precision
+        if precision == "fp16" and self.device.type == "cpu":
+            log.warning("BDI_PRECISION=fp16 on the CPU is several times slower than fp32; use bf16 or fp32 there.")
         self.model_name = model_name
         self.input_size = input_size
         side = input_size // PATCH_SIZE
@@ -152,6 +159,7 @@ class FeatureExtractor:
             "layers": list(LAYERS),
             "weights": weights_label,
             "weights_sha256": _state_dict_sha256(state),
+            "precision": precision,
         }
         self._model = self._build(state)
         self.embed_dim = self._model.embed_dim * len(LAYERS)
@@ -226,22 +234,26 @@ class FeatureExtractor:
         chunks = []
         for start in range(0, total, step):
             batch = np.stack([preprocess(image, self.input_size)[0] for image in images[start : start + step]])
-            chunks.append(self._forward(torch.from_numpy(batch)))
+            chunks.append(self.embed(batch))
             if progress is not None:
                 progress(min(start + step, total), total)
         if not chunks:
             return np.empty((0, self.grid[0] * self.grid[1], self.embed_dim), dtype=np.float32)
         return np.concatenate(chunks)
 
-    def _forward(self, batch: torch.Tensor) -> np.ndarray:
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """One forward of (B, 3, S, S) ``preprocess`` outputs: (B, H*W, 1152) float32 unit rows.
+
+        bf16/fp16 run the blocks under autocast; the L2 normalisation is always done in float32."""
         model = self._model
-        with torch.inference_mode():
-            x = model.norm_pre(model._pos_embed(model.patch_embed(batch.to(self.device))))
+        dtype = AUTOCAST_DTYPES.get(self.precision)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            x = model.norm_pre(model._pos_embed(model.patch_embed(torch.from_numpy(batch).to(self.device))))
             outputs = []
             for index, block in enumerate(model.blocks[: max(LAYERS) + 1]):
                 x = block(x)
                 if index in LAYERS:
                     outputs.append(x[:, model.num_prefix_tokens :])
-            features = torch.cat(outputs, dim=-1)
+            features = torch.cat(outputs, dim=-1).float()
             features = features / (features.norm(dim=-1, keepdim=True) + 1e-8)
-            return features.float().cpu().numpy()
+            return features.cpu().numpy()

@@ -24,6 +24,7 @@ from .anomaly_map import anomaly_map, find_regions, heatmap_png, image_score
 from .artifacts import ModelStore, utc_now
 from .calibration import calibrate as calibration_rule
 from .errors import BadRequest, NotFitted, PayloadTooLarge, TokenGridMismatch
+from .batching import MicroBatcher
 from .features import FeatureExtractor
 from .validation import validate_id, validate_mm_per_px
 from .images import decode_image
@@ -96,13 +97,20 @@ class InspectionService:
     def __init__(self, settings: Settings, extractor: FeatureExtractor | None = None) -> None:
         self.settings = settings
         self.extractor = extractor or FeatureExtractor(
-            input_size=settings.input_size, weights=settings.weights, device=settings.device
+            input_size=settings.input_size, weights=settings.weights, device=settings.device,
+            precision=settings.precision,
         )
         if self.extractor.input_size != settings.input_size:
             raise ValueError("The extractor's input size differs from settings.input_size.")
+        if self.extractor.precision != settings.precision:
+            raise ValueError("The extractor's precision differs from settings.precision.")
         self.store = ModelStore(settings.models_dir, settings.keep_versions)
         self.registry = Registry(settings.database_url, settings.models_dir / ".registry.lock")
         self.cache = MemoryCache(settings.cache_size)
+        batch = settings.infer_batch_size
+        if batch == "auto":  # a CPU forward already keeps every core busy: batching gains nothing there
+            batch = 1 if self.extractor.device.type == "cpu" else 8
+        self.batcher = MicroBatcher(self.extractor, int(batch))
 
     # ---- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -118,8 +126,10 @@ class InspectionService:
             imported += 1
         removed = self.registry.remove_missing(self.store)
         logger.info(
-            "Service ready: device=%s weights=%s input_size=%d grid=%s models_dir=%s registry=%s models=%d%s",
-            self.extractor.device_name, self.extractor.weights_source, self.settings.input_size,
+            "Service ready: device=%s precision=%s infer_batch<=%d weights=%s input_size=%d grid=%s models_dir=%s "
+            "registry=%s models=%d%s",
+            self.extractor.device_name, self.extractor.precision, self.batcher.max_batch,
+            self.extractor.weights_source, self.settings.input_size,
             self.extractor.grid, self.settings.models_dir.resolve(), self.registry.url, imported,
             f" (dropped {len(removed)} model(s) whose folders are gone)" if removed else "",
         )
@@ -135,6 +145,7 @@ class InspectionService:
         return actions
 
     def close(self) -> None:
+        self.batcher.close()
         self.registry.dispose()
 
     # ---- fit ------------------------------------------------------------------------------------
@@ -261,7 +272,7 @@ class InspectionService:
         mask = shape_mask(parsed_shape, width, height)
         index = self._memory_index(state)
         loaded = time.perf_counter()
-        features = self.extractor.extract([bgr])[0]
+        features = self.batcher.extract(bgr)
         extracted = time.perf_counter()
         distances = index.nearest_distances(features)
         amap = anomaly_map(distances, self.extractor.grid, Letterbox.fit(width, height, self.settings.input_size))
@@ -334,9 +345,11 @@ class InspectionService:
             "model": MODEL_NAME,
             "version": __version__,
             "weights": self.extractor.weights_source,
+            "precision": self.extractor.precision,
             "input_size": self.settings.input_size,
             "token_shape": list(self.extractor.grid),
             "models": models,
+            "infer_forwards": {str(size): count for size, count in self.batcher.forwards_by_size().items()},
         }
         if problems:
             body["problems"] = problems

@@ -168,9 +168,11 @@ class HealthResponse(msgspec.Struct):
         "model": "vit_small_patch14_dinov2.lvd142m",
         "version": "0.1.0",
         "weights": "hub",
+        "precision": "fp32",
         "input_size": 448,
         "token_shape": [32, 32],
         "models": 3,
+        "infer_forwards": {"1": 120, "2": 31, "4": 7},
     }
 
     status: Annotated[
@@ -183,10 +185,19 @@ class HealthResponse(msgspec.Struct):
     version: Annotated[str, Meta(description="Version of this service.")]
     weights: Annotated[str, Meta(description="Where the backbone weights came from: `hub`, a checkpoint path, or "
                                  "`random (seeded, NOT pretrained)` (demo and tests only: scores mean nothing).")]
+    precision: Annotated[
+        Literal["fp32", "bf16", "fp16"],
+        Meta(description="Arithmetic of the backbone forward (BDI_PRECISION): fp32, or bf16/fp16 autocast."),
+    ]
     input_size: Annotated[int, Meta(description="Side in pixels of the square backbone input (BDI_INPUT_SIZE).")]
     token_shape: TokenShape
     models: Annotated[int | None, Meta(description="Number of (role, roi) models in the registry; null when the "
                                        "registry is unreadable.")]
+    infer_forwards: Annotated[
+        dict[str, int],
+        Meta(description="Backbone forwards this process ran for /infer since it started, by batch size: "
+             "concurrent requests share a forward (at most BDI_INFER_BATCH_SIZE images)."),
+    ]
     problems: Annotated[list[str], Meta(description="Present only when `status` is `degraded`: what is wrong.")] | (
         msgspec.UnsetType
     ) = msgspec.UNSET

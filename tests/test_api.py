@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from conftest import decode_png, fit, infer, png_bytes, synthetic_roi
+from conftest import TEST_INPUT_SIZE, decode_png, fit, infer, png_bytes, synthetic_roi
+from service.features import FeatureExtractor
 from service.logs import CorrelationIdFilter
 
 ROLE, ROI = "Master1", "inspection-1"
@@ -33,7 +34,22 @@ def test_health(client):
     assert body["model"] == "vit_small_patch14_dinov2.lvd142m"
     assert isinstance(body["version"], str) and body["version"]
     assert "random" in body["weights"]
+    assert body["precision"] == "fp32"
+    assert body["infer_forwards"] == {}
     assert "problems" not in body
+
+
+def test_bf16_service_scores_a_fp32_memory_close_to_fp32(tmp_path, make_client):
+    """A memory fitted in fp32 and served with BDI_PRECISION=bf16: same answer shape, score within 2%."""
+    full = make_client(tmp_path / "models")
+    assert fit(full, ROLE, ROI, OK_IMAGES).status_code == 200
+    bf16 = FeatureExtractor(input_size=TEST_INPUT_SIZE, weights="random", device="cpu", precision="bf16")
+    low = make_client(tmp_path / "models", extractor_=bf16, BDI_PRECISION="bf16")
+    assert low.get("/health").json()["precision"] == "bf16"
+    probe = synthetic_roi(96, 80, seed=40)
+    expected, got = infer(full, ROLE, ROI, probe).json(), infer(low, ROLE, ROI, probe).json()
+    assert got.keys() == expected.keys() and got["token_shape"] == expected["token_shape"]
+    assert got["score"] == pytest.approx(expected["score"], rel=0.02)
 
 
 def test_gui_flow_fit_infer_calibrate_infer_state(client):

@@ -69,10 +69,10 @@ def models_dir(tmp_path: Path, fitted_template: Path) -> Path:
 
 @pytest.fixture
 def shared_backbone(monkeypatch, extractor_112):
-    """Commands that load the backbone get the session's (same settings: 112, random, cpu), not a new one."""
+    """Commands that load the backbone get the session's (same settings: 112, random, cpu, fp32), not a new one."""
 
-    def load(input_size: int, weights: str, device: str) -> FeatureExtractor:
-        assert (input_size, weights, device) == (CLI_INPUT_SIZE, "random", "cpu")
+    def load(input_size: int, weights: str, device: str, precision: str) -> FeatureExtractor:
+        assert (input_size, weights, device, precision) == (CLI_INPUT_SIZE, "random", "cpu", "fp32")
         return extractor_112
 
     monkeypatch.setattr("service.inspection.FeatureExtractor", load)

@@ -144,6 +144,7 @@ def test_fingerprint_is_the_same_for_the_same_weights(checkpoint_files, from_saf
         "layers": [9, 10, 11],
         "weights": "timm_names.safetensors",
         "weights_sha256": a["weights_sha256"],
+        "precision": "fp32",
     }
     assert b["weights"] == "dinov2_names.pth"
     assert from_pth.weights_source == checkpoint_files["pth"]
@@ -245,3 +246,23 @@ def test_unavailable_device_names_the_setting(device) -> None:
         pytest.skip("this machine has a cuda:7")
     with pytest.raises(ConfigError, match="BDI_DEVICE"):
         FeatureExtractor(input_size=112, weights="random", device=device)
+
+
+def test_bf16_autocast_stays_close_to_fp32(random_extractor) -> None:
+    """BDI_PRECISION=bf16 (what the CPU can run fast): unit rows close to fp32's, recorded in the fingerprint."""
+    bf16 = FeatureExtractor(input_size=SIZE, weights="random", device="cpu", precision="bf16")
+    assert bf16.fingerprint == {**random_extractor.fingerprint, "precision": "bf16"}
+    images = [_synthetic(60, 90, seed=20), _synthetic(90, 60, seed=21)]
+    low, full = bf16.extract(images), random_extractor.extract(images)
+    assert low.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(low, axis=-1), 1.0, atol=1e-5)
+    assert not np.array_equal(low, full)  # autocast really ran
+    assert (low * full).sum(-1).min() > 0.999  # cosine of each row to its fp32 row
+
+
+def test_precision_is_checked_and_fp16_on_cpu_warns(caplog) -> None:
+    with pytest.raises(ConfigError, match="BDI_PRECISION"):
+        FeatureExtractor(input_size=SIZE, weights="random", device="cpu", precision="fp8")
+    with caplog.at_level(logging.WARNING, logger="service.features"):
+        FeatureExtractor(input_size=SIZE, weights="random", device="cpu", precision="fp16")
+    assert any("fp16 on the CPU" in record.message for record in caplog.records)

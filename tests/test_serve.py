@@ -74,7 +74,9 @@ def test_bdi_serve_answers_the_gui_flow(tmp_path):
 
 
 @pytest.mark.parametrize("env, setting", [({"BDI_WEIGHTS": "/nonexistent/dinov2.pth"}, "BDI_WEIGHTS"),
-                                          ({"BDI_INPUT_SIZE": "100"}, "BDI_INPUT_SIZE")])
+                                          ({"BDI_INPUT_SIZE": "100"}, "BDI_INPUT_SIZE"),
+                                          ({"BDI_PRECISION": "fp8"}, "BDI_PRECISION"),
+                                          ({"BDI_INFER_BATCH_SIZE": "0"}, "BDI_INFER_BATCH_SIZE")])
 def test_bdi_serve_refuses_to_start_and_names_the_setting(tmp_path, env, setting):
     result = subprocess.run([BDI, "serve", "--port", str(_free_port())], env=_env(tmp_path, **env),
                             capture_output=True, text=True, timeout=120)

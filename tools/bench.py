@@ -29,7 +29,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.features import FeatureExtractor  # noqa: E402
+from service.inspection import InspectionService, Upload  # noqa: E402
 from service.patchcore import coreset_size, select_coreset  # noqa: E402
+from service.settings import PRECISIONS, Settings  # noqa: E402
 
 
 def synthetic_roi(width: int, height: int, seed: int) -> bytes:
@@ -77,17 +79,33 @@ def proc_status_mb(pid: int, field: str) -> float | None:
     return None
 
 
-def bare_forward(args: argparse.Namespace, image: bytes) -> float:
-    extractor = FeatureExtractor(input_size=args.input_size, weights=args.weights, device=args.device)
-    bgr = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
-    extractor.extract([bgr])  # warm-up
-    times = []
-    for _ in range(args.repeats):
-        started = time.perf_counter()
-        extractor.extract([bgr])
-        times.append(time.perf_counter() - started)
-    del extractor
-    return statistics.median(times)
+class BareForward:
+    """One bare backbone forward of a ROI in this process, re-measured around every phase so that a
+    machine whose speed drifts during the run (shared cores) is compared with itself."""
+
+    def __init__(self, args: argparse.Namespace, image: bytes, precision: str) -> None:
+        self.extractor = FeatureExtractor(input_size=args.input_size, weights=args.weights, device=args.device,
+                                          precision=precision)
+        self.bgr = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+        self.repeats = args.repeats
+        self.samples: list[float] = []
+        self.extractor.extract([self.bgr])  # warm-up
+
+    def measure(self) -> float:
+        """Median of ``repeats`` forwards now; also kept for the run's overall median."""
+        times = []
+        for _ in range(self.repeats):
+            started = time.perf_counter()
+            self.extractor.extract([self.bgr])
+            times.append(time.perf_counter() - started)
+        self.samples.extend(times)
+        return statistics.median(times)
+
+    def around(self, phase):
+        """(phase's result, the mean of the forward measured just before and just after it)."""
+        before = self.measure()
+        result = phase()
+        return result, (before + self.measure()) / 2
 
 
 def bench_coreset(n: int, rate: float) -> dict[str, float]:
@@ -106,6 +124,25 @@ def bench_coreset(n: int, rate: float) -> dict[str, float]:
             "input_mb": data.nbytes / 2**20, "same_seed_same_coreset": same}
 
 
+def compare_with_fp32(args: argparse.Namespace, env: dict[str, str], images: list[bytes],
+                      scores: dict[int, float]) -> dict[str, float]:
+    """Reduced precision against fp32 on the server's own memory: fp32 scores of the probe images, the
+    speed of one fp32 forward, and the largest score differences."""
+    reference = BareForward(args, images[0], "fp32")
+    settings = Settings.load({**env, "BDI_PRECISION": "fp32"})
+    service = InspectionService(settings, reference.extractor)
+    try:
+        diffs = []
+        for image, score in scores.items():
+            upload = Upload("x.png", images[image])
+            full = service.infer("bench", "roi-0", 0.2, upload)["score"]
+            diffs.append((abs(score - full), abs(score - full) / max(abs(full), 1e-12)))
+    finally:
+        service.close()
+    return {"precision": args.precision, "bare_forward_fp32_s": reference.measure(), "images": len(diffs),
+            "score_max_abs_diff": max(d for d, _ in diffs), "score_max_rel_diff": max(r for _, r in diffs)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="benchmark a running service instead of starting one")
@@ -117,6 +154,11 @@ def main() -> None:
     parser.add_argument("--fit-rate", type=float, default=0.10, help="coreset rate of the started server")
     parser.add_argument("--infers", type=int, default=20)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--infer-batch-size", default="auto",
+                        help="BDI_INFER_BATCH_SIZE of the started server (1: no micro-batching; auto: 1 on CPU)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="BDI_PRECISION of the started server; the bare forward runs at the same precision, "
+                             "and for bf16/fp16 the scores are compared with fp32 scores of the same memory")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--coreset-n", type=int, default=100_000)
     parser.add_argument("--rss-rois", type=int, default=10, help="ROIs fitted and served before peak RSS is read")
@@ -125,35 +167,48 @@ def main() -> None:
     width, height = map(int, args.roi.lower().split("x"))
     images = [synthetic_roi(width, height, seed) for seed in range(max(args.fit_images, 1) + 8)]
 
-    forward = bare_forward(args, images[0])
+    bare = BareForward(args, images[0], args.precision)
     env = {"BDI_WEIGHTS": args.weights, "BDI_INPUT_SIZE": str(args.input_size), "BDI_DEVICE": args.device,
            "BDI_MODELS_DIR": tempfile.mkdtemp(prefix="bdi-bench-"), "BDI_CORESET_RATE": str(args.fit_rate),
-           "BDI_LOG_LEVEL": "WARNING"}
+           "BDI_INFER_BATCH_SIZE": args.infer_batch_size, "BDI_PRECISION": args.precision, "BDI_LOG_LEVEL": "WARNING"}
     process, url = (None, args.url) if args.url else start_server(env)
     try:
         client = httpx.Client(base_url=url, timeout=600)
         fields = {"role_id": "bench", "roi_id": "roi-0", "mm_per_px": "0.2"}
-        started = time.perf_counter()
-        response = client.post("/fit_ok", data=fields,
-                               files=[("images", (f"{i}.png", images[i], "image/png")) for i in range(args.fit_images)])
-        fit_seconds = time.perf_counter() - started
-        response.raise_for_status()
-        fit_body = response.json()
 
-        def one_infer(seed: int) -> float:
+        def fit() -> tuple[float, dict]:
             begin = time.perf_counter()
-            reply = client.post("/infer", data=fields, files={"image": ("x.png", images[seed % len(images)], "image/png")})
+            files = [("images", (f"{i}.png", images[i], "image/png")) for i in range(args.fit_images)]
+            reply = client.post("/fit_ok", data=fields, files=files)
             reply.raise_for_status()
-            assert 0 <= reply.json()["score"] <= 2
-            return time.perf_counter() - begin
+            return time.perf_counter() - begin, reply.json()
+
+        (fit_seconds, fit_body), fit_forward = bare.around(fit)
+        probes = min(args.infers, len(images))
+        expected: dict[int, float] = {}  # image -> its score when served alone
+
+        def one_infer(seed: int) -> tuple[float, bool]:
+            """(latency, whether the score equals the one the image got alone)."""
+            begin = time.perf_counter()
+            reply = client.post("/infer", data=fields, files={"image": ("x.png", images[seed % probes], "image/png")})
+            reply.raise_for_status()
+            score = reply.json()["score"]
+            same = abs(expected.setdefault(seed % probes, score) - score) <= 1e-5 * max(abs(score), 1e-6)
+            return time.perf_counter() - begin, same
 
         one_infer(0)  # warm the memory cache
-        latencies = sorted(one_infer(i) for i in range(args.infers))
+        sequential, infer_forward = bare.around(lambda: [one_infer(i) for i in range(args.infers)])
+        latencies = sorted(latency for latency, _ in sequential)
         total = args.clients * max(args.infers // 2, 4)
-        started = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
-            list(pool.map(one_infer, range(total)))
-        concurrent_rps = total / (time.perf_counter() - started)
+
+        def concurrent_run() -> tuple[float, int]:
+            begin = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
+                answers = list(pool.map(one_infer, range(total)))
+            return total / (time.perf_counter() - begin), sum(not same for _, same in answers)
+
+        (concurrent_rps, mismatches), concurrent_forward = bare.around(concurrent_run)
+        batches = client.get("/health").json().get("infer_forwards", {})
         for roi in range(1, args.rss_rois):  # the memory target: a server that fitted N ROIs and served them all
             roi_fields = {**fields, "roi_id": f"roi-{roi}"}
             files = [("images", (f"{i}.png", images[(i + roi) % len(images)], "image/png")) for i in range(args.fit_images)]
@@ -166,35 +221,48 @@ def main() -> None:
         if process:
             process.terminate()
             process.wait(30)
+    precision = None if args.url or args.precision == "fp32" else compare_with_fp32(args, env, images, expected)
     coreset = bench_coreset(args.coreset_n, 0.02)
 
     p50 = statistics.median(latencies)
+    forward = statistics.median(bare.samples)
     results = {
         "input_size": args.input_size, "roi": args.roi, "weights": args.weights, "device": args.device,
         "bare_forward_s": forward,
+        "bare_forward_around_s": {"fit": fit_forward, "infer": infer_forward, "concurrent": concurrent_forward},
         "fit": {"images": args.fit_images, "rate": args.fit_rate, "seconds": fit_seconds, **fit_body},
         "infer": {"n": len(latencies), "p50_s": p50, "p90_s": latencies[int(0.9 * (len(latencies) - 1))]},
-        "concurrent": {"clients": args.clients, "requests": total, "rps": concurrent_rps},
+        "concurrent": {"clients": args.clients, "requests": total, "rps": concurrent_rps,
+                       "score_mismatches": mismatches, "infer_batch_size": args.infer_batch_size,
+                       "forwards_by_batch_size": batches},
         "coreset": coreset,
         "server_peak_rss_mb": rss,
+        "precision": precision or {"precision": args.precision},
         "rss_rois": args.rss_rois,
         "ratios": {
-            "infer_p50_over_forward": p50 / forward,
-            "fit_over_n_forwards": fit_seconds / (args.fit_images * forward),
-            "concurrent_rps_times_forward": concurrent_rps * forward,
+            "infer_p50_over_forward": p50 / infer_forward,
+            "fit_over_n_forwards": fit_seconds / (args.fit_images * fit_forward),
+            "concurrent_rps_times_forward": concurrent_rps * concurrent_forward,
         },
     }
     rows = [
-        ("bare forward", f"{forward * 1000:.0f} ms", ""),
+        ("bare forward", f"{forward * 1000:.0f} ms",
+         "median of all; each ratio uses the forward measured just before and after its phase"),
         (f"/fit_ok {args.fit_images} ROIs @ {args.fit_rate}", f"{fit_seconds:.2f} s",
          f"{results['ratios']['fit_over_n_forwards']:.2f} x {args.fit_images} forwards (target <= 1.5)"),
         ("/infer p50", f"{p50 * 1000:.0f} ms", f"{results['ratios']['infer_p50_over_forward']:.2f} x forward (target <= 1.2)"),
-        (f"{args.clients} concurrent clients", f"{concurrent_rps:.2f} req/s",
-         f"{results['ratios']['concurrent_rps_times_forward']:.2f} / forward (target >= 0.9)"),
+        (f"{args.clients} concurrent clients, batch <= {args.infer_batch_size}", f"{concurrent_rps:.2f} req/s",
+         f"{results['ratios']['concurrent_rps_times_forward']:.2f} / forward (target >= 0.9); "
+         f"{mismatches} wrong scores; forwards by batch size {batches}"),
         (f"coreset {coreset['n']}x1152 @ 0.02", f"{coreset['seconds']:.2f} s",
          f"peak extra {coreset['peak_extra_mb']:.0f} MB of {coreset['input_mb']:.0f} MB input (target <= 30 s, <= 2x)"),
         (f"server peak RSS, {args.rss_rois} ROIs", f"{rss:.0f} MB" if rss else "n/a", "(target < 2048 MB)"),
     ]
+    if precision:
+        rows.append((f"{args.precision} against fp32", f"{precision['bare_forward_fp32_s'] * 1000:.0f} ms",
+                     f"one fp32 forward = {precision['bare_forward_fp32_s'] / forward:.2f} x this run's; scores of "
+                     f"{precision['images']} images differ by <= {precision['score_max_abs_diff']:.2e} "
+                     f"({100 * precision['score_max_rel_diff']:.2f}%)"))
     width_name = max(len(r[0]) for r in rows)
     for name, value, ratio in rows:
         print(f"{name:<{width_name}}  {value:>12}  {ratio}")
