@@ -2,9 +2,12 @@
 
 Starts ``bdi serve`` on loopback (or uses ``--url``), then measures: one bare forward, /fit_ok of N
 ROIs, sequential /infer, concurrent /infer, the coreset alone, and the server's peak RSS. Prints a
-table and writes JSON with absolute times and the ratios the speed targets are stated in.
+table and writes JSON with absolute times and the ratios the speed targets are stated in. The bare
+forward is re-measured around each phase, so each ratio compares the service with the machine as it
+was during that phase.
 
     .venv/bin/python tools/bench.py --weights random --json bench.json
+    .venv/bin/python tools/bench.py --device cuda --precision bf16 --infer-batch-size 8
 """
 
 from __future__ import annotations
