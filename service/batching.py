@@ -3,9 +3,10 @@ next forward.
 
 One worker thread runs every inference forward. Each time it is free it takes whatever has queued,
 up to ``max_batch`` images, and runs them as one batch. A lone request never waits for company (no
-time window), and concurrent requests pay one forward for several images: on a 2-core CPU a batch
-of 4 at input 448 costs about 0.9 of four single forwards, on a GPU much less. One forward at a time
-also keeps concurrent requests from oversubscribing the CPU's cores with their own torch threads.
+time window), and concurrent requests share one forward. That pays on a GPU, where a batch-1 forward
+leaves most of the device idle; on a 2-core CPU a batch of 4 at input 448 costs 0.88-1.04 of four
+single forwards, so batching is off there by default, and the worker's one-forward-at-a-time still
+keeps concurrent requests from oversubscribing the cores with their own torch threads.
 Letterboxing runs in the caller's thread, so it overlaps with the forward of others. A batched row
 equals the row the image gets alone (tests check it on CPU).
 """

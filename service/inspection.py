@@ -22,9 +22,9 @@ import numpy as np
 from . import __version__
 from .anomaly_map import anomaly_map, find_regions, heatmap_png, image_score
 from .artifacts import ModelStore, utc_now
+from .batching import MicroBatcher
 from .calibration import calibrate as calibration_rule
 from .errors import BadRequest, NotFitted, PayloadTooLarge, TokenGridMismatch
-from .batching import MicroBatcher
 from .features import FeatureExtractor
 from .validation import validate_id, validate_mm_per_px
 from .images import decode_image
