@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from alembic import context
 
-from service.registry.database import make_engine
-from service.registry.tables import Base
 from service.settings import Settings
+from service.storage.registry.database import make_engine
+from service.storage.registry.tables import Base
 
 
 def run_migrations() -> None:

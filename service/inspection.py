@@ -20,20 +20,36 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .anomaly_map import anomaly_map, find_regions, heatmap_png, image_score
-from .artifacts import ModelStore, utc_now
-from .batching import MicroBatcher
-from .calibration import calibrate as calibration_rule
 from .errors import BadRequest, NotFitted, PayloadTooLarge, TokenGridMismatch
-from .features import FeatureExtractor
-from .validation import validate_id, validate_mm_per_px
-from .images import decode_image
-from .legacy import ADOPTED, ALREADY_MIGRATED, IMPORTED, MigrationAction, migrate
-from .letterbox import Letterbox
-from .masks import parse_shape, shape_mask
-from .patchcore import MemoryIndex, coreset_size, select_coreset
-from .registry import ModelState, Registry
+from .pipeline import (
+    FeatureExtractor,
+    Letterbox,
+    MemoryIndex,
+    MicroBatcher,
+    anomaly_map,
+    coreset_size,
+    decode_image,
+    find_regions,
+    heatmap_png,
+    image_score,
+    parse_shape,
+    select_coreset,
+    shape_mask,
+)
+from .pipeline import calibrate as calibration_rule
 from .settings import MODEL_NAME, Settings
+from .storage import (
+    ADOPTED,
+    ALREADY_MIGRATED,
+    IMPORTED,
+    MigrationAction,
+    ModelState,
+    ModelStore,
+    Registry,
+    migrate,
+    utc_now,
+)
+from .validation import validate_id, validate_mm_per_px
 
 logger = logging.getLogger(__name__)
 

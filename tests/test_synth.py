@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from service.datasets import load_dataset
-from service.masks import parse_shape, shape_mask
+from service.pipeline.masks import parse_shape, shape_mask
+from service.quality.datasets import load_dataset
 from tools import synth
 
 SIZE = 64

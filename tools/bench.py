@@ -31,9 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.features import FeatureExtractor  # noqa: E402
 from service.inspection import InspectionService, Upload  # noqa: E402
-from service.patchcore import coreset_size, select_coreset  # noqa: E402
+from service.pipeline import FeatureExtractor  # noqa: E402
+from service.pipeline.patchcore import coreset_size, select_coreset  # noqa: E402
 from service.settings import PRECISIONS, Settings  # noqa: E402
 
 

@@ -1,0 +1,5 @@
+"""The ``bdi`` console script: one module per command group (serve, models, fit/calibrate/eval, openapi)."""
+
+from .main import main
+
+__all__ = ["main"]

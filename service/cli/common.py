@@ -1,0 +1,130 @@
+"""What every ``bdi`` command shares: exit codes, the one-sentence error, options, opening a models
+dir without the backbone, and rich tables / JSON output."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..settings import Settings
+from ..storage import ModelState, ModelStore, Registry
+
+EXIT_PROBLEMS, EXIT_USAGE = 1, 2
+DEFAULT_MM_PER_PX = 0.2
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CliError(click.ClickException):
+    """One sentence for stderr, with the exit code it means."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_PROBLEMS) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def models_dir_option(command: F) -> F:
+    return click.option(
+        "--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+        help="Models folder [BDI_MODELS_DIR, default ./models].",
+    )(command)
+
+
+def json_option(command: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")(command)
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenedModels:
+    """The files and the registry of one models dir, without the backbone."""
+
+    settings: Settings
+    store: ModelStore
+    registry: Registry
+
+    def state(self, role_id: str, roi_id: str) -> ModelState:
+        state = self.registry.state_or_import(self.store, role_id, roi_id)
+        if state is None:
+            raise CliError(
+                f"There is no model role_id={role_id!r} roi_id={roi_id!r} in {self.settings.models_dir}; "
+                "`bdi models list` shows the known ones."
+            )
+        return state
+
+
+def open_models(models_dir: Path | None, check_registry: bool = True) -> OpenedModels:
+    settings = Settings.load(models_dir=models_dir)
+    if not settings.models_dir.is_dir():
+        raise CliError(
+            f"Models folder {settings.models_dir} does not exist; pass --models-dir or set BDI_MODELS_DIR.", EXIT_USAGE
+        )
+    registry = Registry(settings.database_url, settings.models_dir / ".registry.lock")
+    click.get_current_context().call_on_close(registry.dispose)
+    models = OpenedModels(settings, ModelStore(settings.models_dir, settings.keep_versions), registry)
+    if check_registry:
+        problem = registry.problem()
+        if problem is not None:
+            raise CliError(
+                f"The registry {registry.url} can't be used ({problem}); "
+                "`bdi models reindex` rebuilds it from the files."
+            )
+    return models
+
+
+def rich_console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False)
+
+
+def as_text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def grid_text(shape: Iterable[int] | None) -> str | None:
+    return "×".join(map(str, shape)) if shape is not None else None
+
+
+def print_table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    """A titled table on stdout; the title is its own line so that a narrow table does not wrap it."""
+    table = Table()
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(as_text(value) for value in row))
+    console = rich_console()
+    if title:
+        console.print(title, soft_wrap=True)
+    console.print(table)
+
+
+def echo_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+
+
+def model_summary(state: ModelState) -> dict[str, Any]:
+    """One model as ``models list --json`` prints it."""
+    active, calibration = state.active, state.calibration
+    return {
+        "role_id": state.role_id,
+        "roi_id": state.roi_id,
+        "version": state.active_version if active is not None else None,
+        "token_shape": list(active.token_grid) if active is not None else None,
+        "n_embeddings": active.n_embeddings if active is not None else None,
+        "coreset_size": active.coreset_size if active is not None else None,
+        "threshold": calibration.values["threshold"] if calibration is not None else None,
+        "calib_source": calibration.source if calibration is not None else None,
+        "fitted_at": active.created_at if active is not None else None,
+        "calibrated_at": calibration.created_at if calibration is not None else None,
+        "folder": state.folder,
+    }

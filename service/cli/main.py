@@ -1,0 +1,67 @@
+"""``bdi``: the admin console script. Serve, administer the models on disk, fit and calibrate from
+the GUI's dataset folders, write the OpenAPI document.
+
+Exit codes: 0 ok; 1 problems found or the operation failed; 2 usage errors (options, settings, dataset
+folders). A failure is one sentence on stderr; ``bdi --debug ...`` shows the traceback and the log.
+Commands that only read or administer files open the store and the registry directly and never load
+the backbone; only fit, calibrate and eval build the InspectionService (the one code path of the routes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..errors import ConfigError, ServiceError
+from ..logs import configure_logging
+from ..quality import DatasetError
+from ..storage import LegacyError
+from .common import EXIT_USAGE, CliError
+from .fitting import calibrate, evaluate_command, fit
+from .models import models
+from .openapi import openapi
+from .serve import serve
+
+
+class _Main(click.Group):
+    """Turns any failure into one sentence and an exit code, unless ``--debug`` asks for the traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            raise as_cli_error(exc) from None
+
+
+def as_cli_error(exc: Exception) -> CliError:
+    if isinstance(exc, (ConfigError, DatasetError, LegacyError)):
+        return CliError(str(exc), EXIT_USAGE)
+    if isinstance(exc, ServiceError):
+        return CliError(exc.message)
+    if isinstance(exc, SQLAlchemyError):
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        return CliError(f"The registry can't be used ({reason}); `bdi models reindex` rebuilds it from the files.")
+    if isinstance(exc, OSError) and exc.filename:
+        return CliError(f"{exc.strerror or exc}: {exc.filename}.")
+    return CliError(f"Unexpected {type(exc).__name__}: {exc}; run `bdi --debug ...` for the traceback.")
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="brakedisc-inspection")
+@click.option("--debug", is_flag=True, help="Show tracebacks and the service's log lines.")
+def main(debug: bool) -> None:
+    """Brake-disc inspection backend (DINOv2 + PatchCore): serve and administer models.
+
+    Exit codes: 0 ok, 1 problems found, 2 usage errors.
+    """
+    configure_logging("INFO" if debug else "WARNING")
+
+
+for command in (serve, models, fit, calibrate, evaluate_command, openapi):
+    main.add_command(command)

@@ -1,0 +1,39 @@
+"""``bdi serve``: the HTTP service under uvicorn, with one or several worker processes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from ..logs import configure_logging
+from ..settings import Settings
+from ..storage import Registry
+from .common import models_dir_option
+
+
+@click.command()
+@click.option("--host", default=None, help="Bind address [BDI_BACKEND_HOST, default 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Bind port [BDI_BACKEND_PORT / PORT, default 8000].")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes (each loads the backbone once).")
+@models_dir_option
+def serve(host: str | None, port: int | None, workers: int, models_dir: Path | None) -> None:
+    """Start the HTTP service (uvicorn)."""
+    import uvicorn
+
+    from ..web import create_app
+
+    if models_dir is not None:
+        os.environ["BDI_MODELS_DIR"] = str(models_dir)  # worker processes read the same settings
+    settings = Settings.load(host=host, port=port)
+    configure_logging(settings.log_level)
+    common = dict(host=settings.host, port=settings.port, log_config=None, access_log=False)
+    if workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return
+    # Migrate once before forking; each worker then builds its own app from the same environment.
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    Registry(settings.database_url, settings.models_dir / ".registry.lock").upgrade()
+    uvicorn.run("service.web:create_app", factory=True, workers=workers, **common)

@@ -1,0 +1,568 @@
+"""Model artifacts on disk: the spec's files stay the source of truth.
+
+Layout of one model (role_id, roi_id)::
+
+    <models_dir>/<role folder>/id.json                 {"role_id": ...}
+    <models_dir>/<role folder>/<roi folder>/id.json    {"role_id": ..., "roi_id": ...}
+        memory.npz, index.faiss   the active version's files (hard links, else copies)
+        calib.json                the active calibration
+        active.json               {"version": N}: the pointer, replaced atomically
+        history.jsonl             append-only calibration log
+        versions/000N/            immutable: memory.npz, index.faiss, version.json (sha256, numbers)
+
+Why this shape: a version folder is complete before it is renamed into place and is never changed
+afterwards, and the pointer is switched with one ``os.replace``, so a reader that follows the pointer
+never sees a mix of two versions, and a process killed mid-fit leaves the previous version active.
+The canonical ``memory.npz``/``index.faiss`` are refreshed after the switch for tools that read the
+spec's paths; start-up repairs them if a crash came between. Every file needed to rebuild the
+registry (versions, pointer, calibration history, real ids) is here.
+
+Folder names: the id itself when it is short and plain (``[A-Za-z0-9_-][A-Za-z0-9._-]*``, no
+Windows reserved name, no trailing dot) and no other entry of the parent differs from it only in
+case; otherwise ``@`` + sha256 of the id. ``@`` never starts a plain name, so the two kinds can't
+collide, and ``id.json`` makes the mapping reversible on any file system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock
+
+from ..pipeline import patchcore
+
+logger = logging.getLogger(__name__)
+
+MEMORY_FILE = "memory.npz"
+INDEX_FILE = "index.faiss"
+CALIB_FILE = "calib.json"
+ACTIVE_FILE = "active.json"
+HISTORY_FILE = "history.jsonl"
+ID_FILE = "id.json"
+MIGRATED_FILE = "migrated.jsonl"
+VERSION_FILE = "version.json"
+VERSIONS_DIR = "versions"
+LOCK_FILE = ".lock"
+TMP_PREFIX = ".tmp-"
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+_MAX_PLAIN_LEN = 64
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temp file + fsync + ``os.replace``: readers see the old or the new file, never a half."""
+    tmp = path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    write_atomic(path, (json.dumps(payload, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+
+
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _append_json_line(path: Path, entry: dict[str, Any]) -> None:
+    """Append-only logs (calibration history, legacy imports): one fsynced JSON object per line."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _read_json_lines(path: Path) -> list[dict[str, Any]]:
+    entries = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line torn by a crash mid-append
+                if isinstance(entry, dict):
+                    entries.append(entry)
+    except FileNotFoundError:
+        pass
+    return entries
+
+
+def is_plain_name(name: str) -> bool:
+    return (
+        len(name) <= _MAX_PLAIN_LEN
+        and _PLAIN_NAME.fullmatch(name) is not None
+        and not name.endswith(".")
+        and name.split(".")[0].upper() not in _WINDOWS_RESERVED
+    )
+
+
+def hashed_name(identifier: str) -> str:
+    return "@" + hashlib.sha256(identifier.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionFiles:
+    """One stored memory version: its manifest (``version.json``) and where its files are."""
+
+    version: int
+    folder: Path
+    manifest: dict[str, Any]
+
+    @property
+    def memory_path(self) -> Path:
+        return self.folder / MEMORY_FILE
+
+    @property
+    def index_path(self) -> Path | None:
+        path = self.folder / INDEX_FILE
+        return path if self.manifest.get("index_sha256") else None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedMemory:
+    embeddings: np.ndarray
+    token_grid: tuple[int, int]
+    metadata: dict[str, Any]
+    index_bytes: bytes | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFolder:
+    """What the files of one model say, enough to (re)build its registry rows."""
+
+    role_id: str
+    roi_id: str
+    path: Path
+    active_version: int | None
+    versions: list[VersionFiles]
+    calibrations: list[dict[str, Any]]
+
+
+class ModelStore:
+    """Reads and writes the artifacts of every model under one models dir."""
+
+    def __init__(self, root: Path, keep_versions: int = 5) -> None:
+        self.root = Path(root)
+        self.keep_versions = keep_versions
+
+    # ---- folder names -------------------------------------------------------------------------
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def _child(self, parent: Path, identifier: str, ids: dict[str, str], create: bool) -> Path | None:
+        """The folder of ``identifier`` under ``parent`` (created when asked), identified by id.json."""
+        plain = is_plain_name(identifier)
+        candidates = ([identifier] if plain else []) + [hashed_name(identifier)]
+        try:
+            entries = set(os.listdir(parent))
+        except FileNotFoundError:
+            entries = set()
+        for name in candidates:
+            if name in entries and self._owns(parent / name, ids):
+                return parent / name
+        if not create:
+            return None
+        lowered = {entry.lower() for entry in entries}
+        name = identifier if plain and identifier.lower() not in lowered else hashed_name(identifier)
+        folder = parent / name
+        # Build the folder with its id.json under a temp name and rename it into place, so a crash
+        # never leaves a folder without ids and two processes creating the same model agree.
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        tmp.mkdir()
+        write_json_atomic(tmp / ID_FILE, ids)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not self._owns(folder, ids):
+                raise RuntimeError(f"{folder} exists but its id.json does not name {ids}") from None
+        _fsync_dir(parent)
+        return folder
+
+    @staticmethod
+    def _owns(folder: Path, ids: dict[str, str]) -> bool:
+        try:
+            return read_json(folder / ID_FILE) == ids
+        except (OSError, ValueError):
+            return False
+
+    def model_dir(self, role_id: str, roi_id: str, create: bool = False) -> Path | None:
+        role_dir = self._child(self.root, role_id, {"role_id": role_id}, create)
+        if role_dir is None:
+            return None
+        return self._child(role_dir, roi_id, {"role_id": role_id, "roi_id": roi_id}, create)
+
+    def claim(self, folder: Path, ids: dict[str, str]) -> bool:
+        """Give an existing folder without id.json (an earlier backend's) the ids it is the plain name of.
+
+        Lets a migrated model keep its spec path ``models/<role>/<roi>/`` instead of a hashed one.
+        Refused (False) when the name is not the plain name of the id or a sibling differs only in case.
+        """
+        identifier = ids.get("roi_id", ids["role_id"])
+        if folder.name != identifier or not is_plain_name(identifier) or not folder.is_dir():
+            return False
+        if (folder / ID_FILE).exists():
+            return self._owns(folder, ids)
+        if any(entry != identifier and entry.lower() == identifier.lower() for entry in os.listdir(folder.parent)):
+            return False
+        write_json_atomic(folder / ID_FILE, ids)
+        return True
+
+    def delete_model(self, role_id: str, roi_id: str) -> Path | None:
+        """Remove a model's folder, and its role folder when no other model is left in it.
+
+        Each folder is renamed to a temp name first: readers see the model or nothing, and a crash
+        mid-delete leaves a temp folder that start-up removes.
+        """
+        folder = self.model_dir(role_id, roi_id)
+        if folder is None:
+            return None
+        with self.locked(folder):
+            aside = folder.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+            os.rename(folder, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        role_dir = folder.parent
+        if all(entry == ID_FILE or entry.startswith(TMP_PREFIX) for entry in os.listdir(role_dir)):
+            aside = role_dir.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+            os.rename(role_dir, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        return folder
+
+    @contextlib.contextmanager
+    def locked(self, folder: Path) -> Iterator[None]:
+        """Serialise writers of one model across threads and processes (several workers)."""
+        with FileLock(str(folder / LOCK_FILE)):
+            yield
+
+    # ---- memory versions ----------------------------------------------------------------------
+    def versions(self, folder: Path) -> list[VersionFiles]:
+        base = folder / VERSIONS_DIR
+        found = []
+        for entry in sorted(base.iterdir()) if base.is_dir() else []:
+            if entry.name.isdigit() and (entry / VERSION_FILE).is_file():
+                try:
+                    found.append(VersionFiles(int(entry.name), entry, read_json(entry / VERSION_FILE)))
+                except (OSError, ValueError):
+                    logger.warning("Skipping unreadable version manifest %s", entry / VERSION_FILE)
+        return found
+
+    def active_version(self, folder: Path) -> int | None:
+        try:
+            return int(read_json(folder / ACTIVE_FILE)["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def version_files(self, folder: Path, version: int) -> VersionFiles:
+        path = folder / VERSIONS_DIR / f"{version:06d}"
+        return VersionFiles(version, path, read_json(path / VERSION_FILE))
+
+    def write_version(
+        self,
+        folder: Path,
+        embeddings: np.ndarray,
+        token_grid: tuple[int, int],
+        metadata: dict[str, Any],
+        index_bytes: bytes | None,
+        source: str = "fit",
+        legacy_path: str | None = None,
+    ) -> VersionFiles:
+        """Write a new immutable version and make it active. Call inside ``locked(folder)``."""
+        existing = self.versions(folder)
+        number = max([v.version for v in existing] + [self.active_version(folder) or 0]) + 1
+        base = folder / VERSIONS_DIR
+        base.mkdir(exist_ok=True)
+        tmp = base / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            buffer = io.BytesIO()
+            np.savez(
+                buffer,
+                emb=np.ascontiguousarray(embeddings, dtype=np.float32),
+                token_h=np.array(token_grid[0]),
+                token_w=np.array(token_grid[1]),
+                metadata=np.array(json.dumps(metadata, sort_keys=True)),
+            )
+            memory = buffer.getvalue()
+            del buffer
+            self._write_synced(tmp / MEMORY_FILE, memory)
+            if index_bytes is not None:
+                self._write_synced(tmp / INDEX_FILE, index_bytes)
+            manifest = {
+                "version": number,
+                "created_at": utc_now(),
+                "source": source,
+                "legacy_path": legacy_path,
+                "n_embeddings": int(metadata.get("n_embeddings", embeddings.shape[0])),
+                "coreset_size": int(embeddings.shape[0]),
+                "coreset_rate_requested": metadata.get("coreset_rate_requested"),
+                "coreset_rate_applied": metadata.get("coreset_rate_applied"),
+                "token_h": int(token_grid[0]),
+                "token_w": int(token_grid[1]),
+                "embed_dim": int(embeddings.shape[1]),
+                "extractor": metadata.get("extractor"),
+                "dataset": metadata.get("dataset"),  # provenance of a CLI fit: which samples were held out
+                "memory_sha256": hashlib.sha256(memory).hexdigest(),
+                "memory_bytes": len(memory),
+                "index_sha256": hashlib.sha256(index_bytes).hexdigest() if index_bytes is not None else None,
+                "index_bytes": len(index_bytes) if index_bytes is not None else None,
+            }
+            self._write_synced(tmp / VERSION_FILE, json.dumps(manifest, indent=2).encode("utf-8"))
+            _fsync_dir(tmp)
+            final = base / f"{number:06d}"
+            os.rename(tmp, final)
+            _fsync_dir(base)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.activate(folder, number)
+        self.prune(folder)
+        return VersionFiles(number, final, manifest)
+
+    @staticmethod
+    def _write_synced(path: Path, data: bytes) -> None:
+        with open(path, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def activate(self, folder: Path, version: int) -> None:
+        """Switch the pointer to ``version`` (one atomic replace), then refresh the canonical files."""
+        self.version_files(folder, version)  # raises when the version is not complete on disk
+        write_json_atomic(folder / ACTIVE_FILE, {"version": version, "activated_at": utc_now()})
+        self.refresh_canonical(folder, version)
+
+    def refresh_canonical(self, folder: Path, version: int) -> None:
+        files = self.version_files(folder, version)
+        for name in (MEMORY_FILE, INDEX_FILE):
+            source, target = files.folder / name, folder / name
+            if not source.is_file():
+                target.unlink(missing_ok=True)
+                continue
+            if target.is_file() and os.path.samefile(source, target):
+                continue
+            tmp = folder / f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}"
+            try:
+                try:
+                    os.link(source, tmp)
+                except OSError:
+                    shutil.copyfile(source, tmp)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    def canonical_is_current(self, folder: Path, version: int) -> bool:
+        files = self.version_files(folder, version)
+        for name in (MEMORY_FILE, INDEX_FILE):
+            source, target = files.folder / name, folder / name
+            if source.is_file() != target.is_file():
+                return False
+            if source.is_file() and not os.path.samefile(source, target):
+                key = "memory_sha256" if name == MEMORY_FILE else "index_sha256"
+                if sha256_file(target) != files.manifest.get(key):
+                    return False
+        return True
+
+    def prune(self, folder: Path) -> list[int]:
+        """Drop the oldest versions beyond ``keep_versions``; the active one always stays."""
+        active = self.active_version(folder)
+        stale = [v for v in self.versions(folder) if v.version != active]
+        removed = []
+        for item in stale[: max(0, len(stale) - (self.keep_versions - 1))]:
+            shutil.rmtree(item.folder, ignore_errors=True)
+            removed.append(item.version)
+        return removed
+
+    def load_memory(self, folder: Path, version: int) -> LoadedMemory:
+        files = self.version_files(folder, version)
+        with np.load(files.memory_path, allow_pickle=False) as data:
+            embeddings = np.ascontiguousarray(data["emb"], dtype=np.float32)
+            grid = (int(data["token_h"]), int(data["token_w"]))
+            metadata = json.loads(str(data["metadata"])) if "metadata" in data.files else {}
+        index_path = files.index_path
+        index_bytes = index_path.read_bytes() if index_path is not None and index_path.is_file() else None
+        return LoadedMemory(embeddings, grid, metadata, index_bytes)
+
+    # ---- calibrations -------------------------------------------------------------------------
+    def write_calibration(self, folder: Path, calibration: dict[str, Any], record: dict[str, Any]) -> None:
+        """Log first (the log is the truth the registry is rebuilt from), then calib.json."""
+        _append_json_line(folder / HISTORY_FILE, {**record, "calibration": calibration})
+        write_json_atomic(folder / CALIB_FILE, calibration)
+
+    def calibration_history(self, folder: Path) -> list[dict[str, Any]]:
+        entries = _read_json_lines(folder / HISTORY_FILE)
+        return [entry for entry in entries if isinstance(entry.get("calibration"), dict)]
+
+    def read_calibration(self, folder: Path) -> dict[str, Any] | None:
+        try:
+            data = read_json(folder / CALIB_FILE)
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    # ---- legacy imports -------------------------------------------------------------------------
+    def legacy_imports(self, folder: Path) -> list[dict[str, Any]]:
+        """What was imported into this model from earlier backends' files (path + sha256): makes
+        migration idempotent even after the imported version has been pruned."""
+        return _read_json_lines(folder / MIGRATED_FILE)
+
+    def record_legacy_import(self, folder: Path, entry: dict[str, Any]) -> None:
+        _append_json_line(folder / MIGRATED_FILE, entry)
+
+    # ---- consistency ----------------------------------------------------------------------------
+    def verify_folder(self, folder: Path) -> list[str]:
+        """Sentences for whatever in one model folder disagrees: files vs their manifests (sha256,
+        embedding dims, token grid), index vs memory, pointer vs versions, canonical copies vs the
+        active version."""
+        problems = []
+        versions = self.versions(folder)
+        kept = [files.version for files in versions]
+        active = self.active_version(folder)
+        if (folder / ACTIVE_FILE).exists() and active is None:
+            problems.append(f"{ACTIVE_FILE} can't be read")
+        for files in versions:
+            problems += [f"version {files.version}: {problem}" for problem in _verify_version(files)]
+        if active is not None and active not in kept:
+            problems.append(f"{ACTIVE_FILE} points to version {active}, which is not on disk (kept: {kept or 'none'})")
+        elif active is not None and not self.canonical_is_current(folder, active):
+            problems.append(f"the canonical {MEMORY_FILE}/{INDEX_FILE} are not those of the active version {active}")
+        if (folder / CALIB_FILE).exists() and self.read_calibration(folder) is None:
+            problems.append(f"{CALIB_FILE} can't be read")
+        return problems
+
+    # ---- whole-tree operations ----------------------------------------------------------------
+    def scan(self) -> Iterator[ModelFolder]:
+        """Every model folder of the canonical layout, as its files describe it."""
+        for role_dir in sorted(self.root.iterdir()) if self.root.is_dir() else []:
+            if not role_dir.is_dir() or not (role_dir / ID_FILE).is_file():
+                continue
+            for model_dir in sorted(role_dir.iterdir()):
+                if model_dir.is_dir():
+                    folder = self.describe(model_dir)
+                    if folder is not None:
+                        yield folder
+
+    def describe(self, model_dir: Path) -> ModelFolder | None:
+        try:
+            ids = read_json(model_dir / ID_FILE)
+            role_id, roi_id = ids["role_id"], ids["roi_id"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        calibrations = self.calibration_history(model_dir)
+        if not calibrations:
+            legacy = self.read_calibration(model_dir)
+            if legacy is not None:
+                calibrations = [{"source": "legacy", "calibration": legacy}]
+        return ModelFolder(
+            role_id, roi_id, model_dir, self.active_version(model_dir), self.versions(model_dir), calibrations
+        )
+
+    def cleanup_leftovers(self) -> int:
+        """Remove temp files and half-written version folders of killed writes; repair canonical files."""
+        removed = 0
+        for path in list(self.root.rglob(f"{TMP_PREFIX}*")) if self.root.is_dir() else []:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed += 1
+        for folder in self.scan():
+            if folder.active_version is not None and not self.canonical_is_current(folder.path, folder.active_version):
+                logger.warning("Repairing the canonical files of %s (a write was interrupted)", folder.path)
+                self.refresh_canonical(folder.path, folder.active_version)
+            calib = folder.calibrations[-1]["calibration"] if folder.calibrations else None
+            if calib is not None and self.read_calibration(folder.path) != calib:
+                write_json_atomic(folder.path / CALIB_FILE, calib)
+        if removed:
+            logger.warning("Removed %d leftover temp file(s) of interrupted writes under %s", removed, self.root)
+        return removed
+
+
+def _verify_version(files: VersionFiles) -> list[str]:
+    """What is wrong with one version folder, checked against its own manifest."""
+    manifest = files.manifest
+    if not files.memory_path.is_file():
+        return [f"{MEMORY_FILE} is missing"]
+    problems = []
+    if sha256_file(files.memory_path) != manifest.get("memory_sha256"):
+        problems.append(f"{MEMORY_FILE} does not match the sha256 in {VERSION_FILE} (changed after it was written)")
+    try:
+        with np.load(files.memory_path, allow_pickle=False) as data:
+            shape = data["emb"].shape
+            grid = (int(data["token_h"]), int(data["token_w"]))
+    except Exception as exc:  # noqa: BLE001 - a damaged npz raises many kinds of errors
+        return [*problems, f"{MEMORY_FILE} can't be read ({type(exc).__name__})"]
+    expected = (manifest.get("coreset_size"), manifest.get("embed_dim"))
+    if len(shape) != 2 or tuple(shape) != expected:
+        problems.append(f"{MEMORY_FILE} holds embeddings of shape {tuple(shape)}, {VERSION_FILE} says {expected}")
+    expected_grid = (manifest.get("token_h"), manifest.get("token_w"))
+    if grid != expected_grid:
+        problems.append(f"{MEMORY_FILE} has token grid {grid}, {VERSION_FILE} says {expected_grid}")
+    index_path = files.folder / INDEX_FILE
+    if manifest.get("index_sha256") and not index_path.is_file():
+        problems.append(f"{INDEX_FILE} is missing")
+    elif index_path.is_file():
+        if sha256_file(index_path) != manifest.get("index_sha256"):
+            problems.append(f"{INDEX_FILE} does not match the sha256 in {VERSION_FILE}")
+        problems += _verify_index(index_path.read_bytes(), shape)
+    return problems
+
+
+def _verify_index(data: bytes, memory_shape: tuple[int, ...]) -> list[str]:
+    """The faiss index must hold exactly as many vectors, of the same dim, as the memory."""
+    if not patchcore.FAISS_AVAILABLE:
+        return []
+    try:
+        index = patchcore.faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except RuntimeError:
+        return [f"{INDEX_FILE} can't be read by faiss"]
+    if len(memory_shape) == 2 and (index.ntotal, index.d) != tuple(memory_shape):
+        rows, dim = memory_shape
+        return [f"{INDEX_FILE} holds {index.ntotal} vectors of dim {index.d}, {MEMORY_FILE} holds {rows} of dim {dim}"]
+    return []

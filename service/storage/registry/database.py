@@ -1,0 +1,410 @@
+"""The registry: answers /state, the token-grid check before decoding, the cache's "is my copy
+current?" question and the CLI's listings. Rows are (re)built from the files by ``sync_folder``,
+so a lost registry is rebuilt with ``reindex`` and nothing is ever only here."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from filelock import FileLock
+from sqlalchemy import Engine, create_engine, delete, event, func, select, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from ..artifacts import ModelFolder, ModelStore, VersionFiles, utc_now
+from .tables import Calibration, MemoryVersion, Model
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_KEYS = ("threshold", "ok_mean", "ng_mean", "p99_ok", "p5_ng", "mm_per_px", "area_mm2_thr", "score_percentile")
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    token_grid: tuple[int, int]
+    n_embeddings: int
+    coreset_size: int
+    coreset_rate_requested: float | None
+    coreset_rate_applied: float | None
+    embed_dim: int
+    extractor: dict[str, Any] | None
+    memory_sha256: str
+    index_sha256: str | None
+    source: str
+    legacy_path: str | None
+    created_at: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationInfo:
+    values: dict[str, Any]  # the calib.json keys, contract order
+    memory_version: int | None
+    source: str
+    correlation_id: str | None
+    client: str | None
+    created_at: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelState:
+    """A detached snapshot of one model's registry rows."""
+
+    model_id: int
+    role_id: str
+    roi_id: str
+    folder: str
+    active_version: int | None
+    active: VersionInfo | None
+    calibration: CalibrationInfo | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisteredVersion:
+    """Where the registry says one version's files are, and their sha256 (for ``bdi models verify``)."""
+
+    role_id: str
+    roi_id: str
+    folder: str
+    version: int
+    memory_path: str
+    memory_sha256: str
+    index_path: str | None
+    index_sha256: str | None
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the SQLite settings the registry relies on (WAL, busy timeout, FKs, BEGIN IMMEDIATE)."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    database = url.split("///", 1)[1] if "///" in url else ""
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let the "begin" hook below emit BEGIN itself
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # A deferred read-then-write transaction can fail at once with SQLITE_BUSY; writers take the
+        # write lock up front instead.
+        immediate = connection.get_execution_options().get("sqlite_immediate", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def migrations_dir() -> Path:
+    """The Alembic scripts: top-level ``migrations/`` in a checkout, ``service/migrations`` when installed."""
+    checkout = Path(__file__).resolve().parents[3] / "migrations"
+    if (checkout / "env.py").is_file():
+        return checkout
+    spec = importlib.util.find_spec("service.migrations")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("The Alembic migrations of the registry are not installed with the package.")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+class Registry:
+    def __init__(self, url: str, lock_path: Path) -> None:
+        self.url = url
+        self.lock_path = Path(lock_path)
+        self.engine = make_engine(url)
+        self._writer = self.engine.execution_options(sqlite_immediate=True)
+
+    def upgrade(self) -> None:
+        """Apply the migrations once; the file lock serialises several workers starting together."""
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        config = Config()
+        config.set_main_option("script_location", str(migrations_dir()))
+        config.attributes["engine"] = self.engine
+        with FileLock(str(self.lock_path)):
+            command.upgrade(config, "head")
+
+    def ping(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1 FROM models LIMIT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def problem(self) -> str | None:
+        """Why the registry can't be used (not a database, failed integrity check), or None when it can.
+
+        Migrates first, so a missing file is simply created.
+        """
+        try:
+            self.upgrade()
+            with self.engine.connect() as connection:
+                if self.engine.dialect.name == "sqlite":
+                    rows = [row[0] for row in connection.exec_driver_sql("PRAGMA quick_check")]
+                    if rows != ["ok"]:
+                        return "integrity check failed: " + "; ".join(map(str, rows[:3]))
+                connection.execute(text("SELECT 1 FROM models LIMIT 1"))
+        except SQLAlchemyError as exc:
+            return str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        return None
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The database file when the registry is a SQLite file, else None."""
+        database = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+            return None
+        return Path(database)
+
+    def set_aside(self) -> Path:
+        """Move a damaged SQLite file (with its -wal/-shm) to ``<name>.damaged-<UTC time>``: kept for
+        inspection, out of the way of a fresh registry rebuilt from the files."""
+        path = self.sqlite_path
+        if path is None:
+            raise RuntimeError(f"The registry {self.url} is not a SQLite file; repair or recreate it by hand.")
+        self.engine.dispose()
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        target = path.with_name(f"{path.name}.damaged-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{path}{suffix}")
+            if source.exists():
+                os.replace(source, f"{target}{suffix}")
+        return target
+
+    def _read(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def _write(self) -> Session:
+        return Session(self._writer, expire_on_commit=False)
+
+    # ---- reads ----------------------------------------------------------------------------------
+    def state(self, role_id: str, roi_id: str) -> ModelState | None:
+        with self._read() as session, session.begin():
+            model = session.scalar(select(Model).where(Model.role_id == role_id, Model.roi_id == roi_id))
+            return self._snapshot(session, model) if model is not None else None
+
+    def states(self) -> Iterator[ModelState]:
+        with self._read() as session, session.begin():
+            for model in session.scalars(select(Model).order_by(Model.role_id, Model.roi_id)).all():
+                yield self._snapshot(session, model)
+
+    def _snapshot(self, session: Session, model: Model) -> ModelState:
+        active = None
+        if model.active_version is not None:
+            row = session.scalar(
+                select(MemoryVersion).where(
+                    MemoryVersion.model_id == model.id, MemoryVersion.version == model.active_version
+                )
+            )
+            active = _version_info(row) if row is not None else None
+        calibration = session.scalar(
+            select(Calibration).where(Calibration.model_id == model.id).order_by(Calibration.id.desc()).limit(1)
+        )
+        return ModelState(
+            model.id, model.role_id, model.roi_id, model.folder, model.active_version, active,
+            _calibration_info(calibration) if calibration is not None else None,
+        )
+
+    def history(self, role_id: str, roi_id: str) -> tuple[list[VersionInfo], list[CalibrationInfo]]:
+        """Memory versions and calibrations, newest first."""
+        with self._read() as session, session.begin():
+            model = session.scalar(select(Model).where(Model.role_id == role_id, Model.roi_id == roi_id))
+            if model is None:
+                return [], []
+            versions = session.scalars(
+                select(MemoryVersion).where(MemoryVersion.model_id == model.id).order_by(MemoryVersion.version.desc())
+            ).all()
+            calibrations = session.scalars(
+                select(Calibration).where(Calibration.model_id == model.id).order_by(Calibration.id.desc())
+            ).all()
+            return [_version_info(v) for v in versions], [_calibration_info(c) for c in calibrations]
+
+    def registered_versions(self) -> list[RegisteredVersion]:
+        with self._read() as session, session.begin():
+            rows = session.execute(
+                select(Model, MemoryVersion).join(MemoryVersion, MemoryVersion.model_id == Model.id)
+                .order_by(Model.role_id, Model.roi_id, MemoryVersion.version)
+            ).all()
+            return [
+                RegisteredVersion(
+                    model.role_id, model.roi_id, model.folder, row.version, row.memory_path, row.memory_sha256,
+                    row.index_path, row.index_sha256,
+                )
+                for model, row in rows
+            ]
+
+    def state_or_import(self, store: ModelStore, role_id: str, roi_id: str) -> ModelState | None:
+        """The registry's rows; a folder on disk the registry does not know is imported on first use."""
+        state = self.state(role_id, roi_id)
+        if state is None:
+            folder = store.model_dir(role_id, roi_id)
+            described = store.describe(folder) if folder is not None else None
+            if described is not None:
+                logger.info("Importing model folder %s into the registry", folder)
+                self.sync_folder(store, described)
+                state = self.state(role_id, roi_id)
+        return state
+
+    def count_models(self) -> int:
+        with self._read() as session, session.begin():
+            return int(session.scalar(select(func.count(Model.id))) or 0)
+
+    # ---- writes ---------------------------------------------------------------------------------
+    def sync_folder(self, store: ModelStore, folder: ModelFolder) -> None:
+        """Make the rows of one model say exactly what its files say (import, repair, reindex)."""
+        with self._write() as session, session.begin():
+            model = self._model_row(session, folder.role_id, folder.roi_id, store.relative(folder.path))
+            model.active_version = folder.active_version
+            on_disk = {v.version: v for v in folder.versions}
+            for row in session.scalars(select(MemoryVersion).where(MemoryVersion.model_id == model.id)).all():
+                if row.version not in on_disk:
+                    session.delete(row)
+                else:
+                    on_disk.pop(row.version)
+            for files in on_disk.values():
+                session.add(_version_row(model.id, store, files))
+            known = set(session.scalars(select(Calibration.uid).where(Calibration.model_id == model.id)).all())
+            for entry in folder.calibrations:
+                uid = calibration_uid(store.relative(folder.path), entry)
+                if uid not in known:
+                    session.add(_calibration_row(model.id, uid, entry))
+                    known.add(uid)
+            model.updated_at = utc_now()
+
+    def add_version(self, store: ModelStore, role_id: str, roi_id: str, folder: Path, files: VersionFiles) -> None:
+        with self._write() as session, session.begin():
+            model = self._model_row(session, role_id, roi_id, store.relative(folder))
+            session.add(_version_row(model.id, store, files))
+            session.execute(
+                delete(MemoryVersion).where(
+                    MemoryVersion.model_id == model.id,
+                    MemoryVersion.version.not_in([v.version for v in store.versions(folder)]),
+                )
+            )
+            model.active_version = files.version
+            model.updated_at = utc_now()
+
+    def add_calibration(self, store: ModelStore, role_id: str, roi_id: str, folder: Path, entry: dict[str, Any]) -> None:
+        with self._write() as session, session.begin():
+            model = self._model_row(session, role_id, roi_id, store.relative(folder))
+            session.add(_calibration_row(model.id, calibration_uid(store.relative(folder), entry), entry))
+            model.updated_at = utc_now()
+
+    def remove_missing(self, store: ModelStore) -> list[tuple[str, str]]:
+        """Drop the rows of models whose folder is gone from disk (the files are the truth)."""
+        removed = []
+        with self._write() as session, session.begin():
+            for model in session.scalars(select(Model)).all():
+                if not (store.root / model.folder / "id.json").is_file():
+                    removed.append((model.role_id, model.roi_id))
+                    session.delete(model)
+        return removed
+
+    def remove_model(self, role_id: str, roi_id: str) -> bool:
+        """Drop one model's rows (versions and calibrations go with it); False when there were none."""
+        with self._write() as session, session.begin():
+            model = session.scalar(select(Model).where(Model.role_id == role_id, Model.roi_id == roi_id))
+            if model is None:
+                return False
+            session.delete(model)
+            return True
+
+    @staticmethod
+    def _model_row(session: Session, role_id: str, roi_id: str, folder: str) -> Model:
+        model = session.scalar(select(Model).where(Model.role_id == role_id, Model.roi_id == roi_id))
+        if model is None:
+            now = utc_now()
+            model = Model(role_id=role_id, roi_id=roi_id, folder=folder, created_at=now, updated_at=now)
+            session.add(model)
+            session.flush()
+        model.folder = folder
+        return model
+
+
+def calibration_uid(folder: str, entry: dict[str, Any]) -> str:
+    """History entries carry their own uid; a legacy calib.json gets a stable one from its content."""
+    if entry.get("uid"):
+        return str(entry["uid"])
+    digest = hashlib.sha256((folder + json.dumps(entry.get("calibration"), sort_keys=True)).encode("utf-8"))
+    return digest.hexdigest()[:32]
+
+
+def _version_row(model_id: int, store: ModelStore, files: VersionFiles) -> MemoryVersion:
+    manifest = files.manifest
+    index_path = files.index_path
+    return MemoryVersion(
+        model_id=model_id,
+        version=files.version,
+        n_embeddings=int(manifest["n_embeddings"]),
+        coreset_size=int(manifest["coreset_size"]),
+        coreset_rate_requested=manifest.get("coreset_rate_requested"),
+        coreset_rate_applied=manifest.get("coreset_rate_applied"),
+        token_h=int(manifest["token_h"]),
+        token_w=int(manifest["token_w"]),
+        embed_dim=int(manifest["embed_dim"]),
+        extractor=manifest.get("extractor"),
+        memory_path=store.relative(files.memory_path),
+        memory_sha256=manifest["memory_sha256"],
+        memory_bytes=int(manifest["memory_bytes"]),
+        index_path=store.relative(index_path) if index_path is not None else None,
+        index_sha256=manifest.get("index_sha256"),
+        index_bytes=manifest.get("index_bytes"),
+        source=manifest.get("source") or "fit",
+        legacy_path=manifest.get("legacy_path"),
+        created_at=manifest.get("created_at") or utc_now(),
+    )
+
+
+def _calibration_row(model_id: int, uid: str, entry: dict[str, Any]) -> Calibration:
+    values = entry["calibration"]
+
+    def number(key: str) -> float | None:
+        value = values.get(key)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    percentile = values.get("score_percentile")
+    return Calibration(
+        uid=uid,
+        model_id=model_id,
+        memory_version=entry.get("memory_version"),
+        threshold=float(values["threshold"]),
+        ok_mean=number("ok_mean"),
+        ng_mean=number("ng_mean"),
+        p99_ok=number("p99_ok"),
+        p5_ng=number("p5_ng"),
+        mm_per_px=number("mm_per_px"),
+        area_mm2_thr=number("area_mm2_thr"),
+        score_percentile=int(percentile) if isinstance(percentile, (int, float)) else None,
+        source=entry.get("source") or "api",
+        correlation_id=entry.get("correlation_id"),
+        client=entry.get("client"),
+        created_at=entry.get("created_at") or values.get("created_at_utc"),
+    )
+
+
+def _version_info(row: MemoryVersion) -> VersionInfo:
+    return VersionInfo(
+        row.version, (row.token_h, row.token_w), row.n_embeddings, row.coreset_size,
+        row.coreset_rate_requested, row.coreset_rate_applied, row.embed_dim, row.extractor,
+        row.memory_sha256, row.index_sha256, row.source, row.legacy_path, row.created_at,
+    )
+
+
+def _calibration_info(row: Calibration) -> CalibrationInfo:
+    values = {key: getattr(row, key) for key in CALIBRATION_KEYS}
+    return CalibrationInfo(values, row.memory_version, row.source, row.correlation_id, row.client, row.created_at)

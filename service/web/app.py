@@ -1,0 +1,60 @@
+"""Litestar app factory: routes, error bodies of the contract, correlation ids, start-up."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.di import Provide
+
+from .. import __version__
+from ..inspection import InspectionService
+from ..logs import configure_logging
+from ..settings import Settings
+from .error_handlers import EXCEPTION_HANDLERS
+from .middleware import CorrelationMiddleware, echo_correlation_id, require_api_key
+from .openapi import CORRELATION_HEADER, DOC_ROUTES, finish_document, openapi_config
+from .routes import ROUTES
+
+
+def create_app(settings: Settings | None = None, service: InspectionService | None = None) -> Litestar:
+    """Build the app; weights are loaded and the registry migrated before it is returned.
+
+    ``service`` lets tests share one loaded extractor between apps over different models dirs.
+    """
+    settings = settings or Settings.load()
+    configure_logging(settings.log_level)
+    owned = service is None
+    service = service or InspectionService(settings)
+    service.start()
+
+    def shutdown() -> None:
+        if owned:
+            service.close()
+
+    app = Litestar(
+        route_handlers=[*ROUTES, *DOC_ROUTES],
+        dependencies={"service": Provide(lambda: service, use_cache=True, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[CorrelationMiddleware()],
+        guards=[require_api_key],
+        cors_config=CORSConfig(
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Content-Type", "X-API-Key", "X-Correlation-Id", "X-Request-Id"],
+            expose_headers=["X-Correlation-Id", "X-Request-Id"],
+        ) if settings.cors_origins else None,
+        before_send=[echo_correlation_id],
+        response_headers=[CORRELATION_HEADER],
+        on_shutdown=[shutdown],
+        request_max_body_size=settings.max_body_bytes,
+        multipart_form_part_limit=settings.max_fit_images + 64,
+        openapi_config=openapi_config(__version__),
+        type_encoders={msgspec.UnsetType: lambda _: None},
+        logging_config=None,  # keep configure_logging's handler (it stamps the correlation id)
+        debug=False,
+    )
+    finish_document(app.openapi_schema)
+    app.state.settings = settings
+    app.state.service = service
+    return app

@@ -1,0 +1,375 @@
+"""Request and response bodies of the HTTP contract (CONTRACT.md), as msgspec Structs.
+
+Field order is the order of the JSON keys on the wire; the contract fixes it for calibration.
+The ``Meta`` descriptions and examples, the docstrings and the ``example`` class variables are
+what the OpenAPI document shows (see ``service.openapi``); they never change validation.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, ClassVar, Literal
+
+import msgspec
+from litestar.datastructures import UploadFile
+from msgspec import Meta
+
+from ..pipeline.calibration import MAX_SCORE
+from ..validation import MAX_ID_LENGTH, MAX_MM_PER_PX
+
+# Constraints for the document only: Litestar copies a Meta's ``extra_json_schema["extra"]`` into the field's
+# schema and msgspec validates none of it, so the service's own checks, with the contract's 400s, stay the rule.
+_CONTROL = "\\u0000-\\u001F\\u007F-\\u009F\\u2028\\u2029"
+_SPACE = " \\u00A0\\u1680\\u2000-\\u200A\\u202F\\u205F\\u3000"
+ID_SCHEMA = {
+    "minLength": 1,
+    "maxLength": MAX_ID_LENGTH,
+    "pattern": f"^[^{_CONTROL}]*[^{_SPACE}{_CONTROL}][^{_CONTROL}]*$",
+}
+"""What an id must be (``validation.validate_id``: not blank after ``str.strip``, no control, line or paragraph
+separator), for the document only: a violation is the contract's 400, not the 422 a validating Meta would give.
+The spaces listed are the characters ``str.isspace`` knows besides those; surrogates can't arrive in UTF-8."""
+MM_PER_PX_SCHEMA = {"maximum": MAX_MM_PER_PX}  # no lower bound: OpenAPI 3.0 has no numeric exclusiveMinimum
+SCORES_SCHEMA = {"items": {"type": "number", "minimum": -MAX_SCORE, "maximum": MAX_SCORE}}
+
+RoleId = Annotated[
+    str,
+    Meta(
+        description="Role of the model, e.g. `Master1`. Free text: 1 to 128 printable characters, not blank, "
+        "case-sensitive (`Master1` and `master1` are two models).",
+        examples=["Master1"],
+        extra_json_schema={"extra": ID_SCHEMA},
+    ),
+]
+RoiId = Annotated[
+    str,
+    Meta(description="ROI within the role, e.g. `inspection-1`. Same rules as `role_id`.", examples=["inspection-1"],
+         extra_json_schema={"extra": ID_SCHEMA}),
+]
+TokenShape = Annotated[
+    list[int],
+    Meta(description="Patch-token grid `[rows, cols]` of the extractor: input size / 14 (`[32, 32]` at 448).",
+         examples=[[32, 32]]),
+]
+FormMmPerPx = Annotated[
+    float,
+    Meta(
+        description="Millimetres per pixel of the image. Form fields are text: send it as e.g. `0.2`. "
+        "Must be finite, > 0 and at most 1e6, else 400.",
+        examples=[0.2],
+        extra_json_schema={"extra": MM_PER_PX_SCHEMA},
+    ),
+]
+MODEL_KEY_DESCRIPTION = "Accepted and ignored (newer GUIs send it)."
+
+
+class FitOkForm(msgspec.Struct):
+    """multipart/form-data of POST /fit_ok. Every field is a text part except `images`."""
+
+    role_id: RoleId
+    roi_id: RoiId
+    mm_per_px: FormMmPerPx
+    images: Annotated[
+        list[UploadFile],
+        Meta(
+            description="1 or more OK images of this ROI (PNG, JPEG, BMP or TIFF), one file part per image, "
+            "every part named `images`. At most BDI_MAX_FIT_IMAGES images (default 1000) and "
+            "BDI_MAX_IMAGE_PIXELS pixels per image (default 100 000 000), else 413. One unreadable image "
+            "refuses the whole request (400) and nothing is stored."
+        ),
+    ]
+    memory_fit: Annotated[
+        bool,
+        Meta(
+            description="Text `true`/`false` (or `1`/`0`). `true` keeps every patch in the memory (coreset "
+            "rate 1.0); the default `false` keeps the configured coreset rate (BDI_CORESET_RATE, default 0.02).",
+            examples=[False],
+        ),
+    ] = False
+    model_key: Annotated[str, Meta(description=MODEL_KEY_DESCRIPTION)] | msgspec.UnsetType = msgspec.UNSET
+
+
+class InferForm(msgspec.Struct):
+    """multipart/form-data of POST /infer. Every field is a text part except `image`."""
+
+    role_id: RoleId
+    roi_id: RoiId
+    mm_per_px: FormMmPerPx
+    image: Annotated[UploadFile, Meta(description="The ROI image to inspect (PNG, JPEG, BMP or TIFF).")]
+    shape: Annotated[
+        str,
+        Meta(
+            description="Optional mask as JSON text, in the uploaded image's pixel coordinates (numbers may be "
+            'floats): `{"kind": "rect", "x", "y", "w", "h"}`, `{"kind": "circle", "cx", "cy", "r"}` or '
+            '`{"kind": "annulus", "cx", "cy", "r", "r_inner"}`. `kind` is case-insensitive and defaults to '
+            "`rect`; missing keys default to the whole image, its centre, half its short side, and 0. "
+            "Without `shape` the whole image is inspected. Invalid JSON, bad numbers or a mask that covers "
+            "no pixel of the image are a 400.",
+            examples=['{"kind": "circle", "cx": 224, "cy": 224, "r": 200}'],
+        ),
+    ] | msgspec.UnsetType = msgspec.UNSET
+    model_key: Annotated[str, Meta(description=MODEL_KEY_DESCRIPTION)] | msgspec.UnsetType = msgspec.UNSET
+
+
+class CalibrateRequest(msgspec.Struct):
+    """JSON body of POST /calibrate_ng.
+
+    Numbers may also be sent as numeric strings (`"0.5"`); unknown keys are ignored. Threshold rule:
+    `p_ok` = percentile(ok_scores, score_percentile), linear interpolation. Without NG scores the
+    threshold is `p_ok`. With NG scores, `p_ng` = percentile(ng_scores, 5); the threshold is
+    `1.02 * p_ok` when `p_ng <= p_ok`, else `(p_ok + p_ng) / 2`.
+    """
+
+    example: ClassVar[dict[str, Any]] = {
+        "role_id": "Master1",
+        "roi_id": "inspection-1",
+        "ok_scores": [0.41, 0.44, 0.39, 0.47],
+        "ng_scores": None,
+    }
+
+    role_id: RoleId
+    roi_id: RoiId
+    ok_scores: Annotated[
+        list[float],
+        Meta(description="Scores of OK samples (from /infer): at least one, all finite and within ±1e6, else 400.",
+             examples=[[0.41, 0.44, 0.39, 0.47]], extra_json_schema={"extra": {"minItems": 1, **SCORES_SCHEMA}}),
+    ]
+    ng_scores: Annotated[
+        list[float] | None,
+        Meta(description="Scores of NG samples, all finite and within ±1e6. May be null or absent when there are "
+             "none (the GUI sends null); the threshold is then the OK percentile.", examples=[[0.93, 1.1]],
+             extra_json_schema={"extra": SCORES_SCHEMA}),
+    ] = None
+    mm_per_px: Annotated[
+        float,
+        Meta(description="Millimetres per pixel stored with the calibration; finite, > 0 and at most 1e6.",
+             extra_json_schema={"extra": MM_PER_PX_SCHEMA}),
+    ] = 0.2
+    area_mm2_thr: Annotated[
+        float | None,
+        Meta(description="Smallest defect area in mm² that /infer reports as a region, finite and >= 0. Null or "
+             "absent: the server's setting (BDI_AREA_MM2_THR, default 1.0).",
+             extra_json_schema={"extra": {"minimum": 0}}),
+    ] = None
+    score_percentile: Annotated[
+        int | None,
+        Meta(description="Integer 1..100: the percentile taken of the OK scores here and of the anomaly map "
+             "in /infer. Null or absent: the server's setting (BDI_SCORE_PERCENTILE, default 99).",
+             extra_json_schema={"extra": {"minimum": 1, "maximum": 100}}),
+    ] = None
+
+
+class HealthResponse(msgspec.Struct):
+    """What runs and whether it can serve. Always 200; read `status`."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "status": "ok",
+        "device": "cpu",
+        "model": "vit_small_patch14_dinov2.lvd142m",
+        "version": "0.1.0",
+        "weights": "hub",
+        "precision": "fp32",
+        "input_size": 448,
+        "token_shape": [32, 32],
+        "models": 3,
+        "infer_forwards": {"1": 120, "2": 31, "4": 7},
+    }
+
+    status: Annotated[
+        Literal["ok", "degraded"],
+        Meta(description="`ok` when the service can serve and write; `degraded` (see `problems`) when the models "
+             "dir is not writable, the disk is nearly full or the registry is unreadable."),
+    ]
+    device: Annotated[str, Meta(description="Device the backbone really runs on: `cpu`, `cuda`, `cuda:1`, `mps`.")]
+    model: Annotated[str, Meta(description="Backbone name.", examples=["vit_small_patch14_dinov2.lvd142m"])]
+    version: Annotated[str, Meta(description="Version of this service.")]
+    weights: Annotated[str, Meta(description="Where the backbone weights came from: `hub`, a checkpoint path, or "
+                                 "`random (seeded, NOT pretrained)` (demo and tests only: scores mean nothing).")]
+    precision: Annotated[
+        Literal["fp32", "bf16", "fp16"],
+        Meta(description="Arithmetic of the backbone forward (BDI_PRECISION): fp32, or bf16/fp16 autocast."),
+    ]
+    input_size: Annotated[int, Meta(description="Side in pixels of the square backbone input (BDI_INPUT_SIZE).")]
+    token_shape: TokenShape
+    models: Annotated[int | None, Meta(description="Number of (role, roi) models in the registry; null when the "
+                                       "registry is unreadable.")]
+    infer_forwards: Annotated[
+        dict[str, int],
+        Meta(description="Backbone forwards this process ran for /infer since it started, by batch size: "
+             "concurrent requests share a forward (at most BDI_INFER_BATCH_SIZE images)."),
+    ]
+    problems: Annotated[list[str], Meta(description="Present only when `status` is `degraded`: what is wrong.")] | (
+        msgspec.UnsetType
+    ) = msgspec.UNSET
+
+
+class FitResponse(msgspec.Struct):
+    """The memory just built; it is now the active version of (role_id, roi_id)."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "n_embeddings": 3072,
+        "coreset_size": 62,
+        "token_shape": [32, 32],
+        "coreset_rate_requested": 0.02,
+        "coreset_rate_applied": 0.020182291666666668,
+    }
+
+    n_embeddings: Annotated[int, Meta(description="Patches extracted: images × tokens per image.")]
+    coreset_size: Annotated[int, Meta(description="Patches kept in the memory.")]
+    token_shape: TokenShape
+    coreset_rate_requested: Annotated[float, Meta(description="Coreset rate asked for: the setting, or 1.0 "
+                                                  "with `memory_fit=true`.")]
+    coreset_rate_applied: Annotated[float, Meta(description="`coreset_size / n_embeddings`.")]
+
+
+class CalibrationResponse(msgspec.Struct):
+    """The stored calibration (the same keys, in this order, as the model's calib.json).
+
+    The threshold rule is the one described on the request body.
+    """
+
+    example: ClassVar[dict[str, Any]] = {
+        "threshold": 0.4676,
+        "ok_mean": 0.4275,
+        "ng_mean": 0.0,
+        "p99_ok": 0.4676,
+        "p5_ng": None,
+        "mm_per_px": 0.2,
+        "area_mm2_thr": 1.0,
+        "score_percentile": 99,
+    }
+
+    threshold: Annotated[float, Meta(description="Scores at or above it are NG.")]
+    ok_mean: Annotated[float, Meta(description="Mean of the OK scores.")]
+    ng_mean: Annotated[float, Meta(description="Mean of the NG scores; 0.0 without NG scores.")]
+    p99_ok: Annotated[float, Meta(description="Percentile `score_percentile` of the OK scores (the name is kept "
+                                  "from the old backend whatever the percentile).")]
+    p5_ng: Annotated[float | None, Meta(description="5th percentile of the NG scores; null without NG scores.")]
+    mm_per_px: float
+    area_mm2_thr: Annotated[float, Meta(description="Smallest defect area in mm² reported as a region.")]
+    score_percentile: int
+
+
+class Region(msgspec.Struct):
+    """One connected area of the heatmap at or above the threshold, in the uploaded image's pixels."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "bbox": [120, 64, 30, 22],
+        "x": 120,
+        "y": 64,
+        "w": 30,
+        "h": 22,
+        "area_px": 518.0,
+        "area_mm2": 20.72,
+        "contour": [[120, 64], [149, 64], [149, 85], [120, 85]],
+    }
+
+    bbox: Annotated[list[int], Meta(description="`[x, y, w, h]` (old backend's spelling of the same box).")]
+    x: int
+    y: int
+    w: int
+    h: int
+    area_px: Annotated[float, Meta(description="Area in pixels².")]
+    area_mm2: Annotated[float, Meta(description="Area in mm², with the request's `mm_per_px`.")]
+    contour: Annotated[list[list[int]], Meta(description="Outline as `[x, y]` points.")]
+
+
+class Decision(enum.Enum):
+    """`ng` when score >= threshold, else `ok`."""
+
+    OK = "ok"
+    NG = "ng"
+
+
+class InferResponse(msgspec.Struct):
+    """Result of one inspection. `threshold` and `decision` are null while the model is not calibrated."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "score": 0.52,
+        "threshold": 0.4676,
+        "decision": "ng",
+        "token_shape": [32, 32],
+        "heatmap_png_base64": "iVBORw0KGgoAAAANSUhEUgAA...",
+        "regions": [Region.example],
+    }
+
+    score: Annotated[
+        float,
+        Meta(description="Percentile `score_percentile` (from the calibration, else the setting) of the blurred "
+             "anomaly map inside the mask. Euclidean distance between L2-normalised patch embeddings: 0..2."),
+    ]
+    threshold: Annotated[float | None, Meta(description="The active calibration's threshold; null when uncalibrated.")]
+    decision: Annotated[
+        Decision | None,
+        Meta(description="`ng` when score >= threshold, `ok` otherwise, null when uncalibrated."),
+    ]
+    token_shape: TokenShape
+    heatmap_png_base64: Annotated[
+        str,
+        Meta(description="Plain base64 (no `data:` prefix) of an 8-bit greyscale PNG as wide and high as the "
+             "uploaded image, aligned with it pixel for pixel, zero outside the mask."),
+    ]
+    regions: Annotated[
+        list[Region],
+        Meta(description="Areas at or above the threshold inside the mask, at least `area_mm2_thr` mm², largest "
+             "first; empty when uncalibrated."),
+    ]
+
+
+class StateResponse(msgspec.Struct):
+    """State of one (role_id, roi_id). An unknown pair is not an error: it is reported as not fitted."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "status": "ok",
+        "role_id": "Master1",
+        "roi_id": "inspection-1",
+        "memory_fitted": True,
+        "fitted": True,
+        "calib_present": True,
+        "token_shape": [32, 32],
+        "version": 3,
+        "calib_source": "api",
+    }
+
+    status: Annotated[str, Meta(description="Always `ok`.")]
+    role_id: str
+    roi_id: str
+    memory_fitted: Annotated[bool, Meta(description="An active memory exists.")]
+    fitted: Annotated[bool, Meta(description="Same as `memory_fitted` (the other GUI's spelling).")]
+    calib_present: Annotated[bool, Meta(description="A calibration exists (it may predate the memory).")]
+    token_shape: Annotated[list[int] | None, Meta(description="Token grid of the active memory; null when not fitted.")]
+    version: Annotated[int | None, Meta(description="Active memory version (1, 2, …); null when not fitted.")]
+    calib_source: Annotated[str | None, Meta(description="Where the active calibration came from (`api` for "
+                                             "/calibrate_ng); null without calibration.")] = None
+
+
+class ValidationDetail(msgspec.Struct):
+    """One field problem, as FastAPI reports it."""
+
+    example: ClassVar[dict[str, Any]] = {"loc": ["body", "mm_per_px"], "msg": "Expected `float`, got `str`",
+                                         "type": "value_error"}
+
+    loc: Annotated[list[str | int], Meta(description="Where: the source (`body`, `query`), then the field path.")]
+    msg: str
+    type: Annotated[str, Meta(description="`missing` for an absent field, else `value_error`.")]
+
+
+class ErrorResponse(msgspec.Struct):
+    """Every error body (4xx and 5xx)."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "error": "Memory not fitted for role_id='Master1', roi_id='inspection-1'. "
+        "Memoria no encontrada. Ejecuta /fit_ok primero.",
+        "detail": "Memory not fitted for role_id='Master1', roi_id='inspection-1'. "
+        "Memoria no encontrada. Ejecuta /fit_ok primero.",
+    }
+
+    error: Annotated[str, Meta(description="A sentence saying what went wrong and what to do.")]
+    detail: Annotated[
+        str | list[ValidationDetail],
+        Meta(description="On 422 the list of field problems (FastAPI's `{loc, msg, type}`); otherwise the same "
+             "sentence as `error` (on 500, the exception's repr). The GUI reads `detail` first."),
+    ]
+    trace: Annotated[str, Meta(description="Only on 500 (unless BDI_ERROR_TRACE=0): the server's traceback.")] | (
+        msgspec.UnsetType
+    ) = msgspec.UNSET

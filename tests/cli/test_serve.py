@@ -1,0 +1,123 @@
+"""`bdi serve` as the README runs it: a real uvicorn process on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import png_bytes, synthetic_roi
+
+BDI = str(Path(sys.executable).with_name("bdi"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BDI_", "BRAKEDISC_"))}
+    env.update({"BDI_WEIGHTS": "random", "BDI_INPUT_SIZE": "112", "BDI_DEVICE": "cpu",
+                "BDI_MODELS_DIR": str(tmp_path / "models"), "HOST": "0.0.0.0", **extra})
+    return env
+
+
+def _start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    port = _free_port()
+    process = subprocess.Popen([BDI, "serve", "--port", str(port), *args], env=_env(tmp_path),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def _wait_healthy(process: subprocess.Popen[str], base: str, **headers: str) -> httpx.Response:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            return httpx.get(f"{base}/health", headers=headers, timeout=5)
+        except httpx.TransportError:
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "bdi serve did not answer within 120 s"
+            time.sleep(0.5)
+
+
+def _form(roi: str = "r") -> dict[str, str]:
+    return {"role_id": "R", "roi_id": roi, "mm_per_px": "0.2"}
+
+
+def test_bdi_serve_answers_the_gui_flow(tmp_path):
+    process, base = _start(tmp_path)
+    try:
+        health = _wait_healthy(process, base, **{"X-Request-Id": "smoke-1"})
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert health.headers["x-request-id"] == "smoke-1"
+        files = [("images", (f"{i}.png", png_bytes(synthetic_roi(64, 48, i)), "image/png")) for i in range(2)]
+        fitted = httpx.post(f"{base}/fit_ok", data=_form(), files=files, timeout=60)
+        assert fitted.status_code == 200 and fitted.json()["token_shape"] == [8, 8]
+        inferred = httpx.post(f"{base}/infer", data=_form(),
+                              files={"image": ("x.png", png_bytes(synthetic_roi(64, 48, 7)), "image/png")}, timeout=60)
+        assert inferred.status_code == 200 and inferred.json()["decision"] is None
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    assert "[smoke-1]" in output  # the correlation id is on the log lines of that request
+    assert "RANDOMLY INITIALISED" in output
+
+
+@pytest.mark.parametrize("env, setting", [({"BDI_WEIGHTS": "/nonexistent/dinov2.pth"}, "BDI_WEIGHTS"),
+                                          ({"BDI_INPUT_SIZE": "100"}, "BDI_INPUT_SIZE"),
+                                          ({"BDI_PRECISION": "fp8"}, "BDI_PRECISION"),
+                                          ({"BDI_INFER_BATCH_SIZE": "0"}, "BDI_INFER_BATCH_SIZE")])
+def test_bdi_serve_refuses_to_start_and_names_the_setting(tmp_path, env, setting):
+    result = subprocess.run([BDI, "serve", "--port", str(_free_port())], env=_env(tmp_path, **env),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert setting in result.stderr and "Traceback" not in result.stderr
+
+
+def test_two_workers_over_one_models_dir_fit_and_infer_at_once(tmp_path):
+    """Every infer answers 200 with the old or the new version; both fits end up in the history."""
+    process, base = _start(tmp_path, "--workers", "2")
+    image = png_bytes(synthetic_roi(64, 48, 3))
+    try:
+        _wait_healthy(process, base)
+        first = httpx.post(f"{base}/fit_ok", data=_form(), files={"images": ("0.png", image, "image/png")}, timeout=60)
+        assert first.status_code == 200, first.text
+        errors: list[str] = []
+
+        def infer_many() -> None:
+            for _ in range(8):
+                reply = httpx.post(f"{base}/infer", data=_form(), files={"image": ("x.png", image, "image/png")}, timeout=60)
+                if reply.status_code != 200:
+                    errors.append(reply.text)
+
+        def fit_once(seed: int) -> None:
+            files = {"images": ("a.png", png_bytes(synthetic_roi(64, 48, seed)), "image/png")}
+            reply = httpx.post(f"{base}/fit_ok", data=_form(), files=files, timeout=60)
+            if reply.status_code != 200:
+                errors.append(reply.text)
+
+        threads = [threading.Thread(target=infer_many) for _ in range(3)]
+        threads += [threading.Thread(target=fit_once, args=(seed,)) for seed in (5, 6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        # Both workers agree on the active version (requests land on either).
+        versions = {httpx.get(f"{base}/state", params={"role_id": "R", "roi_id": "r"}).json()["version"] for _ in range(6)}
+        assert versions == {3}
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    history = [json.loads(p.read_text())["version"] for p in (tmp_path / "models").rglob("version.json")]
+    assert sorted(history) == [1, 2, 3]
