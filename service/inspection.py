@@ -15,6 +15,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -168,9 +169,11 @@ class InspectionService:
     def fit(
         self, role_id: str, roi_id: str, mm_per_px: float, images: list[Upload], memory_fit: bool = False,
         context: RequestContext = RequestContext(), provenance: dict[str, Any] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, Any]:
         """Build and activate a new memory version; ``provenance`` (the CLI's dataset and holdout) is
-        kept in the version's manifest so a later calibration can score the held-out samples."""
+        kept in the version's manifest so a later calibration can score the held-out samples.
+        ``progress(done, total)`` after each batch of the feature extraction, the slow part."""
         validate_id("role_id", role_id)
         validate_id("roi_id", roi_id)
         validate_mm_per_px(mm_per_px)
@@ -183,7 +186,7 @@ class InspectionService:
             )
         started = time.perf_counter()
         decoded = [decode_image(u.data, u.filename, self.settings.max_image_pixels) for u in images]
-        features = self.extractor.extract(decoded, batch_size=self.settings.fit_batch_size)
+        features = self.extractor.extract(decoded, batch_size=self.settings.fit_batch_size, progress=progress)
         extracted = time.perf_counter()
         embeddings = features.reshape(-1, features.shape[-1])
         n_embeddings = int(embeddings.shape[0])

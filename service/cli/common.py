@@ -17,7 +17,6 @@ from ..settings import Settings
 from ..storage import ModelState, ModelStore, Registry
 
 EXIT_PROBLEMS, EXIT_USAGE = 1, 2
-DEFAULT_MM_PER_PX = 0.2
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -78,7 +77,11 @@ def open_models(models_dir: Path | None, check_registry: bool = True) -> OpenedM
 
 
 def rich_console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False)
+    """A console for messages: word-wrapped on a terminal, one line per message anywhere else (a log, a pipe),
+    where a guessed width would only break sentences."""
+    console = Console(stderr=stderr, highlight=False)
+    console.soft_wrap = not console.is_terminal
+    return console
 
 
 def as_text(value: Any) -> str:
@@ -96,13 +99,20 @@ def grid_text(shape: Iterable[int] | None) -> str | None:
 
 
 def print_table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
-    """A titled table on stdout; the title is its own line so that a narrow table does not wrap it."""
+    """A titled table on stdout; the title is its own line so that a narrow table does not wrap it.
+
+    On a terminal the table fits its width (long cells fold); anywhere else (a pipe, a file, a CI log) it
+    is as wide as its content, so every row stays on one line whatever width the console guesses.
+    """
     table = Table()
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(as_text(value) for value in row))
     console = rich_console()
+    if not console.is_terminal:
+        natural = console.measure(table, options=console.options.update_width(1_000_000)).maximum
+        console = Console(highlight=False, width=max(natural, 20))
     if title:
         console.print(title, soft_wrap=True)
     console.print(table)

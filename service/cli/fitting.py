@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import ServiceError
-from ..quality import Dataset, Sample, common_mm_per_px, load_dataset, relative_name, split_holdout
+from ..quality import Dataset, MmPerPx, Sample, fit_provenance, load_dataset, split_holdout, split_seen
 from ..settings import Settings
 from ..storage import ModelState
-from .common import DEFAULT_MM_PER_PX, EXIT_USAGE, CliError, models_dir_option, print_table, rich_console
+from .common import EXIT_USAGE, CliError, models_dir_option, print_table, rich_console
 
 if TYPE_CHECKING:  # the service pulls in torch; admin commands never import it
     from ..inspection import InspectionService, Upload
@@ -31,8 +31,9 @@ def _service(models_dir: Path | None) -> InspectionService:
 
 
 def _progress() -> Progress:
+    """Images done of the total, time spent and the estimated time left (from the pace so far)."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=rich_console(stderr=True))
+                    TextColumn("left"), TimeRemainingColumn(), console=rich_console(stderr=True))
 
 
 def _dataset(dataset_dir: Path, role_id: str, roi_id: str) -> Dataset:
@@ -58,6 +59,19 @@ def _provenance(service: InspectionService, state: ModelState) -> dict[str, Any]
     return manifest.get("dataset") or {}
 
 
+def _mm_per_px(service: InspectionService, state: ModelState | None, option: float | None) -> MmPerPx:
+    """The mm/px rule with the model's recorded value: the active calibration's (the threshold's
+    ``area_mm2_thr`` was set in mm² with it, and it is the latest word), else the one the active version
+    was fitted with (kept in its memory file's metadata)."""
+    if state is not None and state.calibration is not None and state.calibration.values.get("mm_per_px"):
+        return MmPerPx(option, state.calibration.values["mm_per_px"], "the active calibration")
+    if state is not None and state.active is not None:
+        fitted = service.store.load_memory(service.store.root / state.folder, state.active_version).metadata
+        if fitted.get("mm_per_px"):
+            return MmPerPx(option, fitted["mm_per_px"], f"the fit of version {state.active_version}")
+    return MmPerPx(option)
+
+
 def _upload(sample: Sample) -> Upload:
     from ..inspection import Upload
 
@@ -71,7 +85,7 @@ def _upload(sample: Sample) -> Upload:
               help="Folder with ok/ (and ng/) samples, or with <role>/<roi>/ok/.")
 @click.option("--memory-fit", is_flag=True, help="Keep every patch (coreset rate 1.0).")
 @click.option("--mm-per-px", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Millimetres per pixel [the sidecars' value, else 0.2].")
+              help="Millimetres per pixel of samples without a sidecar value [the model's recorded value, else 0.2].")
 @click.option("--holdout", type=click.FloatRange(0, 0.9), default=0.0, show_default=True,
               help="Fraction of the OK samples kept out of the memory (seeded) for `bdi calibrate` to score.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the holdout split.")
@@ -87,21 +101,22 @@ def fit(role_id: str, roi_id: str, dataset_dir: Path, memory_fit: bool, mm_per_p
 
     dataset = _dataset(dataset_dir, role_id, roi_id)
     fit_samples, held_out = split_holdout(dataset.ok, holdout, seed)
-    mm_per_px = mm_per_px or common_mm_per_px(dataset.ok, DEFAULT_MM_PER_PX)
     service = _service(models_dir)
+    rule = _mm_per_px(service, service.model_state(role_id, roi_id), mm_per_px)
+    mm_per_px = rule.common(fit_samples)
+    rich_console(stderr=True).print(f"{rule.describe(fit_samples)}; the version records {mm_per_px:g}.")
+    provenance = fit_provenance(dataset.root, fit_samples, held_out, holdout, seed)
     with _progress() as progress:
         uploads = [_upload(sample) for sample in progress.track(fit_samples, description="Reading OK samples")]
-    provenance = {
-        "dataset": str(dataset.root.resolve()),
-        "holdout_rate": holdout,
-        "seed": seed,
-        "fit_files": [relative_name(sample, dataset.root) for sample in fit_samples],
-        "holdout_files": [relative_name(sample, dataset.root) for sample in held_out],
-    }
-    with rich_console(stderr=True).status(f"Fitting {role_id} / {roi_id} on {len(uploads)} image(s)"):
+        task = progress.add_task("Extracting features", total=len(uploads))
+
+        def extracted(done: int, total: int) -> None:
+            progress.update(task, completed=done,
+                            description="Extracting features" if done < total else "Building the memory")
+
         result = service.fit(role_id, roi_id, mm_per_px, uploads, memory_fit=memory_fit,
                              context=RequestContext(correlation_id=uuid.uuid4().hex, source="cli"),
-                             provenance=provenance)
+                             provenance=provenance, progress=extracted)
     state = service.model_state(role_id, roi_id)
     print_table(
         f"Fitted {role_id} / {roi_id}: version {state.active_version if state else '-'}", ("field", "value"),
@@ -115,7 +130,7 @@ def fit(role_id: str, roi_id: str, dataset_dir: Path, memory_fit: bool, mm_per_p
 @click.option("--dataset", "dataset_dir", type=click.Path(path_type=Path), required=True,
               help="Folder with ok/ and ng/ (or ko/) samples, or with <role>/<roi>/ok/.")
 @click.option("--mm-per-px", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="mm_per_px stored with the calibration [the sidecars' value, else 0.2].")
+              help="Millimetres per pixel of samples without a sidecar value [the model's recorded value, else 0.2].")
 @click.option("--area-mm2-thr", type=click.FloatRange(min=0), default=None,
               help="Smallest region area in mm² [BDI_AREA_MM2_THR].")
 @click.option("--score-percentile", type=click.IntRange(1, 100), default=None,
@@ -125,49 +140,54 @@ def calibrate(role_id: str, roi_id: str, dataset_dir: Path, mm_per_px: float | N
               score_percentile: int | None, models_dir: Path | None) -> None:
     """Score every OK and NG sample of a dataset folder, then calibrate the threshold of ROLE_ID / ROI_ID."""
     from ..inspection import RequestContext
+    from ..quality import overlap_warning
 
     dataset = _dataset(dataset_dir, role_id, roi_id)
     service = _service(models_dir)
-    ok, ng = _calibration_samples(dataset, _provenance(service, _fitted_state(service, role_id, roi_id)))
+    state = _fitted_state(service, role_id, roi_id)
+    ok, ng = _calibration_samples(dataset, _provenance(service, state))
+    rule = _mm_per_px(service, state, mm_per_px)
+    err = rich_console(stderr=True)
+    err.print(f"{rule.describe(ok + ng)}; the calibration records {rule.common(ok + ng):g}.")
     context = RequestContext(correlation_id=uuid.uuid4().hex, source="cli")
     scores: dict[str, list[float]] = {"ok": [], "ng": []}
     with _progress() as progress:
         for sample in progress.track(ok + ng, description="Scoring samples"):
             try:
-                result = service.infer(role_id, roi_id, sample.mm_per_px or DEFAULT_MM_PER_PX, _upload(sample),
-                                       shape=sample.shape, context=context)
+                result = service.infer(role_id, roi_id, rule.value(sample), _upload(sample), shape=sample.shape,
+                                       context=context)
             except ServiceError as exc:
                 raise CliError(f"{sample.path}: {exc.message}") from None
             scores[sample.label].append(result["score"])
     values = service.calibrate(
-        role_id, roi_id, scores["ok"], scores["ng"] or None,
-        mm_per_px=mm_per_px or common_mm_per_px(ok + ng, DEFAULT_MM_PER_PX),
+        role_id, roi_id, scores["ok"], scores["ng"] or None, mm_per_px=rule.common(ok + ng),
         area_mm2_thr=area_mm2_thr, score_percentile=score_percentile, context=context,
     )
     print_table(
         f"Calibrated {role_id} / {roi_id} on {len(ok)} OK and {len(ng)} NG sample(s)", ("field", "value"),
         values.items(),
     )
+    warning = overlap_warning(values, scores["ng"])
+    if warning:
+        err.print(f"[yellow]Warning:[/] {warning}")
 
 
 def _calibration_samples(dataset: Dataset, provenance: dict[str, Any]) -> tuple[list[Sample], list[Sample]]:
-    """The OK samples the memory has not seen when the fit recorded a holdout of this dataset; else
-    every OK sample, with a warning: a memory scores its own images low, so the threshold comes out low."""
+    """The OK samples the memory was not fitted on (and every NG sample) when the fit recorded its dataset;
+    else every OK sample, with a warning: a memory scores its own images low, so the threshold comes out low."""
     err = rich_console(stderr=True)
-    names = {relative_name(sample, dataset.root): sample for sample in dataset.ok}
-    held_out = [names[name] for name in provenance.get("holdout_files") or [] if name in names]
-    if held_out:
-        err.print(f"Scoring the {len(held_out)} OK sample(s) held out of the fit (of {len(dataset.ok)}) "
-                  f"and every NG sample.")
-        return held_out, dataset.ng
-    seen = len(set(provenance.get("fit_files") or []) & set(names))
-    if seen:
-        err.print(f"[yellow]Warning:[/] {seen} of the {len(dataset.ok)} OK samples were used to fit this memory; "
-                  "their scores are biased low, so the threshold will be too low. "
-                  "Fit with --holdout 0.3 and calibrate again.")
-    elif not provenance:
+    split = split_seen(dataset.ok, dataset.root, provenance)
+    if split.matched_by is None:
         err.print("[yellow]Note:[/] this memory records no holdout; if these OK samples were used to fit it, "
                   "their scores are biased low and so is the threshold (`bdi fit --holdout 0.3` avoids it).")
+    elif split.unseen:
+        err.print(f"Scoring the {len(split.unseen)} OK sample(s) not used to fit this memory (of {len(dataset.ok)}, "
+                  f"recognised by {split.matched_by}) and every NG sample.")
+        return split.unseen, dataset.ng
+    else:
+        err.print(f"[yellow]Warning:[/] all {len(dataset.ok)} OK samples were used to fit this memory; "
+                  "their scores are biased low, so the threshold will be too low. "
+                  "Fit with --holdout 0.3 and calibrate again.")
     return dataset.ok, dataset.ng
 
 
@@ -177,32 +197,49 @@ def _calibration_samples(dataset: Dataset, provenance: dict[str, Any]) -> tuple[
 @click.option("--dataset", "dataset_dir", type=click.Path(path_type=Path), required=True,
               help="Folder with ok/ and ng/ (or ko/) samples, or with <role>/<roi>/ok/.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for summary.json, scores.png, overlays/ and README.md.")
+              help="Folder for summary.json, scores.png, colour_scale.png, overlays/ and README.md.")
+@click.option("--mm-per-px", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Millimetres per pixel of samples without a sidecar value [the model's recorded value, else 0.2].")
+@click.option("--include-fitted", is_flag=True,
+              help="Also score the OK samples the memory was fitted on and report them apart (never in the headline).")
+@click.option("--overlay-scale", type=click.Choice(["report", "image"]), default="report", show_default=True,
+              help="Overlay colours: one scale for the report, anchored at the threshold, or each image stretched "
+                   "to itself.")
 @models_dir_option
-def evaluate_command(role_id: str, roi_id: str, dataset_dir: Path, report_dir: Path, models_dir: Path | None) -> None:
-    """Score every sample of a labelled dataset like /infer and write a quality report."""
+def evaluate_command(role_id: str, roi_id: str, dataset_dir: Path, report_dir: Path, mm_per_px: float | None,
+                     include_fitted: bool, overlay_scale: str, models_dir: Path | None) -> None:
+    """Score the samples of a labelled dataset like /infer and write a quality report; its figures are on the
+    samples the memory was not fitted on."""
     from ..quality import evaluate
 
     dataset = _dataset(dataset_dir, role_id, roi_id)
     service = _service(models_dir)
-    provenance = _provenance(service, _fitted_state(service, role_id, roi_id))
-    seen = len(set(provenance.get("fit_files") or []) & {relative_name(s, dataset.root) for s in dataset.ok})
-    if seen:
-        rich_console(stderr=True).print(f"[yellow]Note:[/] {seen} OK sample(s) were used to fit this memory; "
-                                    "they score lower than new parts would.")
-    samples = dataset.ok + dataset.ng
+    state = _fitted_state(service, role_id, roi_id)
+    split = split_seen(dataset.ok, dataset.root, _provenance(service, state))
+    rule = _mm_per_px(service, state, mm_per_px)
+    scored = (dataset.ok if include_fitted else split.unseen) + dataset.ng
+    err = rich_console(stderr=True)
+    err.print(split.describe()
+              + (" They are left out (--include-fitted reports them apart)." if split.fitted and not include_fitted
+                 else ""))
+    err.print(f"{rule.describe(scored)}.")
     with _progress() as progress:
-        task = progress.add_task("Scoring samples", total=len(samples))
+        task = progress.add_task("Scoring samples", total=len(scored))
         try:
-            summary = evaluate(service, role_id, roi_id, samples, report_dir,
+            summary = evaluate(service, role_id, roi_id, dataset.ok + dataset.ng, report_dir,
+                               fitted={sample.path for sample in split.fitted}, include_fitted=include_fitted,
+                               seen_note=split.describe(), mm_per_px=rule, overlay_scale=overlay_scale,
                                progress=lambda done, _total: progress.update(task, completed=done))
         except ServiceError as exc:
             raise CliError(exc.message) from None
-    confusion = summary.get("confusion") or {}
+        except ValueError as exc:
+            raise CliError(f"{exc}.", EXIT_USAGE) from None
+    keys = ("n_ok", "n_ng", "image_auroc", "pixel_auroc", "threshold", "precision", "recall", "f1")
+    fitted = summary["fitted_ok"] or {}
     print_table(
-        f"Evaluation of {role_id} / {roi_id}", ("metric", "value"),
-        [(key, summary[key]) for key in ("n_ok", "n_ng", "image_auroc", "pixel_auroc", "threshold", "precision",
-                                         "recall", "f1")]
-        + [(f"confusion {key}", value) for key, value in confusion.items()],
+        f"Evaluation of {role_id} / {roi_id}: {summary['headline']}", ("metric", "value"),
+        [(key, summary[key]) for key in keys]
+        + [(f"confusion {key}", value) for key, value in (summary["confusion"] or {}).items()]
+        + [(f"fitted on: {key}", fitted[key]) for key in keys if fitted],
     )
     rich_console().print(f"Report: {report_dir / 'README.md'}")

@@ -26,6 +26,11 @@ from .common import (
     rich_console,
 )
 
+WEIGHTS_FINGERPRINT = "weights_sha256"  # the stored key, compared by the service: never renamed on disk
+WEIGHTS_DISPLAYED = "weights_tensor_sha256"
+WEIGHTS_NOTE = (f"{WEIGHTS_DISPLAYED} hashes the loaded weights' tensors (names, shapes, float32 values), so the "
+                "same weights match in any file format; it is not the checkpoint file's sha256sum.")
+
 
 @click.group()
 def models() -> None:
@@ -71,7 +76,7 @@ def show(role_id: str, roi_id: str, models_dir: Path | None, as_json: bool) -> N
     payload = {
         **model_summary(state),
         "kept_versions": [v.version for v in versions],
-        "active": dataclasses.asdict(state.active) if state.active is not None else None,
+        "active": _displayed_version(state.active) if state.active is not None else None,
         "calibration": dataclasses.asdict(state.calibration) if state.calibration is not None else None,
     }
     if as_json:
@@ -80,15 +85,31 @@ def show(role_id: str, roi_id: str, models_dir: Path | None, as_json: bool) -> N
     keys = ("role_id", "roi_id", "folder", "version", "kept_versions")
     rows: list[tuple[str, Any]] = [(key, payload[key]) for key in keys]
     if state.active is not None:
-        active = dataclasses.asdict(state.active)
+        active = _displayed_version(state.active)
         active["token_grid"] = grid_text(active["token_grid"])
-        active["extractor"] = json.dumps(active["extractor"], sort_keys=True) if active["extractor"] else None
+        extractor = active.pop("extractor") or {}
         rows += [(f"memory.{key}", value) for key, value in active.items() if key != "version"]
+        rows += [(f"memory.extractor.{key}", json.dumps(value) if isinstance(value, list) else value)
+                 for key, value in sorted(extractor.items())]
     if state.calibration is not None:
         rows += [(f"calibration.{key}", value) for key, value in state.calibration.values.items()]
         rows += [(f"calibration.{key}", getattr(state.calibration, key))
                  for key in ("memory_version", "source", "correlation_id", "client", "created_at")]
     print_table(f"{role_id} / {roi_id}", ("field", "value"), rows)
+    if state.active is not None and (state.active.extractor or {}).get(WEIGHTS_FINGERPRINT):
+        rich_console().print(WEIGHTS_NOTE)
+
+
+
+def _displayed_version(version: Any) -> dict[str, Any]:
+    """A version as the commands show it: the extractor's weight fingerprint under a name that says what it
+    hashes (``WEIGHTS_NOTE``), so nobody compares it with a file's ``sha256sum``."""
+    shown = dataclasses.asdict(version)
+    if shown["extractor"] and WEIGHTS_FINGERPRINT in shown["extractor"]:
+        extractor = dict(shown["extractor"])
+        extractor[WEIGHTS_DISPLAYED] = extractor.pop(WEIGHTS_FINGERPRINT)
+        shown["extractor"] = extractor
+    return shown
 
 
 @models.command()
@@ -104,7 +125,7 @@ def history(role_id: str, roi_id: str, models_dir: Path | None, as_json: bool) -
     if as_json:
         echo_json({
             "role_id": role_id, "roi_id": roi_id, "active_version": state.active_version,
-            "versions": [dataclasses.asdict(v) for v in versions],
+            "versions": [_displayed_version(v) for v in versions],
             "calibrations": [dataclasses.asdict(c) for c in calibrations],
         })
         return

@@ -1,22 +1,31 @@
 """Detection quality of one model on labelled samples, and a report folder a person can read.
 
-Every number comes from ``InspectionService.infer``, the one scoring path: each sample's bytes,
-``mm_per_px`` and shape text go in exactly as /infer would get them, so what is measured is what a
-client sees (score, decision, regions, heatmap), never a second copy of the pipeline.
+Every number comes from ``InspectionService.inspect``, the one scoring path behind /infer: each
+sample's bytes, ``mm_per_px`` and shape text go in exactly as /infer would get them, so what is measured
+is what a client sees (score, decision, regions), never a second copy of the pipeline.
 
-Pixel AUROC uses the raw anomaly map (``InspectionService.inspect``, the computation behind /infer,
-hands it back; the heatmap PNG is stretched per image and so not comparable across images), rounded to
-``PIXEL_RESOLUTION`` so a data set's pixels pool as counts. Pixels are pooled over all images, inside
-each sample's shape mask; an NG sample's mask file gives the positives (any non-zero pixel), all else is
-negative; OK samples are all negative; NG samples without a mask file are left out (their pixels' truth
-is unknown).
+The headline (the report's README table, ``summary.json``'s top-level figures, ``scores.png``) is on
+samples the memory was not fitted on: a memory scores its own images low, so pooling them flatters the
+model. The caller names the fitted ones (``fitted``, from the version's provenance); they are left out,
+or with ``include_fitted`` scored and reported in a section of their own.
+
+Pixel AUROC uses the raw anomaly map (the heatmap PNG of /infer is stretched per image and so not
+comparable across images), rounded to ``PIXEL_RESOLUTION`` so a data set's pixels pool as counts. Pixels
+are pooled over all images, inside each sample's shape mask; an NG sample's mask file gives the
+positives (any non-zero pixel), all else is negative; OK samples are all negative; NG samples without a
+mask file are left out (their pixels' truth is unknown).
+
+Overlays share one colour scale over the whole report, anchored at the threshold (``plots.HeatScale``),
+so a clean part looks cool next to a broken one; ``overlay_scale="image"`` stretches each image to itself
+instead. Between scoring and drawing, each map is kept at most ``KEPT_MAP_SIDE`` pixels on its long side
+(float16): it comes from a 32×32 token grid at input 448, so that keeps 8 pixels per token at least.
 """
 
 from __future__ import annotations
 
-import base64
+import dataclasses
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +33,21 @@ import cv2
 import numpy as np
 
 from ..inspection import InspectionService, Upload
-from .datasets import Sample, common_mm_per_px
+from ..pipeline import decode_image, parse_shape, shape_mask
+from .datasets import MmPerPx, Sample
+from .plots import HeatScale, save_png, score_histogram
 
 LABELS = ("ok", "ng")
+OVERLAY_SCALES = ("report", "image")
 PIXEL_RESOLUTION = 1e-4  # anomaly-map units (distances in [0, 2]) per pixel-AUROC level
+KEPT_MAP_SIDE = 256
 WORST_SHOWN = 5
 
-# Overlay colours (BGR).
+# Overlay colours (BGR): absent from the heat colour map (inferno), each drawn over a dark edge.
 TRUTH_COLOUR = (0, 255, 0)
-CONTOUR_COLOUR = (0, 0, 255)
-BBOX_COLOUR = (0, 255, 255)
-OK_COLOUR = (80, 170, 60)
-NG_COLOUR = (60, 60, 220)
-THRESHOLD_COLOUR = (160, 60, 0)
+CONTOUR_COLOUR = (255, 255, 0)
+BBOX_COLOUR = (255, 255, 0)
+EDGE_COLOUR = (0, 0, 0)
 
 
 # ---- metrics (pure) ------------------------------------------------------------------------------
@@ -98,17 +109,19 @@ def threshold_metrics(
 
     Predicted NG iff score >= threshold, /infer's rule. Everything is None when uncalibrated;
     a ratio whose denominator is 0 is None (precision with nothing predicted NG, recall without
-    NG samples); F1 is 2TP / (2TP + FP + FN), None only when that is 0/0.
+    NG samples); F1 is 2TP / (2TP + FP + FN), None only when that is 0/0. Without OK samples precision
+    and F1 are None too: no false positive could happen, so they would only flatter.
     """
     if threshold is None:
         return {"precision": None, "recall": None, "f1": None, "confusion": None}
     fp = sum(score >= threshold for score in ok_scores)
     tp = sum(score >= threshold for score in ng_scores)
     tn, fn = len(ok_scores) - fp, len(ng_scores) - tp
+    measurable = len(ok_scores) > 0
     return {
-        "precision": _ratio(tp, tp + fp),
+        "precision": _ratio(tp, tp + fp) if measurable else None,
         "recall": _ratio(tp, tp + fn),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn) if measurable else None,
         "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
     }
 
@@ -117,76 +130,194 @@ def _ratio(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
 
-# ---- evaluation ----------------------------------------------------------------------------------
-def evaluate(
-    service: InspectionService, role_id: str, roi_id: str, samples: Sequence[Sample], out_dir: Path,
-    progress: Callable[[int, int], None] | None = None, default_mm_per_px: float = 0.2,
-) -> dict[str, Any]:
-    """Infer every sample through ``service``, write the report into ``out_dir``, return the summary.
+def overlap_warning(calibration: dict[str, Any], ng_scores: Sequence[float]) -> str | None:
+    """A sentence when a calibration's NG scores overlap its OK scores (``p5_ng <= p_ok``, where the rule
+    takes 1.02 × p_ok): how many NG samples score below the new threshold, i.e. would pass as OK."""
+    p_ng, p_ok = calibration["p5_ng"], calibration["p99_ok"]
+    if p_ng is None or p_ng > p_ok:
+        return None
+    threshold = calibration["threshold"]
+    missed = sum(score < threshold for score in ng_scores)
+    return (
+        f"NG and OK scores overlap (5th percentile of NG {p_ng:.4g} <= percentile {calibration['score_percentile']} "
+        f"of OK {p_ok:.4g}), so the threshold is 1.02 x the OK percentile, {threshold:.4g}: {missed} of the "
+        f"{len(ng_scores)} NG samples score below it and would pass as OK. The memory does not separate these "
+        "defects from normal variation at this threshold; check the NG samples' overlays with `bdi eval`, and "
+        "try more or cleaner OK images, a shape mask that leaves out the background, or a larger input size."
+    )
 
-    A sample without ``mm_per_px`` (no sidecar) takes the set's most common one, else
-    ``default_mm_per_px`` (/calibrate_ng's default); it only scales region areas.
+
+# ---- evaluation ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Scored:
+    """One inferred sample, kept between scoring and drawing (the map small, see ``KEPT_MAP_SIDE``)."""
+
+    sample: Sample
+    item: dict[str, Any]
+    regions: list[dict[str, Any]]
+    caption: tuple[str, str]
+    kept_map: np.ndarray
+    own_scale: HeatScale  # the image's own stretch
+    low: float  # 1st percentile of the map inside the shape
+    high: float  # its maximum there
+
+
+def evaluate(
+    service: InspectionService, role_id: str, roi_id: str, samples: Sequence[Sample], out_dir: Path, *,
+    fitted: Collection[Path] = (), include_fitted: bool = False, seen_note: str | None = None,
+    mm_per_px: MmPerPx | None = None, overlay_scale: str = "report",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Infer the samples through ``service``, write the report into ``out_dir``, return the summary.
+
+    ``fitted``: paths of OK samples the memory was fitted on; left out of every figure (and not scored)
+    unless ``include_fitted``, which reports them separately. ``seen_note`` says how they were
+    recognised. ``mm_per_px`` gives each sample's value (only region areas depend on it; None: sidecars, else
+    the default).
 
     ``out_dir`` gets ``summary.json`` (what this returns), ``scores.png`` (OK/NG histograms with the
-    threshold), ``overlays/<stem>.png`` (heatmap, regions and the true defect outline on the sample)
-    and ``README.md`` (the numbers and the worst mistakes). ``progress(done, total)`` after each sample.
-    Errors of ``infer`` (not fitted, unreadable image, bad shape) propagate: they name what to fix.
+    threshold), ``colour_scale.png`` (the overlays' shared scale), ``overlays/<stem>.png`` (heatmap,
+    regions and the true defect outline on the sample) and ``README.md``. ``progress(done, total)``
+    after each scored sample. Errors of ``inspect`` (not fitted, unreadable image, bad shape) propagate:
+    they name what to fix.
     """
-    if not samples:
-        raise ValueError("no samples to evaluate; give at least one OK or NG image")
-    out_dir = Path(out_dir)
-    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
-    fallback_mm_per_px = common_mm_per_px(list(samples), default_mm_per_px)
-    items: list[dict[str, Any]] = []
-    levels = []
-    threshold = None
-    used_names: set[str] = set()
-    for done, sample in enumerate(samples, start=1):
+    if overlay_scale not in OVERLAY_SCALES:
+        raise ValueError(f"overlay_scale {overlay_scale!r} is not one of {', '.join(OVERLAY_SCALES)}")
+    for sample in samples:
         if sample.label not in LABELS:
             raise ValueError(f"{sample.path}: label {sample.label!r} is neither 'ok' nor 'ng'")
-        path = Path(sample.path)
-        data = path.read_bytes()
-        mm_per_px = fallback_mm_per_px if sample.mm_per_px is None else sample.mm_per_px
-        inspection = service.inspect(role_id, roi_id, mm_per_px, Upload(path.name, data), sample.shape)
-        result, image, roi = inspection.response, inspection.image, inspection.mask
+    fitted = set(fitted)
+    mm_per_px = mm_per_px or MmPerPx()
+    n_fitted = sum(sample.path in fitted for sample in samples)
+    scored = [s for s in samples if include_fitted or s.path not in fitted]
+    if not scored:
+        raise ValueError("no samples to evaluate; give at least one OK or NG image the memory was not fitted on "
+                         "(or --include-fitted)")
+    out_dir = Path(out_dir)
+    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    levels: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {"ok": [], "ng": [], "fitted": []}
+    results: list[_Scored] = []
+    threshold = None
+    used_names: set[str] = set()
+    for done, sample in enumerate(scored, start=1):
+        is_fitted = sample.path in fitted
+        value = mm_per_px.value(sample)
+        inspection = service.inspect(role_id, roi_id, value, Upload(sample.path.name, sample.path.read_bytes()),
+                                     sample.shape)
+        result, amap, roi = inspection.response, inspection.anomaly_map, inspection.mask
         threshold = result["threshold"]
-        height, width = image.shape[:2]
-        heatmap = cv2.imdecode(np.frombuffer(base64.b64decode(result["heatmap_png_base64"]), np.uint8),
-                               cv2.IMREAD_GRAYSCALE)
-        truth = _read_truth(sample.mask, (height, width)) if sample.label == "ng" and sample.mask else None
+        truth = _read_truth(sample.mask, amap.shape) if sample.label == "ng" and sample.mask else None
         if sample.label == "ok" or truth is not None:
-            quantised = np.round(inspection.anomaly_map / PIXEL_RESOLUTION).astype(np.int64)
-            levels.append(pixel_levels(quantised, roi, truth))
-        name = _unique_name(path.stem, used_names)
-        _write_png(out_dir / "overlays" / name, draw_overlay(image, heatmap, roi, result["regions"], truth,
-                                                             _caption(sample.label, result)))
-        items.append({
-            "file": str(path),
-            "label": sample.label,
-            "score": result["score"],
-            "predicted": result["decision"],
-            "n_regions": len(result["regions"]),
-            "overlay": f"overlays/{name}",
-        })
+            quantised = np.round(amap / PIXEL_RESOLUTION).astype(np.int64)
+            levels["fitted" if is_fitted else sample.label].append(pixel_levels(quantised, roi, truth))
+        inside = amap[roi]
+        results.append(_Scored(
+            sample,
+            {
+                "file": str(sample.path),
+                "label": sample.label,
+                "fitted": is_fitted,
+                "score": result["score"],
+                "predicted": result["decision"],
+                "n_regions": len(result["regions"]),
+                "mm_per_px": value,
+                "overlay": f"overlays/{_unique_name(sample.path.stem, used_names)}",
+            },
+            result["regions"], _caption(sample, is_fitted, result), _keep(amap), HeatScale.stretched(inside),
+            float(np.percentile(inside, 1)), float(inside.max()),
+        ))
         if progress is not None:
-            progress(done, len(samples))
-    ok_scores = [item["score"] for item in items if item["label"] == "ok"]
-    ng_scores = [item["score"] for item in items if item["label"] == "ng"]
-    summary = {
+            progress(done, len(scored))
+
+    scale = HeatScale.for_report([r.low for r in results], [r.high for r in results], threshold)
+    for scored_sample in results:
+        _write_png(out_dir / scored_sample.item["overlay"],
+                   _overlay(service, scored_sample, None if overlay_scale == "image" else scale))
+    items = [r.item for r in results]
+
+    def scores(label: str, was_fitted: bool) -> list[float]:
+        return [i["score"] for i in items if i["label"] == label and i["fitted"] == was_fitted]
+
+    ok_scores, ng_scores, fitted_scores = scores("ok", False), scores("ng", False), scores("ok", True)
+    summary: dict[str, Any] = {
         "role_id": role_id,
         "roi_id": roi_id,
+        **_figures(ok_scores, ng_scores, threshold, levels["ok"] + levels["ng"]),
+        "headline": _headline(len(ok_scores), len(ng_scores), n_fitted, include_fitted, seen_note),
+        "n_ok_fitted": n_fitted,
+        "fitted_ok": (_figures(fitted_scores, ng_scores, threshold, levels["fitted"] + levels["ng"])
+                      if include_fitted and n_fitted else None),
+        "mm_per_px": mm_per_px.describe([r.sample for r in results]),
+        "overlay_scale": ({"mode": "image"} if overlay_scale == "image"
+                          else {"mode": "report", **dataclasses.asdict(scale)}),
+        "items": items,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    title = "Image scores of samples the memory was not fitted on"
+    if not ok_scores:
+        title += " (no such OK sample)"
+    save_png(score_histogram(ok_scores, ng_scores, threshold, fitted_ok_scores=fitted_scores, title=title),
+             out_dir / "scores.png")
+    if overlay_scale == "report":
+        save_png(scale.colour_bar(), out_dir / "colour_scale.png")
+    (out_dir / "README.md").write_text(report_markdown(summary), encoding="utf-8")
+    return summary
+
+
+def _figures(ok_scores: list[float], ng_scores: list[float], threshold: float | None,
+             levels: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    return {
         "n_ok": len(ok_scores),
         "n_ng": len(ng_scores),
         "image_auroc": image_auroc(ok_scores, ng_scores),
         "pixel_auroc": pixel_auroc(levels),
         "threshold": threshold,
         **threshold_metrics(ok_scores, ng_scores, threshold),
-        "items": items,
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    _write_png(out_dir / "scores.png", draw_score_histogram(ok_scores, ng_scores, threshold))
-    (out_dir / "README.md").write_text(report_markdown(summary), encoding="utf-8")
-    return summary
+
+
+def _headline(n_ok: int, n_ng: int, n_fitted: int, include_fitted: bool, seen_note: str | None) -> str:
+    """What the headline figures are computed on, in one or two sentences."""
+    text = f"Figures on {n_ok} OK and {n_ng} NG sample(s) the memory was not fitted on."
+    if n_fitted:
+        text += (f" The {n_fitted} OK sample(s) it was fitted on are "
+                 + ("reported separately below." if include_fitted else "left out (--include-fitted reports them)."))
+    if not n_ok:
+        text += (" No unseen OK sample: image AUROC, precision, F1 and false positives can't be measured; add OK "
+                 "images the memory has not seen, or refit with `bdi fit --holdout 0.3`.")
+    if seen_note and not n_fitted:
+        text += " " + seen_note
+    return text
+
+
+def _keep(amap: np.ndarray) -> np.ndarray:
+    """The map as kept until drawing: float16, at most ``KEPT_MAP_SIDE`` on its long side."""
+    height, width = amap.shape
+    factor = KEPT_MAP_SIDE / max(height, width)
+    if factor < 1:
+        amap = cv2.resize(amap, (max(1, round(width * factor)), max(1, round(height * factor))),
+                          interpolation=cv2.INTER_AREA)
+    return amap.astype(np.float16)
+
+
+def _overlay(service: InspectionService, scored: _Scored, scale: HeatScale | None) -> np.ndarray:
+    """The overlay of one scored sample, on ``scale`` (None: the image's own stretch); the image and its
+    shape mask are decoded again rather than kept."""
+    sample = scored.sample
+    image = decode_image(sample.path.read_bytes(), sample.path.name, service.settings.max_image_pixels)
+    height, width = image.shape[:2]
+    roi = shape_mask(parse_shape(sample.shape), width, height)
+    amap = cv2.resize(scored.kept_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    truth = _read_truth(sample.mask, (height, width)) if sample.label == "ng" and sample.mask else None
+    caption = (scored.caption[0], f"{scored.caption[1]}, {'report' if scale else 'own'} colour scale")
+    return draw_overlay(image, (scale or scored.own_scale).colours_bgr(amap), roi, scored.regions, truth, caption)
+
+
+def _caption(sample: Sample, fitted: bool, result: dict[str, Any]) -> tuple[str, str]:
+    label = sample.label.upper() + (" (fitted on)" if fitted else "")
+    threshold = "uncalibrated" if result["threshold"] is None else f"thr {result['threshold']:.4f}"
+    return (f"{label} {result['score']:.4f} -> {result['decision'] or '?'}",
+            f"{threshold}, {len(result['regions'])} regions")
 
 
 def _read_truth(path: Path, size: tuple[int, int]) -> np.ndarray:
@@ -194,7 +325,7 @@ def _read_truth(path: Path, size: tuple[int, int]) -> np.ndarray:
     mask = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_GRAYSCALE)  # fromfile: non-ASCII paths
     if mask is None:
         raise ValueError(f"{path}: the ground-truth mask is not a readable image")
-    if mask.shape != size:
+    if mask.shape != tuple(size):
         raise ValueError(f"{path}: the mask is {mask.shape[1]}x{mask.shape[0]}, its sample {size[1]}x{size[0]}")
     return mask > 0
 
@@ -209,12 +340,6 @@ def _unique_name(stem: str, used: set[str]) -> str:
     return name
 
 
-def _caption(label: str, result: dict[str, Any]) -> tuple[str, str]:
-    threshold = "uncalibrated" if result["threshold"] is None else f"thr {result['threshold']:.4f}"
-    return (f"{label.upper()} {result['score']:.4f} -> {result['decision'] or '?'}",
-            f"{threshold}, {len(result['regions'])} regions")
-
-
 def _write_png(path: Path, image: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", image)
     if not ok:
@@ -224,28 +349,31 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 # ---- drawing -------------------------------------------------------------------------------------
 def draw_overlay(
-    image: np.ndarray, heatmap: np.ndarray, roi_mask: np.ndarray, regions: list[dict[str, Any]],
+    image: np.ndarray, heat_bgr: np.ndarray, roi_mask: np.ndarray, regions: list[dict[str, Any]],
     truth: np.ndarray | None, caption: Sequence[str],
 ) -> np.ndarray:
-    """The sample with the heatmap blended inside its mask, the true defect outline (green), the
-    regions' contours (red) and boxes (yellow) on top, and the caption lines in a strip below.
+    """The sample with the heat colours blended inside its mask, the true defect outline (green), the
+    regions' contours and boxes (cyan) on top, each line over a dark edge so it shows on any colour, and
+    the caption lines in a strip below.
 
     The image keeps its pixel coordinates (the strip is appended under it), so the overlay can be
     compared with the regions' numbers directly.
     """
     height, width = image.shape[:2]
     line = max(1, round(min(height, width) / 256))
-    blended = cv2.addWeighted(image, 0.55, cv2.applyColorMap(heatmap, cv2.COLORMAP_JET), 0.45, 0)
+    blended = cv2.addWeighted(image, 0.45, heat_bgr, 0.55, 0)
     out = image.copy()
     out[roi_mask] = blended[roi_mask]
+    truth_outline = []
     if truth is not None:
-        contours, _ = cv2.findContours(truth.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(out, contours, -1, TRUTH_COLOUR, line)
-    for region in regions:
-        cv2.polylines(out, [np.asarray(region["contour"], np.int32).reshape(-1, 1, 2)], True, CONTOUR_COLOUR, line)
-    for region in regions:
-        x, y, w, h = region["bbox"]
-        cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), BBOX_COLOUR, line)
+        truth_outline, _ = cv2.findContours(truth.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contours = [np.asarray(region["contour"], np.int32).reshape(-1, 1, 2) for region in regions]
+    boxes = [region["bbox"] for region in regions]
+    for thickness, colours in ((line + 2, (EDGE_COLOUR,) * 3), (line, (TRUTH_COLOUR, CONTOUR_COLOUR, BBOX_COLOUR))):
+        cv2.drawContours(out, truth_outline, -1, colours[0], thickness)
+        cv2.polylines(out, contours, True, colours[1], thickness)
+        for x, y, w, h in boxes:
+            cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), colours[2], thickness)
     font = cv2.FONT_HERSHEY_SIMPLEX
     widest = max(cv2.getTextSize(text, font, 1.0, 1)[0][0] for text in caption)
     scale = min(0.5, (width - 6) / widest)  # shrink to fit a small image rather than cut the text
@@ -256,76 +384,20 @@ def draw_overlay(
     return np.vstack([out, strip])
 
 
-def draw_score_histogram(
-    ok_scores: Sequence[float], ng_scores: Sequence[float], threshold: float | None,
-    width: int = 800, height: int = 420, bins: int = 30,
-) -> np.ndarray:
-    """OK and NG score histograms over one axis, translucent so overlaps show, with the threshold line."""
-    left, right, top, bottom = 55, 20, 45, 50
-    canvas = np.full((height, width, 3), 255, np.uint8)
-    values = [*ok_scores, *ng_scores, *([] if threshold is None else [threshold])]
-    low, high = (min(values), max(values)) if values else (0.0, 1.0)
-    pad = 0.05 * (high - low) or 0.05 * max(abs(high), 1e-3)
-    low, high = low - pad, high + pad
-    edges = np.linspace(low, high, bins + 1)
-    counts = [np.histogram(scores, edges)[0] for scores in (ok_scores, ng_scores)]
-    peak = max(1, *(int(c.max()) for c in counts))
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def x_of(value: float) -> int:
-        return left + round(float(value - low) / (high - low) * plot_w)
-
-    for count, colour in zip(counts, (OK_COLOUR, NG_COLOUR)):
-        layer = canvas.copy()
-        for k, n in enumerate(count):
-            if n:
-                y = top + plot_h - round(int(n) / peak * plot_h)
-                cv2.rectangle(layer, (x_of(edges[k]), y), (x_of(edges[k + 1]) - 1, top + plot_h), colour, -1)
-        canvas = cv2.addWeighted(layer, 0.6, canvas, 0.4, 0)
-    black = (0, 0, 0)
-    cv2.line(canvas, (left, top + plot_h), (left + plot_w, top + plot_h), black, 1)
-    cv2.line(canvas, (left, top), (left, top + plot_h), black, 1)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    for value in np.linspace(low, high, 6):
-        x = x_of(value)
-        cv2.line(canvas, (x, top + plot_h), (x, top + plot_h + 5), black, 1)
-        cv2.putText(canvas, f"{value:.3g}", (x - 18, top + plot_h + 22), font, 0.45, black, 1, cv2.LINE_AA)
-    cv2.putText(canvas, "score", (left + plot_w // 2 - 20, height - 8), font, 0.5, black, 1, cv2.LINE_AA)
-    cv2.putText(canvas, str(peak), (8, top + 5), font, 0.45, black, 1, cv2.LINE_AA)
-    cv2.putText(canvas, "0", (30, top + plot_h), font, 0.45, black, 1, cv2.LINE_AA)
-    legend = [(f"OK n={len(ok_scores)}", OK_COLOUR), (f"NG n={len(ng_scores)}", NG_COLOUR)]
-    if threshold is not None:
-        x = x_of(threshold)
-        for y in range(top, top + plot_h, 8):  # dashed
-            cv2.line(canvas, (x, y), (x, min(y + 4, top + plot_h)), THRESHOLD_COLOUR, 2)
-        legend.append((f"threshold {threshold:.4g}", THRESHOLD_COLOUR))
-    else:
-        legend.append(("uncalibrated: no threshold", black))
-    x = left
-    for text, colour in legend:
-        cv2.rectangle(canvas, (x, 14), (x + 14, 28), colour, -1)
-        cv2.putText(canvas, text, (x + 20, 27), font, 0.5, black, 1, cv2.LINE_AA)
-        x += 30 + cv2.getTextSize(text, font, 0.5, 1)[0][0]
-    return canvas
-
-
 # ---- report --------------------------------------------------------------------------------------
 def report_markdown(summary: dict[str, Any]) -> str:
-    """The README of a report folder: the numbers, then the samples most likely to be wrong."""
-    confusion = summary["confusion"]
-    items = summary["items"]
-    ok_items = sorted((i for i in items if i["label"] == "ok"), key=lambda i: -i["score"])[:WORST_SHOWN]
-    ng_items = sorted((i for i in items if i["label"] == "ng"), key=lambda i: i["score"])[:WORST_SHOWN]
+    """The README of a report folder: the headline on unseen samples, the real mistakes, then the
+    samples the memory was fitted on, apart."""
+    items = [item for item in summary["items"] if not item["fitted"]]
     lines = [
         f"# Evaluation of {summary['role_id']} / {summary['roi_id']}",
         "",
-        "| OK | NG | image AUROC | pixel AUROC | threshold | precision | recall | F1 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-        "| " + " | ".join([str(summary["n_ok"]), str(summary["n_ng"])] + [
-            _fmt(summary[key]) for key in ("image_auroc", "pixel_auroc", "threshold", "precision", "recall", "f1")
-        ]) + " |",
+        summary["headline"],
+        "",
+        *_figures_table(summary),
         "",
     ]
+    threshold, confusion = summary["threshold"], summary["confusion"]
     if confusion is None:
         lines += ["No calibration is active: no threshold, so no decisions, precision, recall or F1.", ""]
     else:
@@ -338,30 +410,69 @@ def report_markdown(summary: dict[str, Any]) -> str:
             f"| NG | {confusion['fn']} | {confusion['tp']} |",
             "",
         ]
-    for title, chosen in (
-        ("Worst false positives: the highest-scoring OK samples", ok_items),
-        ("Worst false negatives: the lowest-scoring NG samples", ng_items),
-    ):
-        lines += [f"## {title}", ""]
-        if not chosen:
-            lines += ["None in this set.", ""]
-            continue
-        lines += ["| file | score | decision | regions | overlay |", "|---|---:|---|---:|---|"]
+    ok_items = sorted((i for i in items if i["label"] == "ok"), key=lambda i: -i["score"])
+    ng_items = sorted((i for i in items if i["label"] == "ng"), key=lambda i: i["score"])
+    if threshold is None:
+        lines += _listed("Highest-scoring OK samples", ok_items[:WORST_SHOWN], "No OK sample in this set.")
+        lines += _listed("Lowest-scoring NG samples", ng_items[:WORST_SHOWN], "No NG sample in this set.")
+    else:
+        false_positives = [i for i in ok_items if i["predicted"] == "ng"]
+        false_negatives = [i for i in ng_items if i["predicted"] == "ok"]
+        lines += _listed(f"False positives: OK samples at or above the threshold ({len(false_positives)})",
+                         false_positives[:WORST_SHOWN], _closest(ok_items, threshold, "OK", "below"))
+        lines += _listed(f"False negatives: NG samples below the threshold ({len(false_negatives)})",
+                         false_negatives[:WORST_SHOWN], _closest(ng_items, threshold, "NG", "above"))
+    fitted = summary.get("fitted_ok")
+    if fitted is not None:
         lines += [
-            f"| {i['file']} | {i['score']:.4f} | {i['predicted'] or '-'} | {i['n_regions']} "
-            f"| [{i['overlay']}]({i['overlay']}) |"
-            for i in chosen
+            "## OK samples the memory was fitted on (not in the figures above)",
+            "",
+            ("A memory scores its own images low, so these figures flatter the model; they are here to compare, "
+             "against the same NG samples."),
+            "",
+            *_figures_table(fitted),
+            "",
         ]
-        lines.append("")
+    scale = summary["overlay_scale"]
+    colours = ("one colour scale for every overlay, anchored at the threshold: see `colour_scale.png`"
+               if scale["mode"] == "report" else "each image stretched to its own 1st..99th percentile, so colours "
+               "are not comparable between images")
     lines += [
-        (
-            "`scores.png`: OK and NG score histograms with the threshold. `overlays/`: each sample with its heatmap, "
-            "regions (red outline, yellow box) and true defect (green). Pixel AUROC ranks the raw anomaly map's "
-            "pixels inside each sample's shape; see service/evaluation.py."
-        ),
+        (f"`scores.png`: OK and NG score histograms with the threshold. `overlays/`: each sample with its heatmap "
+         f"({colours}), the regions /infer reports (cyan outline and box) and the true defect (green). Pixel AUROC "
+         "ranks the raw anomaly map's pixels inside each sample's shape. " + summary["mm_per_px"] + "."),
         "",
     ]
     return "\n".join(lines)
+
+
+def _figures_table(figures: dict[str, Any]) -> list[str]:
+    return [
+        "| OK | NG | image AUROC | pixel AUROC | threshold | precision | recall | F1 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| " + " | ".join([str(figures["n_ok"]), str(figures["n_ng"])] + [
+            _fmt(figures[key]) for key in ("image_auroc", "pixel_auroc", "threshold", "precision", "recall", "f1")
+        ]) + " |",
+    ]
+
+
+def _listed(title: str, chosen: list[dict[str, Any]], none: str) -> list[str]:
+    lines = [f"## {title}", ""]
+    if not chosen:
+        return lines + [none, ""]
+    lines += ["| file | score | decision | regions | overlay |", "|---|---:|---|---:|---|"]
+    lines += [f"| {i['file']} | {i['score']:.4f} | {i['predicted'] or '-'} | {i['n_regions']} "
+              f"| [{i['overlay']}]({i['overlay']}) |" for i in chosen]
+    return lines + [""]
+
+
+def _closest(ranked: list[dict[str, Any]], threshold: float, label: str, side: str) -> str:
+    """The sentence for an empty mistakes list: none, and the closest call."""
+    if not ranked:
+        return f"No {label} sample in this set."
+    nearest = ranked[0]
+    return (f"None. The closest {label} sample, {nearest['file']}, scored {nearest['score']:.4f}, "
+            f"{abs(threshold - nearest['score']):.4f} {side} the threshold.")
 
 
 def _fmt(value: float | None) -> str:

@@ -13,7 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
-from service.quality.datasets import DatasetError, common_mm_per_px, load_dataset
+from service.cli import main
+from service.inspection import InspectionService
+from service.quality.datasets import DatasetError, MmPerPx, load_dataset
+from service.settings import Settings
 from service.storage.artifacts import ModelStore
 from tests.cli.support import ODD, PLAIN, as_json, bdi, cli_env, make_service, uploads
 from tests.support import png_bytes, synthetic_roi
@@ -51,11 +54,48 @@ def test_show_and_history(models_dir):
     assert shown["calibration"]["values"]["p5_ng"] == pytest.approx(0.5)
     table = bdi(models_dir, "models", "show", *ODD)
     assert table.exit_code == 0 and "memory.coreset_size" in table.stdout
+    # The weights' fingerprint hashes tensors, not the checkpoint file: it is never shown as a file's sha256.
+    assert "weights_sha256" not in json.dumps(shown) and len(shown["active"]["extractor"]["weights_tensor_sha256"]) == 64
+    assert "memory.extractor.weights_tensor_sha256" in table.stdout and "weights_sha256" not in table.stdout
+    assert "not the checkpoint file's sha256sum" in table.stdout
+    history = as_json(bdi(models_dir, "models", "history", *PLAIN, "--json"))
+    assert all("weights_tensor_sha256" in v["extractor"] for v in history["versions"])
     history = as_json(bdi(models_dir, "models", "history", *PLAIN, "--json"))
     assert [v["version"] for v in history["versions"]] == [2, 1]
     assert history["active_version"] == 2
     assert [c["values"]["threshold"] for c in history["calibrations"]] == [pytest.approx(0.3495)]
     assert "Calibrations of Master1 / inspection-1" in bdi(models_dir, "models", "history", *PLAIN).stdout
+
+
+def test_tables_keep_each_row_on_one_line_when_not_on_a_terminal(models_dir):
+    """Piped or logged output: a narrow guessed width must not fold rows into unreadable columns."""
+    history = as_json(bdi(models_dir, "models", "history", *PLAIN, "--json"))
+    narrow = bdi(models_dir, "models", "history", *PLAIN, COLUMNS="40")
+    assert narrow.exit_code == 0, narrow.output
+    lines = narrow.stdout.splitlines()
+    for version in history["versions"]:
+        assert any(version["created_at"] in line and "8×8" in line and version["source"] in line for line in lines)
+    [calibration] = history["calibrations"]
+    assert any(calibration["created_at"] in line and "0.3495" in line for line in lines)
+
+
+def test_readme_cli_table_documents_every_option():
+    """README's Admin CLI table names every option of every command (bar --models-dir, said once for all)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme.split("## Admin CLI")[1].split("\n## ")[0].splitlines() if line.startswith("| `bdi")]
+
+    def commands(group, path=()):
+        for name, command in getattr(group, "commands", {}).items():
+            yield from commands(command, (*path, name))
+        if not getattr(group, "commands", None):
+            yield " ".join(path), group
+
+    for path, command in commands(main):
+        [row] = [row for row in rows if f"`bdi {path}" in row] or [f"no README row for bdi {path}"]
+        for param in command.params:
+            for option in param.opts:
+                if option.startswith("--") and option != "--models-dir":
+                    assert option in row, f"README's row of `bdi {path}` misses {option}"
 
 
 @pytest.mark.parametrize("command", [("models", "show"), ("models", "history"), ("models", "delete")])
@@ -264,7 +304,7 @@ def test_load_dataset_reads_sidecars_masks_and_labels(dataset):
     assert json.loads(loaded.ok[0].shape) == json.loads(loaded.ok[3].shape) == circle
     assert loaded.ng[0].mask == dataset / "ng" / "ng0_mask.png" and loaded.ng[1].mask is None
     assert loaded.ng[1].mm_per_px is None and loaded.ng[1].shape is None
-    assert common_mm_per_px(loaded.ok, 0.2) == 0.1 and common_mm_per_px(loaded.ng[1:], 0.2) == 0.2
+    assert MmPerPx().common(loaded.ok) == 0.1 and MmPerPx().common(loaded.ng[1:]) == 0.2
 
 
 def test_load_dataset_finds_role_roi_subfolders_and_refuses_bad_folders(dataset, tmp_path):
@@ -325,8 +365,14 @@ def test_fit_with_holdout_then_calibrate_scores_only_the_held_out_ok_samples(dat
 
     calibrated = bdi(models_dir, "calibrate", "R", "r/1", "--dataset", str(dataset))
     assert calibrated.exit_code == 0, calibrated.output
-    assert "Scoring the 2 OK sample(s) held out of the fit" in calibrated.stderr
+    assert "Scoring the 2 OK sample(s) not used to fit this memory (of 4, recognised by sha256)" in calibrated.stderr
     assert "on 2 OK and 2 NG sample(s)" in calibrated.stdout
+    # When NG scores overlap the OK ones, calibrate says how many NG samples the threshold lets through.
+    values = as_json(bdi(models_dir, "models", "history", "R", "r/1", "--json"))["calibrations"][0]["values"]
+    overlapping = values["p5_ng"] <= values["p99_ok"]
+    assert ("would pass as OK" in calibrated.stderr) == overlapping
+    if overlapping:
+        assert "of the 2 NG samples score below it" in calibrated.stderr
 
 
 def test_calibrate_on_the_fit_images_says_the_threshold_is_biased_low(dataset, tmp_path, shared_backbone):
@@ -336,7 +382,7 @@ def test_calibrate_on_the_fit_images_says_the_threshold_is_biased_low(dataset, t
     assert calibrated.exit_code == 0 and "biased low" in calibrated.stderr and "--holdout" in calibrated.stderr
 
 
-def test_eval_writes_a_report_of_the_dataset(dataset, tmp_path, shared_backbone):
+def test_eval_writes_a_report_whose_headline_leaves_out_the_fitted_samples(dataset, tmp_path, shared_backbone):
     models_dir, report = tmp_path / "models", tmp_path / "report"
     assert bdi(models_dir, "eval", "R", "r/1", "--dataset", str(dataset), "--report", str(report)).exit_code == 1
     bdi(models_dir, "fit", "R", "r/1", "--dataset", str(dataset), "--holdout", "0.5")
@@ -344,11 +390,90 @@ def test_eval_writes_a_report_of_the_dataset(dataset, tmp_path, shared_backbone)
     result = bdi(models_dir, "eval", "R", "r/1", "--dataset", str(dataset), "--report", str(report))
     assert result.exit_code == 0, result.output
     assert "image_auroc" in result.stdout and "README.md" in result.stdout
+    assert "2 of the 4 OK samples were used to fit this memory" in result.stderr and "left out" in result.stderr
     summary = json.loads((report / "summary.json").read_text())
-    assert summary["n_ok"] == 4 and summary["n_ng"] == 2 and summary["threshold"] is not None
-    assert {item["label"] for item in summary["items"]} == {"ok", "ng"}
-    assert len(list((report / "overlays").glob("*.png"))) == 6
-    assert (report / "scores.png").is_file() and (report / "README.md").is_file()
+    assert (summary["n_ok"], summary["n_ng"], summary["n_ok_fitted"]) == (2, 2, 2) and summary["threshold"] is not None
+    assert "Figures on 2 OK and 2 NG sample(s) the memory was not fitted on" in result.stdout
+    assert {item["label"] for item in summary["items"]} == {"ok", "ng"} and not any(i["fitted"] for i in summary["items"])
+    assert len(list((report / "overlays").glob("*.png"))) == 4
+    for name in ("scores.png", "colour_scale.png", "README.md"):
+        assert (report / name).is_file()
+
+    # Renamed folder and files: recognised by content; --include-fitted reports the fitted ones apart.
+    renamed = tmp_path / "renamed"
+    dataset.rename(renamed)
+    for path in (renamed / "ok").glob("ok*"):
+        path.rename(path.with_name("part-" + path.name))
+    both = bdi(models_dir, "eval", "R", "r/1", "--dataset", str(renamed), "--report", str(report), "--include-fitted")
+    assert both.exit_code == 0, both.output
+    summary = json.loads((report / "summary.json").read_text())
+    assert (summary["n_ok"], summary["fitted_ok"]["n_ok"]) == (2, 2) and sum(i["fitted"] for i in summary["items"]) == 2
+    assert "fitted on: image_auroc" in both.stdout
+
+
+def test_mm_per_px_one_rule_for_fit_calibrate_and_eval(tmp_path, shared_backbone, monkeypatch):
+    """Sidecar, else --mm-per-px, else the model's recorded value (calibration, else fit), else 0.2; said aloud."""
+    root, models_dir = tmp_path / "plain", tmp_path / "models"
+    for seed in range(3):
+        write_sample(root / "ok", f"ok{seed}", synthetic_roi(60, 50, seed))
+    write_sample(root / "ng", "ng0", synthetic_roi(60, 50, 10, defect=(30, 25, 6)))
+    write_sample(root / "ng", "ng1", synthetic_roi(60, 50, 11, defect=(20, 20, 5)), mm_per_px=0.05)
+    used: list[tuple[str, float]] = []
+    infer = InspectionService.infer
+
+    def recording(self, role_id, roi_id, mm_per_px, image, *args, **kwargs):  # calls through: records the value
+        used.append((image.filename, mm_per_px))
+        return infer(self, role_id, roi_id, mm_per_px, image, *args, **kwargs)
+
+    monkeypatch.setattr(InspectionService, "infer", recording)
+
+    def run(*args: str):
+        result = bdi(models_dir, *args, "R", "r", "--dataset", str(root), *(["--report", str(tmp_path / "rep")]
+                                                                          if args[0] == "eval" else []))
+        assert result.exit_code == 0, result.output
+        return result
+
+    fitted = run("fit", "--mm-per-px", "0.1", "--holdout", "0.34")
+    assert "0.1 (--mm-per-px) for the 2 without a sidecar value; the version records 0.1" in fitted.stderr
+    calibrated = run("calibrate")
+    assert "(recorded with the model: the fit of version 1)" in calibrated.stderr
+    assert len(used) == 3  # the held-out OK sample and both NG
+    assert {value for name, value in used if name != "ng1.png"} == {0.1} and ("ng1.png", 0.05) in used
+    used.clear()
+    calibrated = run("calibrate", "--mm-per-px", "0.3")  # the option reaches the inferences, sidecars still win
+    assert {value for name, value in used if name != "ng1.png"} == {0.3} and ("ng1.png", 0.05) in used
+    assert as_json(bdi(models_dir, "models", "history", "R", "r", "--json"))["calibrations"][0]["values"][
+        "mm_per_px"] == 0.3
+    evaluated = run("eval")
+    assert "(recorded with the model: the active calibration)" in evaluated.stderr
+    items = json.loads((tmp_path / "rep" / "summary.json").read_text())["items"]
+    assert {Path(i["file"]).name: i["mm_per_px"] for i in items} == {
+        **{Path(i["file"]).name: 0.3 for i in items}, "ng1.png": 0.05}
+    run("eval", "--mm-per-px", "0.2")
+    items = json.loads((tmp_path / "rep" / "summary.json").read_text())["items"]
+    assert {i["mm_per_px"] for i in items if not i["file"].endswith("ng1.png")} == {0.2}
+
+
+def test_masks_laid_out_as_samples_are_refused_before_anything_is_fitted(tmp_path):
+    root = tmp_path / "tiles"
+    write_sample(root / "ok", "tile1", synthetic_roi(60, 50, 1))
+    write_sample(root / "ok", "tile2", synthetic_roi(60, 50, 2))
+    cv2.imwrite(str(root / "ok" / "tile2.jpg"), synthetic_roi(60, 50, 2))  # tile2.png is its "mask" now
+    refused = bdi(tmp_path / "models", "fit", "R", "r", "--dataset", str(root))
+    assert refused.exit_code == 2 and "share a name" in refused.stderr and "<stem>_mask.png" in refused.stderr
+    assert not (tmp_path / "models").exists()
+
+
+def test_fit_shows_progress_per_batch(dataset, tmp_path, extractor_112, shared_backbone):
+    service = InspectionService(Settings.load(cli_env(tmp_path / "core", BDI_FIT_BATCH_SIZE="3")), extractor_112)
+    service.start()
+    seen: list[tuple[int, int]] = []
+    service.fit("R", "r", 0.2, uploads(0, 1, 2, 3, 4), progress=lambda done, total: seen.append((done, total)))
+    service.close()
+    assert seen == [(3, 5), (5, 5)]
+    fitted = bdi(tmp_path / "models", "fit", "R", "r/1", "--dataset", str(dataset))
+    assert fitted.exit_code == 0, fitted.output
+    assert "Building the memory" in fitted.stderr and "4/4" in fitted.stderr and "left" in fitted.stderr
 
 
 def test_fit_and_calibrate_refuse_unusable_input(dataset, tmp_path, shared_backbone):

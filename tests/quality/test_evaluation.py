@@ -1,5 +1,6 @@
-"""service/evaluation.py: metrics against hand-computed values, and a synthetic set end to end
-through a real InspectionService (random-init ViT) into a report folder."""
+"""service/quality/evaluation.py: metrics against hand-computed values, and a synthetic set end to end
+through a real InspectionService (random-init ViT) into a report folder whose headline leaves out the
+samples the memory was fitted on."""
 
 from __future__ import annotations
 
@@ -15,15 +16,17 @@ from service.pipeline import FeatureExtractor
 from service.quality.datasets import load_dataset
 from service.quality.evaluation import (
     BBOX_COLOUR,
+    CONTOUR_COLOUR,
     TRUTH_COLOUR,
     auroc,
-    draw_score_histogram,
     evaluate,
     image_auroc,
+    overlap_warning,
     pixel_auroc,
     pixel_levels,
     threshold_metrics,
 )
+from service.quality.plots import HEAT_COLOUR_MAP, HeatScale
 from tests.support import make_settings
 from tools import synth
 
@@ -91,16 +94,32 @@ def test_threshold_metrics_edge_cases():
     assert threshold_metrics([0.1], [], 0.5)["f1"] is None  # 0/0: nothing to find, nothing flagged
 
 
-@pytest.mark.parametrize(("ok", "ng", "threshold"), [([0.2, 0.3], [0.6], 0.45), ([0.5], [0.5], None), ([], [], None)])
-def test_score_histogram_draws_any_input(ok, ng, threshold):
-    image = draw_score_histogram(ok, ng, threshold)
-    assert image.shape == (420, 800, 3) and (image < 255).any()
+def test_precision_and_f1_are_not_measured_without_ok_samples():
+    only_ng = threshold_metrics([], [0.3, 0.9], 0.5)
+    assert (only_ng["precision"], only_ng["recall"], only_ng["f1"]) == (None, 0.5, None)
+
+
+def test_overlapping_calibration_says_how_many_ng_samples_pass():
+    overlapping = {"threshold": 0.612, "p99_ok": 0.6, "p5_ng": 0.58, "score_percentile": 99}
+    warning = overlap_warning(overlapping, [0.55, 0.6, 0.611, 0.7])
+    assert "3 of the 4 NG samples score below it and would pass as OK" in warning
+    assert "5th percentile of NG 0.58 <= percentile 99 of OK 0.6" in warning
+    separated = {"threshold": 0.65, "p99_ok": 0.6, "p5_ng": 0.7, "score_percentile": 99}
+    assert overlap_warning(separated, [0.7, 0.9]) is None
+    assert overlap_warning({**separated, "p5_ng": None}, []) is None
+
+
+def test_outline_colours_are_not_in_the_heat_colour_map():
+    """The red outline vanished on the red heatmap: outline colours must stand apart from every map colour."""
+    every_colour = HeatScale(0.0, 1.0).colours_bgr(np.linspace(0, 1, 256)).astype(int)
+    for colour in (CONTOUR_COLOUR, BBOX_COLOUR, TRUTH_COLOUR):
+        assert np.abs(every_colour - np.array(colour)).sum(axis=1).min() > 150, (HEAT_COLOUR_MAP, colour)
 
 
 # ---- end to end -------------------------------------------------------------------------------------
 @pytest.fixture
 def fitted(tmp_path: Path, extractor: FeatureExtractor):
-    """A synthetic rect ROI: the first OK samples fitted (every patch kept), the rest held out."""
+    """A synthetic rect ROI: the first OK samples fitted (every patch kept), the rest unseen; and the NG ones."""
     synth.write_dataset(tmp_path / "data", seed=SEED, n_ok=N_FIT + 5, n_ng=5, size=SIZE, roi_kinds=(ROI,),
                         severity=SEVERITY)
     dataset = load_dataset(tmp_path / "data", ROLE, ROI)
@@ -108,48 +127,71 @@ def fitted(tmp_path: Path, extractor: FeatureExtractor):
     service.start()
     fit = dataset.ok[:N_FIT]
     service.fit(ROLE, ROI, fit[0].mm_per_px, [Upload(s.path.name, s.path.read_bytes()) for s in fit], memory_fit=True)
-    yield service, dataset.ok[N_FIT:] + dataset.ng
+    yield service, fit, dataset.ok[N_FIT:], dataset.ng
     service.close()
 
 
 def test_synthetic_defects_rank_above_ok_and_the_report_is_complete(fitted, tmp_path: Path):
-    service, samples = fitted
+    service, fit, unseen, ng = fitted
+    samples = unseen + ng
     seen = []
     raw = evaluate(service, ROLE, ROI, samples, tmp_path / "raw", progress=lambda *done_total: seen.append(done_total))
     assert seen == [(k, len(samples)) for k in range(1, len(samples) + 1)]
-    assert (raw["n_ok"], raw["n_ng"]) == (5, 5)
+    assert (raw["n_ok"], raw["n_ng"], raw["n_ok_fitted"], raw["fitted_ok"]) == (5, 5, 0, None)
     assert all(raw[key] is None for key in ("threshold", "precision", "recall", "f1", "confusion"))
     assert all(item["predicted"] is None and item["n_regions"] == 0 for item in raw["items"])
     # Measured with the seeded random-init ViT at 224 on this set: image AUROC 1.0, pixel AUROC 0.85.
     assert raw["image_auroc"] >= 0.8
     assert raw["pixel_auroc"] >= 0.7
+    readme = (tmp_path / "raw" / "README.md").read_text(encoding="utf-8")
+    assert "## Highest-scoring OK samples" in readme and "## Lowest-scoring NG samples" in readme
 
     ok_scores = [item["score"] for item in raw["items"] if item["label"] == "ok"]
     ng_scores = [item["score"] for item in raw["items"] if item["label"] == "ng"]
     calibration = service.calibrate(ROLE, ROI, ok_scores, ng_scores, mm_per_px=samples[0].mm_per_px, area_mm2_thr=0.5)
     out = tmp_path / "report"
-    summary = evaluate(service, ROLE, ROI, samples, out)
+    summary = evaluate(service, ROLE, ROI, fit + samples, out, fitted={s.path for s in fit}, include_fitted=True)
 
     assert json.loads((out / "summary.json").read_text(encoding="utf-8")) == summary
     assert set(summary) >= {"n_ok", "n_ng", "image_auroc", "pixel_auroc", "threshold", "precision", "recall", "f1",
-                            "confusion", "items"}
-    assert summary["image_auroc"] == raw["image_auroc"]  # calibration changes no score
+                            "confusion", "items", "headline", "mm_per_px", "overlay_scale"}
+    # The headline is on the unseen samples only: the fitted ones change none of its figures.
+    assert (summary["n_ok"], summary["n_ng"], summary["n_ok_fitted"]) == (5, 5, N_FIT)
+    assert summary["image_auroc"] == raw["image_auroc"] and summary["pixel_auroc"] == raw["pixel_auroc"]
+    assert summary["headline"].startswith("Figures on 5 OK and 5 NG sample(s) the memory was not fitted on.")
+    apart = summary["fitted_ok"]
+    assert (apart["n_ok"], apart["n_ng"]) == (N_FIT, 5)
+    assert apart["image_auroc"] == 1.0  # every patch of theirs is in the memory: they score (nearly) 0
+    assert sorted(i["file"] for i in summary["items"] if i["fitted"]) == sorted(str(s.path) for s in fit)
     assert summary["threshold"] == calibration["threshold"]
     confusion = summary["confusion"]
     assert confusion["tn"] + confusion["fp"] == 5 and confusion["fn"] + confusion["tp"] == 5
     assert summary["f1"] is not None and summary["recall"] == confusion["tp"] / 5
     for item in summary["items"]:
-        assert set(item) >= {"file", "label", "score", "predicted", "n_regions"}
+        assert set(item) >= {"file", "label", "score", "predicted", "n_regions", "fitted", "mm_per_px"}
         assert item["predicted"] == ("ng" if item["score"] >= summary["threshold"] else "ok")
-    assert cv2.imread(str(out / "scores.png")) is not None
+    assert cv2.imread(str(out / "scores.png")) is not None and cv2.imread(str(out / "colour_scale.png")) is not None
+    scale = summary["overlay_scale"]
+    assert scale["mode"] == "report" and scale["low"] < scale["threshold"] == summary["threshold"] < scale["high"]
+
     readme = (out / "README.md").read_text(encoding="utf-8")
-    worst_ok = max((i for i in summary["items"] if i["label"] == "ok"), key=lambda i: i["score"])
-    best_ng = min((i for i in summary["items"] if i["label"] == "ng"), key=lambda i: i["score"])
-    false_positives, false_negatives = readme.split("Worst false positives")[1].split("Worst false negatives")
-    assert worst_ok["file"] in false_positives and best_ng["file"] in false_negatives
+    assert summary["headline"] in readme
+    mistakes, apart_text = readme.split("## OK samples the memory was fitted on (not in the figures above)")
+    false_positives, false_negatives = mistakes.split("## False positives")[1].split("## False negatives")
+    assert f"OK samples at or above the threshold ({confusion['fp']})" in false_positives
+    assert f"NG samples below the threshold ({confusion['fn']})" in false_negatives
+    for section, label, wrong in ((false_positives, "ok", "ng"), (false_negatives, "ng", "ok")):
+        rows = [line.split(" | ")[0].removeprefix("| ") for line in section.splitlines() if line.startswith("| /")]
+        listed = [i for i in summary["items"] if i["file"] in rows]
+        assert len(listed) == len(rows) and all(i["label"] == label for i in listed)
+        assert all(i["predicted"] == wrong and not i["fitted"] for i in listed)  # only real mistakes
+        assert bool(listed) != ("None. The closest" in section)
+    assert not any(str(s.path) in mistakes.split("## False positives")[1] for s in fit)
+    assert "flatter the model" in apart_text
 
     drawn = 0
-    for sample, item in zip(samples, summary["items"]):
+    for item in summary["items"]:
+        sample = next(s for s in fit + samples if str(s.path) == item["file"])
         overlay = cv2.imread(str(out / item["overlay"]))
         height, width = cv2.imread(str(sample.path)).shape[:2]
         assert overlay.shape[1] == width and overlay.shape[0] > height  # the caption strip is below
@@ -165,3 +207,18 @@ def test_synthetic_defects_rank_above_ok_and_the_report_is_complete(fitted, tmp_
             assert np.all(overlay[y, x : x + w] == BBOX_COLOUR, axis=1).any(), (sample.path.name, region["bbox"])
             drawn += 1
     assert drawn > 0
+
+
+def test_without_unseen_ok_samples_the_headline_says_so(fitted, tmp_path: Path):
+    service, fit, _unseen, ng = fitted
+    service.calibrate(ROLE, ROI, [0.1, 0.2], None)
+    out = tmp_path / "report"
+    summary = evaluate(service, ROLE, ROI, fit + ng, out, fitted={s.path for s in fit}, overlay_scale="image")
+    assert (summary["n_ok"], summary["n_ng"], summary["n_ok_fitted"], summary["fitted_ok"]) == (0, 5, N_FIT, None)
+    assert "No unseen OK sample" in summary["headline"] and "left out (--include-fitted" in summary["headline"]
+    assert summary["image_auroc"] is None and summary["precision"] is None and summary["f1"] is None
+    assert [i["label"] for i in summary["items"]] == ["ng"] * 5  # the fitted ones were not even scored
+    assert summary["overlay_scale"] == {"mode": "image"} and not (out / "colour_scale.png").exists()
+    assert "No unseen OK sample" in (out / "README.md").read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="no samples to evaluate"):
+        evaluate(service, ROLE, ROI, fit, tmp_path / "none", fitted={s.path for s in fit})
