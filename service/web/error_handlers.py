@@ -34,6 +34,9 @@ _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 _AT_PATH = re.compile(r"^(.*?) - at `\$(.*)`$")
 _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 _MISSING_PARAMETER = re.compile(r"Missing required (\w+) parameter '([^']*)'")
+_TEXT_FOR_NUMBER = re.compile(r"Expected `(float|int)[^`]*`, got `str`")
+NUMBER_HINT = ("Numbers use a dot as the decimal separator (0.1, not 0,1): format them with an invariant culture "
+               "(CultureInfo.InvariantCulture in C#).")
 
 
 def _fastapi_detail(problem: dict[str, Any]) -> ValidationDetail:
@@ -67,7 +70,8 @@ def validation_error(request: Request[Any, Any, Any], exc: ValidationException) 
         logger.warning("%s %s -> 400: %s", request.method, request.url.path, message)
         return error_response(400, message)
     summary = "; ".join(f"{'.'.join(map(str, d.loc[1:])) or d.loc[0]}: {d.msg}" for d in details)
-    message = f"Invalid request ({summary}). Fix the listed fields and send it again."
+    hint = f" {NUMBER_HINT}" if any(_TEXT_FOR_NUMBER.match(d.msg) for d in details) else ""
+    message = f"Invalid request ({summary}). Fix the listed fields and send it again.{hint}"
     logger.warning("%s %s -> 422: %s", request.method, request.url.path, summary)
     return error_response(422, message, details)
 

@@ -118,7 +118,8 @@ def _form_check(
 
 
 _IDS_400 = "`role_id` or `roi_id` is blank, longer than 128 characters or contains control characters."
-_FORM_422 = ("A required field is missing or has the wrong type (`detail` lists them as `{loc, msg, type}`); a text "
+_FORM_422 = ("A required field is missing or has the wrong type (`detail` lists them as `{loc, msg, type}`; a "
+             "number written with a decimal comma, `0,2`, is one: `error` then says to use a dot); a text "
              "field is sent as a file part or more than once")
 
 
@@ -206,7 +207,13 @@ async def calibrate_ng(
     description="Scores one image of (role_id, roi_id) against its memory, optionally inside a `shape` mask, and "
     "returns the score, the decision (`ng` when score >= threshold, `ok` otherwise; `threshold` and `decision` "
     "are null while the model is not calibrated), a heatmap PNG of the image's size and the defect regions. Form "
-    "fields are text (`mm_per_px=0.2`).",
+    "fields are text (`mm_per_px=0.2`).\n\n"
+    "`decision` `ok` may come with `regions`: the score is a high percentile (`score_percentile`, 99 by default) of "
+    "the whole mask, so a hot area covering less than about (100 - `score_percentile`) % of the mask (1 % by "
+    "default) does not lift it to the threshold, while "
+    "`regions` lists every area at or above the threshold of at least `area_mm2_thr` mm². Such a part passed; "
+    "its regions show where it came closest to failing. Draw them differently on passed parts (or not at all), "
+    "and decide on `decision`, never on `regions` being non-empty.",
     response_description="The inspection result.",
     responses=error_responses({
         400: "No memory for (role_id, roi_id): `error` contains `Memory not fitted` and `Memoria no encontrada. "

@@ -312,7 +312,9 @@ class InferResponse(msgspec.Struct):
     regions: Annotated[
         list[Region],
         Meta(description="Areas at or above the threshold inside the mask, at least `area_mm2_thr` mm², largest "
-             "first; empty when uncalibrated."),
+             "first; empty when uncalibrated. Not empty does not mean NG: with `decision` `ok` they are areas that "
+             "reach the threshold but are too small to lift the score (a percentile of the whole mask) to it; "
+             "decide on `decision`."),
     ]
 
 

@@ -220,6 +220,27 @@ def test_missing_and_mistyped_fields_are_422_fastapi_style(fitted):
     assert any("roi_id" in item["loc"] for item in response.json()["detail"])
 
 
+def test_a_decimal_comma_is_422_saying_to_use_a_dot(fitted):
+    """A GUI on a Spanish or German PC formats 0.1 as "0,1": the sentence says what to do, the list stays FastAPI's."""
+    response = fitted.post("/infer", data={"role_id": ROLE, "roi_id": ROI, "mm_per_px": "0,1"},
+                           files={"image": ("a.png", png_bytes(OK_IMAGES[0]), "image/png")})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert "mm_per_px" in body["error"] and "(0.1, not 0,1)" in body["error"]
+    assert "InvariantCulture" in body["error"]
+    assert body["detail"] == [{"loc": ["body", "mm_per_px"], "msg": "Expected `float`, got `str`", "type": "value_error"}]
+    missing = fitted.post("/calibrate_ng", json={"role_id": ROLE, "ok_scores": [0.1]})
+    assert "decimal separator" not in missing.json()["error"]  # only said where a number came as text
+
+
+def test_infer_documents_why_ok_can_come_with_regions(client):
+    infer = client.get("/openapi.json").json()["paths"]["/infer"]["post"]
+    assert "`decision` `ok` may come with `regions`" in infer["description"]
+    regions = infer["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    schema = client.get("/openapi.json").json()["components"]["schemas"][regions]["properties"]["regions"]
+    assert "Not empty does not mean NG" in schema["description"]
+
+
 @pytest.mark.parametrize(
     "body",
     [
