@@ -256,6 +256,8 @@ def evaluate(
     title = "Image scores of samples the memory was not fitted on"
     if not ok_scores:
         title += " (no such OK sample)"
+    if fitted_scores:
+        title += "; grey outline: OK samples it was fitted on"
     save_png(score_histogram(ok_scores, ng_scores, threshold, fitted_ok_scores=fitted_scores, title=title),
              out_dir / "scores.png")
     if overlay_scale == "report":
@@ -427,8 +429,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
         lines += [
             "## OK samples the memory was fitted on (not in the figures above)",
             "",
-            ("A memory scores its own images low, so these figures flatter the model; they are here to compare, "
-             "against the same NG samples."),
+            ("A memory tends to score its own images low (it holds their patches, or a coreset of them), so these "
+             "figures usually flatter the model; they are here for comparison, against the same NG samples."),
             "",
             *_figures_table(fitted),
             "",
