@@ -145,3 +145,24 @@ def test_regions_respect_threshold_mask_and_8_connectivity() -> None:
 def test_mask_must_match_the_map() -> None:
     with pytest.raises(ValueError):
         find_regions(blob_map(), np.ones((10, 10), dtype=bool), 0.5, 1.0, 0.0)
+
+
+@pytest.mark.parametrize("side", [280, 97, 16])
+def test_square_map_is_the_old_backends_single_resize_bit_for_bit(side: int) -> None:
+    distances = np.random.default_rng(side).random(GRID * GRID, dtype=np.float32)
+    amap = anomaly_map(distances, (GRID, GRID), Letterbox.fit(side, side, CANVAS))
+    old = cv2.resize(distances.reshape(GRID, GRID), (side, side), interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(amap, cv2.GaussianBlur(old, (7, 7), 1))
+
+
+def test_non_square_map_resamples_only_the_covered_tokens_once() -> None:
+    # 448x224 on 224: pasted at y0=56 with height 112, i.e. exactly token rows 4..11, so away from the
+    # top and bottom edges the map is cv2's single resize of those rows (the old two resamples blur more)
+    distances = np.random.default_rng(1).random(GRID * GRID, dtype=np.float32)
+    letterbox = Letterbox.fit(448, 224, CANVAS)
+    assert (letterbox.y0, letterbox.height) == (56, 112)
+    amap = anomaly_map(distances, (GRID, GRID), letterbox)
+    covered = distances.reshape(GRID, GRID)[4:12]
+    once = cv2.GaussianBlur(cv2.resize(covered, (448, 224), interpolation=cv2.INTER_LINEAR), (7, 7), 1)
+    inner = slice(20, -20)  # rows whose interpolation and blur stay inside rows 4..11
+    np.testing.assert_allclose(amap[inner], once[inner], rtol=1e-5, atol=1e-6)
