@@ -6,6 +6,11 @@ errors the HTTP routes answer with.
 
 from __future__ import annotations
 
+import errno
+import math
+import shutil
+from pathlib import Path
+
 
 class ServiceError(Exception):
     """An error with an HTTP status and one sentence that tells the caller what to do."""
@@ -29,6 +34,43 @@ class PayloadTooLarge(ServiceError):
     """The request or one of its images is over a configured size limit (413)."""
 
     status_code = 413
+
+
+class InsufficientStorage(ServiceError):
+    """A write ran out of disk space (ENOSPC/EDQUOT, SQLite's "database or disk is full") (507).
+
+    The storage layer raises it after putting back what the write had changed, so the sentence only has
+    to say what was needed and what to free.
+    """
+
+    status_code = 507
+    ERRNOS = frozenset(filter(None, (errno.ENOSPC, getattr(errno, "EDQUOT", None))))
+
+    def __init__(self, what: str, where: Path, needed: int | None = None) -> None:
+        try:
+            free: int | None = shutil.disk_usage(where).free
+        except OSError:
+            free = None
+        super().__init__(self.sentence(what, str(where), needed, free))
+
+    @staticmethod
+    def sentence(what: str, where: str, needed: int | None, free: int | None) -> str:
+        need = f"needs {_size(needed)} and " if needed is not None else ""
+        left = f"{_size(free)} is free there" if free is not None else "the free space is unknown"
+        return (
+            f"The disk of {where} is full: {what} {need}could not be written ({left}); nothing was changed. "
+            "Free space on that disk: delete models no longer used (`bdi models delete ROLE ROI`), lower "
+            "BDI_KEEP_VERSIONS (memory versions kept per model; the extra old ones are removed at the next start "
+            "of the service) or move other files off it, then try again."
+        )
+
+
+def _size(n_bytes: int) -> str:
+    power = min(int(math.log(max(n_bytes, 1), 1024)), len(_UNITS) - 1)
+    return f"{n_bytes} bytes" if power == 0 else f"{n_bytes / 1024**power:.1f} {_UNITS[power]}"
+
+
+_UNITS = ("bytes", "KB", "MB", "GB", "TB")
 
 
 class NotFitted(ServiceError):

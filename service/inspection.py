@@ -208,8 +208,7 @@ class InspectionService:
             "dataset": provenance,
             "created_at": utc_now(),
         }
-        folder = self.store.model_dir(role_id, roi_id, create=True)
-        with self.store.locked(folder):
+        with self.store.writing(role_id, roi_id) as folder:
             files = self.store.write_version(folder, memory, grid, metadata, index.to_bytes())
             self.registry.add_version(self.store, role_id, roi_id, folder, files)
         state = self.registry.state(role_id, roi_id)
@@ -244,8 +243,7 @@ class InspectionService:
             mm_per_px=mm_per_px,
             area_mm2_thr=self.settings.area_mm2_thr if area_mm2_thr is None else area_mm2_thr,
         )
-        folder = self.store.model_dir(role_id, roi_id, create=True)
-        with self.store.locked(folder):
+        with self.store.writing(role_id, roi_id) as folder:
             entry = {
                 "uid": uuid.uuid4().hex,
                 "created_at": utc_now(),

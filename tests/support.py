@@ -3,6 +3,8 @@ and the GUI's two multipart requests."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import numpy as np
 from litestar.testing import TestClient
 
 from service.settings import Settings
+from service.storage import artifacts
 
 TEST_INPUT_SIZE = 224
 
@@ -69,3 +72,27 @@ def infer(client: TestClient[Any], role: str, roi: str, image: np.ndarray | byte
         data={"role_id": role, "roi_id": roi, "mm_per_px": mm_per_px, **fields},
         files={"image": (filename, data, "image/png")},
     )
+
+
+class FullDisk:
+    """Stands in for the store's one low-level write (``write_durably``): ``allow(n)`` lets n more bytes
+    through, then a write fails with ENOSPC after writing the part that still fitted, as a full file system
+    does; ``allow(None)`` gives the space back."""
+
+    def __init__(self, monkeypatch: Any) -> None:
+        self.real = artifacts.write_durably
+        self.left: int | None = None
+        monkeypatch.setattr(artifacts, "write_durably", self)
+
+    def allow(self, n_bytes: int | None) -> None:
+        self.left = n_bytes
+
+    def __call__(self, handle: Any, data: bytes) -> None:
+        if self.left is not None and len(data) > self.left:
+            handle.write(data[: self.left])
+            handle.flush()
+            self.left = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if self.left is not None:
+            self.left -= len(data)
+        self.real(handle, data)

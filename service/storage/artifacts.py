@@ -38,11 +38,12 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from filelock import FileLock
 
+from ..errors import InsufficientStorage
 from ..pipeline import patchcore
 
 logger = logging.getLogger(__name__)
@@ -86,14 +87,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_durably(handle: BinaryIO, data: bytes) -> None:
+    """Write, flush and fsync: every byte the store puts in a file goes through here."""
+    handle.write(data)
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Temp file + fsync + ``os.replace``: readers see the old or the new file, never a half."""
     tmp = path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}"
     try:
         with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            write_durably(handle, data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -109,12 +115,31 @@ def read_json(path: Path) -> Any:
         return json.load(handle)
 
 
+def _json_line(entry: dict[str, Any]) -> bytes:
+    return (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
+
+
 def _append_json_line(path: Path, entry: dict[str, Any]) -> None:
-    """Append-only logs (calibration history, legacy imports): one fsynced JSON object per line."""
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Append-only logs (calibration history, legacy imports): one fsynced JSON object per line. A failed
+    append is cut off again, so the next line does not start on a torn one."""
+    with open(path, "ab") as handle:
+        size = handle.tell()
+        try:
+            write_durably(handle, _json_line(entry))
+        except BaseException:
+            handle.truncate(size)
+            raise
+
+
+@contextlib.contextmanager
+def reporting_full_disk(what: str, where: Path, needed: int | None = None) -> Iterator[None]:
+    """A write that ran out of space (ENOSPC, EDQUOT) becomes InsufficientStorage, the contract's 507."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in InsufficientStorage.ERRNOS:
+            raise
+        raise InsufficientStorage(what, where, needed) from exc
 
 
 def _read_json_lines(path: Path) -> list[dict[str, Any]]:
@@ -190,6 +215,7 @@ class ModelStore:
     def __init__(self, root: Path, keep_versions: int = 5) -> None:
         self.root = Path(root)
         self.keep_versions = keep_versions
+        self._undo: dict[Path, _Undo] = {}  # model folder -> how to undo the write in progress (see writing)
 
     # ---- folder names -------------------------------------------------------------------------
     def relative(self, path: Path) -> str:
@@ -213,10 +239,16 @@ class ModelStore:
         folder = parent / name
         # Build the folder with its id.json under a temp name and rename it into place, so a crash
         # never leaves a folder without ids and two processes creating the same model agree.
-        parent.mkdir(parents=True, exist_ok=True)
         tmp = parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
-        tmp.mkdir()
-        write_json_atomic(tmp / ID_FILE, ids)
+        with reporting_full_disk(f"the folder of {identifier!r}", self.root):
+            try:
+                if parent == self.root:  # a role folder that vanished meanwhile is not re-created without its id.json
+                    parent.mkdir(parents=True, exist_ok=True)
+                tmp.mkdir()
+                write_json_atomic(tmp / ID_FILE, ids)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         try:
             os.rename(tmp, folder)
         except OSError:
@@ -252,7 +284,8 @@ class ModelStore:
             return self._owns(folder, ids)
         if any(entry != identifier and entry.lower() == identifier.lower() for entry in os.listdir(folder.parent)):
             return False
-        write_json_atomic(folder / ID_FILE, ids)
+        with reporting_full_disk(f"the id.json of {folder}", self.root):
+            write_json_atomic(folder / ID_FILE, ids)
         return True
 
     def delete_model(self, role_id: str, roi_id: str) -> Path | None:
@@ -265,21 +298,69 @@ class ModelStore:
         if folder is None:
             return None
         with self.locked(folder):
-            aside = folder.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
-            os.rename(folder, aside)
-        shutil.rmtree(aside, ignore_errors=True)
-        role_dir = folder.parent
-        if all(entry == ID_FILE or entry.startswith(TMP_PREFIX) for entry in os.listdir(role_dir)):
-            aside = role_dir.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
-            os.rename(role_dir, aside)
-            shutil.rmtree(aside, ignore_errors=True)
+            _remove_folder(folder)
+        self._drop_empty_role(folder.parent)
         return folder
+
+    @staticmethod
+    def _drop_empty_role(role_dir: Path) -> None:
+        """Remove a role folder that holds no model any more."""
+        if all(entry == ID_FILE or entry.startswith(TMP_PREFIX) for entry in os.listdir(role_dir)):
+            _remove_folder(role_dir)
 
     @contextlib.contextmanager
     def locked(self, folder: Path) -> Iterator[None]:
         """Serialise writers of one model across threads and processes (several workers)."""
         with FileLock(str(folder / LOCK_FILE)):
             yield
+
+    @contextlib.contextmanager
+    def writing(self, role_id: str, roi_id: str) -> Iterator[Path]:
+        """The model's folder (created when new), locked, for one write of its files and registry rows.
+
+        When the block fails (a full disk, a registry that refused the rows, anything), the folder is put
+        back as it was: new versions removed, versions pruned meanwhile restored, pointer, calibration,
+        canonical files and logs as before, and a model folder left with nothing in it removed. So the
+        previous version stays served, the registry (rolled back by its own transaction) still matches
+        the files, and a failed first write leaves no model behind.
+        """
+        ids = {"role_id": role_id, "roi_id": roi_id}
+        for attempt in range(10):
+            try:
+                folder = self.model_dir(role_id, roi_id, create=True)
+                assert folder is not None
+                lock = FileLock(str(folder / LOCK_FILE))
+                lock.acquire()
+            except FileNotFoundError:
+                if attempt == 9:
+                    raise
+                continue  # a failed first write removed the folder while this one waited: create it again
+            except BaseException:
+                role_dir = self._child(self.root, role_id, {"role_id": role_id}, create=False)
+                if role_dir is not None:
+                    self._drop_empty_role(role_dir)
+                raise
+            try:
+                if not self._owns(folder, ids):
+                    continue
+                undo = _Undo(self, folder)
+                self._undo[folder] = undo
+                try:
+                    yield folder
+                except BaseException:
+                    self._undo.pop(folder, None)
+                    undo.restore()
+                    if undo.left_empty():
+                        _remove_folder(folder)
+                        self._drop_empty_role(folder.parent)
+                    raise
+                self._undo.pop(folder, None)
+                undo.commit()
+                return
+            finally:
+                lock.release()
+        raise RuntimeError(f"The folder of role_id={role_id!r} roi_id={roi_id!r} was removed by other failed writes "
+                           "10 times in a row; try again.")
 
     # ---- memory versions ----------------------------------------------------------------------
     def versions(self, folder: Path) -> list[VersionFiles]:
@@ -316,61 +397,62 @@ class ModelStore:
         """Write a new immutable version and make it active. Call inside ``locked(folder)``."""
         existing = self.versions(folder)
         number = max([v.version for v in existing] + [self.active_version(folder) or 0]) + 1
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            emb=np.ascontiguousarray(embeddings, dtype=np.float32),
+            token_h=np.array(token_grid[0]),
+            token_w=np.array(token_grid[1]),
+            metadata=np.array(json.dumps(metadata, sort_keys=True)),
+        )
+        memory = buffer.getvalue()
+        del buffer
+        manifest = {
+            "version": number,
+            "created_at": utc_now(),
+            "source": source,
+            "legacy_path": legacy_path,
+            "n_embeddings": int(metadata.get("n_embeddings", embeddings.shape[0])),
+            "coreset_size": int(embeddings.shape[0]),
+            "coreset_rate_requested": metadata.get("coreset_rate_requested"),
+            "coreset_rate_applied": metadata.get("coreset_rate_applied"),
+            "token_h": int(token_grid[0]),
+            "token_w": int(token_grid[1]),
+            "embed_dim": int(embeddings.shape[1]),
+            "extractor": metadata.get("extractor"),
+            "dataset": metadata.get("dataset"),  # provenance of a CLI fit: which samples were held out
+            "memory_sha256": hashlib.sha256(memory).hexdigest(),
+            "memory_bytes": len(memory),
+            "index_sha256": hashlib.sha256(index_bytes).hexdigest() if index_bytes is not None else None,
+            "index_bytes": len(index_bytes) if index_bytes is not None else None,
+        }
+        manifest_bytes = json.dumps(manifest, indent=2).encode("utf-8")
+        needed = len(memory) + len(index_bytes or b"") + len(manifest_bytes)
         base = folder / VERSIONS_DIR
-        base.mkdir(exist_ok=True)
         tmp = base / f"{TMP_PREFIX}{uuid.uuid4().hex}"
-        tmp.mkdir()
-        try:
-            buffer = io.BytesIO()
-            np.savez(
-                buffer,
-                emb=np.ascontiguousarray(embeddings, dtype=np.float32),
-                token_h=np.array(token_grid[0]),
-                token_w=np.array(token_grid[1]),
-                metadata=np.array(json.dumps(metadata, sort_keys=True)),
-            )
-            memory = buffer.getvalue()
-            del buffer
-            self._write_synced(tmp / MEMORY_FILE, memory)
-            if index_bytes is not None:
-                self._write_synced(tmp / INDEX_FILE, index_bytes)
-            manifest = {
-                "version": number,
-                "created_at": utc_now(),
-                "source": source,
-                "legacy_path": legacy_path,
-                "n_embeddings": int(metadata.get("n_embeddings", embeddings.shape[0])),
-                "coreset_size": int(embeddings.shape[0]),
-                "coreset_rate_requested": metadata.get("coreset_rate_requested"),
-                "coreset_rate_applied": metadata.get("coreset_rate_applied"),
-                "token_h": int(token_grid[0]),
-                "token_w": int(token_grid[1]),
-                "embed_dim": int(embeddings.shape[1]),
-                "extractor": metadata.get("extractor"),
-                "dataset": metadata.get("dataset"),  # provenance of a CLI fit: which samples were held out
-                "memory_sha256": hashlib.sha256(memory).hexdigest(),
-                "memory_bytes": len(memory),
-                "index_sha256": hashlib.sha256(index_bytes).hexdigest() if index_bytes is not None else None,
-                "index_bytes": len(index_bytes) if index_bytes is not None else None,
-            }
-            self._write_synced(tmp / VERSION_FILE, json.dumps(manifest, indent=2).encode("utf-8"))
-            _fsync_dir(tmp)
-            final = base / f"{number:06d}"
-            os.rename(tmp, final)
-            _fsync_dir(base)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        self.activate(folder, number)
+        final = base / f"{number:06d}"
+        with reporting_full_disk(f"the new memory version ({MEMORY_FILE} + {INDEX_FILE})", self.root, needed):
+            try:
+                base.mkdir(exist_ok=True)
+                tmp.mkdir()
+                self._write_synced(tmp / MEMORY_FILE, memory)
+                if index_bytes is not None:
+                    self._write_synced(tmp / INDEX_FILE, index_bytes)
+                self._write_synced(tmp / VERSION_FILE, manifest_bytes)
+                _fsync_dir(tmp)
+                os.rename(tmp, final)
+                _fsync_dir(base)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            self.activate(folder, number)
         self.prune(folder)
         return VersionFiles(number, final, manifest)
 
     @staticmethod
     def _write_synced(path: Path, data: bytes) -> None:
         with open(path, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            write_durably(handle, data)
 
     def activate(self, folder: Path, version: int) -> None:
         """Switch the pointer to ``version`` (one atomic replace), then refresh the canonical files."""
@@ -414,8 +496,12 @@ class ModelStore:
         active = self.active_version(folder)
         stale = [v for v in self.versions(folder) if v.version != active]
         removed = []
+        undo = self._undo.get(folder)
         for item in stale[: max(0, len(stale) - (self.keep_versions - 1))]:
-            shutil.rmtree(item.folder, ignore_errors=True)
+            if undo is not None:  # inside writing(): set aside, deleted once the whole write succeeded
+                undo.set_aside(item.folder)
+            else:
+                shutil.rmtree(item.folder, ignore_errors=True)
             removed.append(item.version)
         return removed
 
@@ -432,8 +518,11 @@ class ModelStore:
     # ---- calibrations -------------------------------------------------------------------------
     def write_calibration(self, folder: Path, calibration: dict[str, Any], record: dict[str, Any]) -> None:
         """Log first (the log is the truth the registry is rebuilt from), then calib.json."""
-        _append_json_line(folder / HISTORY_FILE, {**record, "calibration": calibration})
-        write_json_atomic(folder / CALIB_FILE, calibration)
+        entry = {**record, "calibration": calibration}
+        needed = len(_json_line(entry)) + len(json.dumps(calibration, ensure_ascii=False, indent=2)) + 1
+        with reporting_full_disk("the calibration (history.jsonl + calib.json)", self.root, needed):
+            _append_json_line(folder / HISTORY_FILE, entry)
+            write_json_atomic(folder / CALIB_FILE, calibration)
 
     def calibration_history(self, folder: Path) -> list[dict[str, Any]]:
         entries = _read_json_lines(folder / HISTORY_FILE)
@@ -453,7 +542,8 @@ class ModelStore:
         return _read_json_lines(folder / MIGRATED_FILE)
 
     def record_legacy_import(self, folder: Path, entry: dict[str, Any]) -> None:
-        _append_json_line(folder / MIGRATED_FILE, entry)
+        with reporting_full_disk(f"the record of a legacy import ({MIGRATED_FILE})", self.root, len(_json_line(entry))):
+            _append_json_line(folder / MIGRATED_FILE, entry)
 
     # ---- consistency ----------------------------------------------------------------------------
     def verify_folder(self, folder: Path) -> list[str]:
@@ -504,7 +594,8 @@ class ModelStore:
         )
 
     def cleanup_leftovers(self) -> int:
-        """Remove temp files and half-written version folders of killed writes; repair canonical files."""
+        """Remove temp files and half-written version folders of killed writes; repair canonical files;
+        drop versions beyond ``keep_versions`` (so lowering BDI_KEEP_VERSIONS frees space at the next start)."""
         removed = 0
         for path in list(self.root.rglob(f"{TMP_PREFIX}*")) if self.root.is_dir() else []:
             if path.is_dir():
@@ -519,9 +610,145 @@ class ModelStore:
             calib = folder.calibrations[-1]["calibration"] if folder.calibrations else None
             if calib is not None and self.read_calibration(folder.path) != calib:
                 write_json_atomic(folder.path / CALIB_FILE, calib)
+            if len(folder.versions) > self.keep_versions:
+                with self.locked(folder.path):
+                    pruned = self.prune(folder.path)
+                logger.info("Removed old version(s) %s of %s (BDI_KEEP_VERSIONS=%d)", pruned, folder.path,
+                            self.keep_versions)
         if removed:
             logger.warning("Removed %d leftover temp file(s) of interrupted writes under %s", removed, self.root)
         return removed
+
+
+def _remove_folder(folder: Path) -> None:
+    """Rename aside, then delete: readers see the folder or nothing, and a crash mid-delete leaves a temp
+    folder that start-up removes."""
+    aside = folder.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    os.rename(folder, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+class _Undo:
+    """How to put one model folder back as it was before a write (see ``ModelStore.writing``).
+
+    Files a write replaces (pointer, calibration, canonical memory and index) are kept by a hard link to
+    the old file, which needs no space on a full disk (without hard links: the small files' bytes, and the
+    canonical files are linked again from the active version); append-only logs are cut back to their old
+    size; version folders the write added are removed, those it pruned are set aside until it succeeded.
+    Links and set-aside folders left by a killed process carry the temp prefix: start-up removes them.
+    """
+
+    _REPLACED = (ACTIVE_FILE, CALIB_FILE, MEMORY_FILE, INDEX_FILE)
+    _APPENDED = (HISTORY_FILE, MIGRATED_FILE)
+
+    def __init__(self, store: ModelStore, folder: Path) -> None:
+        self.store = store
+        self.folder = folder
+        self.versions = set(self._version_names())
+        self.sizes = {name: _size_or_none(folder / name) for name in self._APPENDED}
+        self.links: dict[str, Path] = {}  # replaced file -> hard link to its old content
+        self.copies: dict[str, bytes] = {}  # the same where hard links fail (small files only)
+        self.absent = [name for name in self._REPLACED if not (folder / name).is_file()]
+        self.relink = False
+        self.aside: list[tuple[Path, Path]] = []  # (set-aside folder, where it was)
+        with reporting_full_disk("the undo record of a write", store.root):
+            try:
+                for name in self._REPLACED:
+                    if name not in self.absent:
+                        self._keep(name)
+            except BaseException:
+                self._drop_links()
+                raise
+
+    def _keep(self, name: str) -> None:
+        link = self.folder / f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}"
+        try:
+            os.link(self.folder / name, link)
+        except OSError as exc:
+            if exc.errno in InsufficientStorage.ERRNOS:
+                raise
+            if name in (ACTIVE_FILE, CALIB_FILE):
+                self.copies[name] = (self.folder / name).read_bytes()
+            else:
+                self.relink = True
+            return
+        self.links[name] = link
+
+    def _version_names(self) -> list[str]:
+        base = self.folder / VERSIONS_DIR
+        return [entry for entry in os.listdir(base) if entry.isdigit()] if base.is_dir() else []
+
+    def set_aside(self, version_folder: Path) -> None:
+        aside = version_folder.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        os.rename(version_folder, aside)
+        self.aside.append((aside, version_folder))
+
+    def commit(self) -> None:
+        for aside, _ in self.aside:
+            shutil.rmtree(aside, ignore_errors=True)
+        self._drop_links()
+
+    def _drop_links(self) -> None:
+        for link in self.links.values():
+            link.unlink(missing_ok=True)
+
+    def restore(self) -> None:
+        """Best effort, removals first (they free space); a step that fails is logged and the next one
+        still runs, so the caller sees the write's own error."""
+        for name in self._version_names():
+            if name not in self.versions:
+                self._step(shutil.rmtree, self.folder / VERSIONS_DIR / name)
+        for aside, original in self.aside:
+            self._step(os.rename, aside, original)
+        for name, size in self.sizes.items():
+            self._step(_cut_back, self.folder / name, size)
+        for name in self.absent:
+            self._step((self.folder / name).unlink, missing_ok=True)
+        for name, link in self.links.items():
+            self._step(_put_back, link, self.folder / name)
+        for name, data in self.copies.items():
+            self._step(write_atomic, self.folder / name, data)
+        active = self.store.active_version(self.folder)
+        if self.relink and active is not None:
+            self._step(self.store.refresh_canonical, self.folder, active)
+
+    def _step(self, action: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            action(*args, **kwargs)
+        except OSError:
+            logger.exception("Could not undo part of a failed write in %s", self.folder)
+
+    def left_empty(self) -> bool:
+        """Nothing but its id.json (and the lock, an empty versions/ or temp leftovers) is in the folder."""
+        for entry in os.listdir(self.folder):
+            if entry in (ID_FILE, LOCK_FILE) or entry.startswith(TMP_PREFIX):
+                continue
+            if entry == VERSIONS_DIR and not os.listdir(self.folder / entry):
+                continue
+            return False
+        return True
+
+
+def _size_or_none(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def _put_back(link: Path, path: Path) -> None:
+    """Make ``path`` the file ``link`` holds (rename does nothing when both already are the same file)."""
+    if path.is_file() and os.path.samefile(link, path):
+        link.unlink()
+    else:
+        os.replace(link, path)
+
+
+def _cut_back(path: Path, size: int | None) -> None:
+    if size is None:
+        path.unlink(missing_ok=True)
+    elif path.is_file() and path.stat().st_size != size:
+        os.truncate(path, size)
 
 
 def _verify_version(files: VersionFiles) -> list[str]:

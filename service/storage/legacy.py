@@ -325,10 +325,9 @@ def _migrate_one(
     store.claim(store.root / role_id, {"role_id": role_id})
     if in_place:
         store.claim(legacy_dir, {"role_id": role_id, "roi_id": roi_id})
-    folder = store.model_dir(role_id, roi_id, create=True)
-    in_place = folder == legacy_dir
     version = None
-    with store.locked(folder):
+    with store.writing(role_id, roi_id) as folder:
+        in_place = folder == legacy_dir
         if memory is not None:
             embeddings, grid, metadata, index_bytes = memory
             version = store.write_version(
@@ -355,9 +354,9 @@ def _migrate_one(
             "version": version,
             "migrated_at": utc_now(),
         })
-    described = store.describe(folder)
-    if described is not None:
-        registry.sync_folder(store, described)
+        described = store.describe(folder)
+        if described is not None:
+            registry.sync_folder(store, described)
     if remove_legacy and not in_place and not kept and remove_files(store.root, model.files):
         detail += "; legacy files removed"
     return MigrationAction(model, ADOPTED if in_place else IMPORTED, detail, version)

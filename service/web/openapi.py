@@ -17,6 +17,7 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Example, OpenAPI, Schema
 
+from ..errors import InsufficientStorage
 from . import schemas
 from .schemas import ErrorResponse
 
@@ -33,7 +34,8 @@ Form fields are text: numbers and booleans arrive as strings (`"0.2"`, `"true"`)
 /calibrate_ng numbers may also be numeric strings.
 
 Every error is JSON `{"error", "detail"}` (`ErrorResponse`): `error` says what to do, `detail` repeats it
-or, on 422, lists the fields FastAPI-style; 500 adds `trace`. Unknown routes answer 404 with the same body.
+or, on 422, lists the fields FastAPI-style; 500 adds `trace`. Unknown routes answer 404 with the same body. A write
+that finds the disk full answers 507 and stores nothing.
 
 An `X-Correlation-Id` or `X-Request-Id` request header is echoed on the response (a new id otherwise) and
 marks the server's log lines of that request.
@@ -57,6 +59,9 @@ _ERROR_MESSAGES = {
     413: "The request body is over the limit of 1024 MB (BDI_MAX_BODY_MB); send fewer or smaller images.",
     422: "Invalid request (roi_id: Field required). Fix the listed fields and send it again.",
     500: "disk I/O error",
+    507: InsufficientStorage.sentence(
+        "the new memory version (memory.npz + index.faiss)", "/srv/bdi/models", 9 * 2**20, 2 * 2**20
+    ),
 }
 _ERROR_DESCRIPTIONS = {
     405: "Another method on this route. OPTIONS answers 2xx with an `Allow` header instead.",
@@ -64,6 +69,8 @@ _ERROR_DESCRIPTIONS = {
     422: "A required field is missing or has the wrong type; `detail` lists the problems as `{loc, msg, type}`.",
     500: "An unexpected server error. `error` is the exception's message; `trace` carries the server's traceback "
     "unless BDI_ERROR_TRACE=0.",
+    507: "The disk of the models dir (or of the registry) is full. `error` says how much space the write needed and "
+    "what to free; nothing of the request was stored and the previous version and calibration stay active.",
 }
 
 

@@ -154,6 +154,7 @@ async def health(service: NamedDependency[InspectionService]) -> HealthResponse:
         "image over BDI_MAX_IMAGE_PIXELS (default 100 000 000, read from its header) or a body over BDI_MAX_BODY_MB "
         "(default 1024 MB). Nothing is stored.",
         422: f"{_FORM_422}, or `images` is sent as text.",
+        507: None,
     }),
     before_request=_form_check(FitOkForm, "images", many=True),
 )
@@ -186,6 +187,7 @@ async def fit_ok(
         "finite, <= 0 or over 1e6; `score_percentile` is outside 1..100; or the body is not a JSON object.",
         413: None,
         422: None,
+        507: None,
     }),
 )
 async def calibrate_ng(

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from sqlalchemy import Engine, create_engine, delete, event, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from ...errors import InsufficientStorage
 from ..artifacts import ModelFolder, ModelStore, VersionFiles, utc_now
 from .tables import Calibration, MemoryVersion, Model
 
@@ -101,6 +103,15 @@ def make_engine(url: str) -> Engine:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        # SQLite reports a write that ran out of disk space as SQLITE_FULL ("database or disk is full").
+        code = getattr(context.original_exception, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
+            raise InsufficientStorage(f"the registry {database}", Path(database).resolve().parent) from (
+                context.original_exception
+            )
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
