@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import cv2
+import huggingface_hub
 import numpy as np
 import timm
 import torch
@@ -37,6 +38,57 @@ _WEIGHTS_HELP = (
     "set BDI_WEIGHTS to a local .safetensors/.pth checkpoint of the model, to 'random' (demos and tests "
     "only), or keep 'hub' with HF_HUB_OFFLINE=1 and a filled Hugging Face cache"
 )
+
+
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's checkpoint names on the hub, preferred first
+_HUB_TIMEOUT_S = 5.0
+
+
+def _hub_checkpoint(model_name: str) -> str:
+    """The local file of the model's pretrained checkpoint, asking the network as little as possible.
+
+    The local Hugging Face cache first (no network at all, so HF_HUB_OFFLINE=1 with a filled cache
+    works); only when nothing is cached, the hub: ONE metadata request with a short timeout
+    (HF_HUB_ETAG_TIMEOUT, else 5 s) and no retries, then the download. Left to itself, timm's
+    download retries an unreachable hub five times per file name with backoff (about 50 s) before failing.
+    """
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    if cfg is None or not cfg.hf_hub_id:
+        raise ValueError(f"timm knows no Hugging Face hub id for {model_name}")
+    repo_id, _, revision = cfg.hf_hub_id.partition("@")
+    names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _HUB_FILES
+    for name in names:
+        cached = huggingface_hub.try_to_load_from_cache(repo_id, name, revision=revision or None)
+        if isinstance(cached, str):
+            return cached
+    _single_hub_log_path()
+    for name in names[:-1]:
+        try:
+            return _download(repo_id, name, revision or None)
+        except huggingface_hub.errors.EntryNotFoundError:
+            continue  # an older repo without the safetensors file
+    return _download(repo_id, names[-1], revision or None)
+
+
+def _download(repo_id: str, name: str, revision: str | None) -> str:
+    timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or _HUB_TIMEOUT_S)
+    url = huggingface_hub.hf_hub_url(repo_id, name, revision=revision)
+    huggingface_hub.get_hf_file_metadata(url, timeout=timeout)  # one request, no retries: fails at once offline
+    return huggingface_hub.hf_hub_download(repo_id, name, revision=revision)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().split("\n", 1)[0]
+
+
+def _single_hub_log_path() -> None:
+    """huggingface_hub gives its logger a stderr handler of its own and also lets its records reach the
+    root logger's, so each of its warnings would be printed twice; the root's handler is enough."""
+    if logging.getLogger().handlers:
+        hub_logger = logging.getLogger("huggingface_hub")
+        for handler in list(hub_logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                hub_logger.removeHandler(handler)
 
 
 def preprocess(bgr: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
@@ -179,11 +231,21 @@ class FeatureExtractor:
             return state, "random (seeded, NOT pretrained)", "random"
         if keyword == "hub":
             try:
-                state = timm.create_model(model_name, pretrained=True).state_dict()
+                checkpoint = _hub_checkpoint(model_name)
             except Exception as exc:
                 raise ConfigError(
-                    f"Setting BDI_WEIGHTS=hub: the pretrained weights of {model_name} could not be loaded "
-                    f"({type(exc).__name__}: {exc}); {_WEIGHTS_HELP}."
+                    f"Setting BDI_WEIGHTS=hub: the pretrained weights of {model_name} are not in the local Hugging "
+                    f"Face cache and could not be downloaded ({type(exc).__name__}: {_first_line(exc)}); "
+                    f"{_WEIGHTS_HELP}."
+                ) from exc
+            try:
+                state = timm.create_model(
+                    model_name, pretrained=True, pretrained_cfg_overlay={"file": checkpoint}
+                ).state_dict()
+            except Exception as exc:
+                raise ConfigError(
+                    f"Setting BDI_WEIGHTS=hub: the cached weights {checkpoint} could not be read "
+                    f"({type(exc).__name__}: {_first_line(exc)}); {_WEIGHTS_HELP}."
                 ) from exc
             return state, "hub", "hub"
         path = Path(weights.strip()).expanduser()

@@ -84,6 +84,21 @@ def test_bdi_serve_refuses_to_start_and_names_the_setting(tmp_path, env, setting
     assert setting in result.stderr and "Traceback" not in result.stderr
 
 
+def test_offline_bdi_serve_with_hub_weights_refuses_at_once_and_quietly(tmp_path):
+    """BDI_WEIGHTS=hub, an empty Hugging Face cache and no reachable hub (a closed loopback port stands for it,
+    so that a machine with internet behaves like an offline cell PC): one attempt, no retries, and the hub library's
+    log lines (made visible here with HF_HUB_VERBOSITY=debug) printed once, not also by its own handler."""
+    hub = f"http://127.0.0.1:{_free_port()}"
+    env = _env(tmp_path, BDI_WEIGHTS="hub", HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=hub, HF_HUB_VERBOSITY="debug")
+    env.pop("HF_HUB_OFFLINE", None)
+    result = subprocess.run([BDI, "serve", "--port", str(_free_port())], env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 2
+    assert "BDI_WEIGHTS=hub" in result.stderr and "not in the local Hugging Face cache" in result.stderr
+    assert "HF_HUB_OFFLINE=1" in result.stderr and "Retry" not in result.stderr
+    assert result.stderr.count(f"HEAD {hub}/timm/") == 1, result.stderr  # one request, logged once
+
+
 def test_two_workers_over_one_models_dir_fit_and_infer_at_once(tmp_path):
     """Every infer answers 200 with the old or the new version; both fits end up in the history."""
     process, base = _start(tmp_path, "--workers", "2")

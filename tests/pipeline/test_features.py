@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+import huggingface_hub
 import numpy as np
 import pytest
 import timm
@@ -15,7 +16,6 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from service.errors import ConfigError
-from service.pipeline import features
 from service.pipeline.features import FeatureExtractor, preprocess
 from service.pipeline.letterbox import Letterbox
 from service.settings import MODEL_NAME
@@ -225,19 +225,30 @@ def test_weights_of_another_model_name_the_setting(tmp_path) -> None:
         FeatureExtractor(input_size=112, weights=str(path), device="cpu")
 
 
-def test_hub_failure_names_the_setting(monkeypatch) -> None:
-    """The hub is never contacted: timm's pretrained download is replaced by an offline failure."""
-    real_create = timm.create_model
+def test_hub_weights_come_from_a_filled_cache_offline(tmp_path, monkeypatch, checkpoint_state, from_safetensors):
+    """BDI_WEIGHTS=hub offline (what HF_HUB_OFFLINE=1 and HF_HOME set in huggingface_hub at import): the checkpoint
+    is read from the cache in its real layout (refs/main names the snapshot holding model.safetensors); any
+    request to the hub would raise."""
+    repo = tmp_path / "hub" / f"models--timm--{MODEL_NAME}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    weights = {k: v.contiguous() for k, v in checkpoint_state.items()}
+    save_file(weights, str(repo / "snapshots" / commit / "model.safetensors"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    extractor = FeatureExtractor(input_size=112, weights="hub", device="cpu")
+    assert extractor.weights_source == "hub" and extractor.fingerprint["weights"] == "hub"
+    assert extractor.fingerprint["weights_sha256"] == from_safetensors.fingerprint["weights_sha256"]  # same weights
 
-    def offline(name, pretrained=False, **kwargs):
-        if pretrained:
-            raise OSError("offline and no cached weights")
-        return real_create(name, pretrained=False, **kwargs)
 
-    monkeypatch.setattr(features.timm, "create_model", offline)
+def test_hub_weights_offline_with_an_empty_cache_name_the_setting(tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ConfigError, match="BDI_WEIGHTS=hub") as info:
         FeatureExtractor(input_size=112, weights="hub", device="cpu")
-    assert "HF_HUB_OFFLINE=1" in str(info.value)
+    assert "not in the local Hugging Face cache" in str(info.value) and "HF_HUB_OFFLINE=1" in str(info.value)
 
 
 @pytest.mark.parametrize("device", ["cuda:7", "tpu"] + ([] if torch.backends.mps.is_available() else ["mps"]))
