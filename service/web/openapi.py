@@ -16,6 +16,8 @@ from litestar.datastructures import ResponseHeader
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Example, OpenAPI, Schema
+from litestar.static_files import create_static_files_router
+from swagger_ui_bundle import swagger_ui_path
 
 from ..errors import InsufficientStorage
 from . import schemas
@@ -43,7 +45,16 @@ marks the server's log lines of that request.
 This document is at `/openapi.json` and `/schema/openapi.json`; a viewer is at `/docs`.
 """
 
-VIEWER = SwaggerRenderPlugin(path="/")
+VIEWER_ASSETS = "/docs/assets"
+VIEWER = SwaggerRenderPlugin(
+    path="/",
+    js_url=f"{VIEWER_ASSETS}/swagger-ui-bundle.js",
+    css_url=f"{VIEWER_ASSETS}/swagger-ui.css",
+    standalone_preset_js_url=f"{VIEWER_ASSETS}/swagger-ui-standalone-preset.js",
+    favicon=f"<link rel='icon' type='image/png' href='{VIEWER_ASSETS}/favicon-32x32.png'>",
+)
+"""Swagger UI with its script, style and icon served by the service itself (Litestar's default loads them from a
+CDN, which leaves the page blank on a PC without internet); the files come from the swagger-ui-bundle-v2 package."""
 
 CORRELATION_HEADER = ResponseHeader(
     name="X-Correlation-Id",
@@ -196,4 +207,8 @@ def docs(request: Request[Any, Any, Any]) -> bytes:
     return VIEWER.render(request, request.app.openapi_schema.to_schema())
 
 
-DOC_ROUTES = [openapi_json, docs]
+viewer_assets = create_static_files_router(
+    path=VIEWER_ASSETS, directories=[swagger_ui_path], name="viewer_assets", include_in_schema=False
+)
+
+DOC_ROUTES = [openapi_json, docs, viewer_assets]

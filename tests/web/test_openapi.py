@@ -9,6 +9,7 @@ import importlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -29,7 +30,7 @@ from filelock import FileLock
 from service.web import create_app
 from service.web.openapi import openapi_30
 from service.web.schemas import ErrorResponse
-from tests.support import decode_png, fit, make_settings, png_bytes, synthetic_roi
+from tests.support import FullDisk, decode_png, fit, make_settings, png_bytes, synthetic_roi
 
 SNAPSHOT = Path(__file__).resolve().parents[2] / "openapi.json"
 REGENERATE = "the served OpenAPI document differs from openapi.json: regenerate it with `bdi openapi --output openapi.json`"
@@ -82,6 +83,24 @@ def test_document_routes_and_operation_ids(client, document):
     for path in ("/docs", "/schema"):
         page = client.get(path)
         assert page.status_code == 200 and "text/html" in page.headers["content-type"] and "swagger-ui" in page.text
+
+
+VIEWER_TYPES = {".js": ("text/javascript", "application/javascript"), ".css": ("text/css",), ".png": ("image/png",)}
+
+
+def test_viewer_loads_from_the_service_itself(client):
+    """/docs and /schema name no other host (an offline cell PC has none), and each asset they load answers."""
+    for path in ("/docs", "/schema"):
+        page = client.get(path).text
+        assert re.findall(r"https?://[^\s\"'<>]+", page) == []
+        assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page)
+        assert sorted(Path(asset).name for asset in assets) == [
+            "favicon-32x32.png", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "swagger-ui.css"]
+        for asset in assets:
+            response = client.get(asset)
+            assert response.status_code == 200 and response.content, asset
+            assert response.headers["content-type"].split(";")[0] in VIEWER_TYPES[Path(asset).suffix], asset
+    assert "SwaggerUIBundle" in client.get("/docs/assets/swagger-ui-bundle.js").text
 
 
 def test_every_operation_documents_its_success_and_error_bodies(document):
@@ -147,6 +166,13 @@ def _calibration(**fields: Any) -> dict[str, Any]:
     return {"role_id": ROLE, "roi_id": ROI, "ok_scores": [0.4], **fields}
 
 
+def _disk_full(request: Any) -> httpx.Response:
+    """Send the request while every file write of the store fails with ENOSPC."""
+    with pytest.MonkeyPatch.context() as patch:
+        FullDisk(patch).allow(0)
+        return request()
+
+
 # One request per documented (path, method, status) that must answer it.
 TRIGGERS = {
     ("/health", "get", "405"): lambda c: c.post("/health"),
@@ -156,11 +182,13 @@ TRIGGERS = {
     ("/fit_ok", "post", "413"): lambda c: fit(c, ROLE, ROI, OK_IMAGES),
     ("/fit_ok", "post", "422"): lambda c: c.post("/fit_ok", data=_form(), files=[("note", ("n.txt", b"x", "text/plain"))]),
     ("/fit_ok", "post", "500"): lambda c: fit(_boom(c, "fit"), ROLE, ROI, OK_IMAGES[:1]),
+    ("/fit_ok", "post", "507"): lambda c: _disk_full(lambda: fit(c, ROLE, ROI, OK_IMAGES[:1])),
     ("/calibrate_ng", "post", "400"): lambda c: c.post("/calibrate_ng", json=_calibration(ok_scores=[])),
     ("/calibrate_ng", "post", "405"): lambda c: c.put("/calibrate_ng"),
     ("/calibrate_ng", "post", "413"): lambda c: c.post("/calibrate_ng", json=_calibration(ok_scores=[0.4] * 20000)),
     ("/calibrate_ng", "post", "422"): lambda c: c.post("/calibrate_ng", json={"role_id": ROLE, "ok_scores": [0.4]}),
     ("/calibrate_ng", "post", "500"): lambda c: _boom(c, "calibrate").post("/calibrate_ng", json=_calibration()),
+    ("/calibrate_ng", "post", "507"): lambda c: _disk_full(lambda: c.post("/calibrate_ng", json=_calibration())),
     ("/infer", "post", "400"): lambda c: c.post("/infer", data=_form(role_id="ghost"), files=_image()),
     ("/infer", "post", "405"): lambda c: c.get("/infer"),
     ("/infer", "post", "413"): lambda c: c.post("/infer", data=_form(), files=_image(200, 150)),
