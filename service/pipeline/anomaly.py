@@ -20,8 +20,8 @@ def anomaly_map(distances: np.ndarray, grid: tuple[int, int], letterbox: Letterb
     resampled once. When the image fills the whole canvas (every square ROI) that is exactly the old
     backend's ``cv2.resize``, so square ROIs keep the old scores bit for bit. Otherwise the token grid
     also covers the letterbox padding, so only the part under the pasted image is mapped (stretching
-    the whole square misplaced regions on non-square ROIs), in float64: ``cv2.warpAffine``/``remap``
-    would quantise the coordinates to 1/32 pixel.
+    the whole square misplaced regions on non-square ROIs), with exact coordinates: ``cv2.warpAffine``/
+    ``remap`` would quantise them to 1/32 pixel.
     """
     rows, cols = grid
     tokens = np.asarray(distances, dtype=np.float32).reshape(rows, cols)
@@ -29,29 +29,27 @@ def anomaly_map(distances: np.ndarray, grid: tuple[int, int], letterbox: Letterb
     if box.width == box.size and box.height == box.size:
         image = cv2.resize(tokens, (box.src_w, box.src_h), interpolation=cv2.INTER_LINEAR)
     else:
-        along_y = _bilinear_weights(box.src_h, box.y0, box.height, rows, box.size / rows)
-        along_x = _bilinear_weights(box.src_w, box.x0, box.width, cols, box.size / cols)
-        image = (along_y @ tokens.astype(np.float64) @ along_x.T).astype(np.float32)
+        low, high, frac = _bilinear_taps(box.src_h, box.y0, box.height, rows, box.size / rows)
+        grid64 = tokens.astype(np.float64)
+        along_y = (grid64[low] * (1 - frac)[:, None] + grid64[high] * frac[:, None]).astype(np.float32)
+        low, high, frac = _bilinear_taps(box.src_w, box.x0, box.width, cols, box.size / cols)
+        frac = frac.astype(np.float32)
+        image = along_y[:, low] * (1 - frac) + along_y[:, high] * frac
     return cv2.GaussianBlur(image, _BLUR_KSIZE, _BLUR_SIGMA)
 
 
-def _bilinear_weights(n_out: int, start: int, extent: int, n_tokens: int, token_size: float) -> np.ndarray:
-    """(n_out, n_tokens) float64 interpolation matrix along one axis.
+def _bilinear_taps(n_out: int, start: int, extent: int, n_tokens: int, token_size: float) -> tuple[np.ndarray, ...]:
+    """Along one axis: for each output pixel the two tokens it lies between and the weight of the second.
 
     Output pixel ``j`` is canvas coordinate ``start + (j + 0.5) * extent / n_out``, which is token
     coordinate ``u / token_size - 0.5`` (token centres sit at half-token offsets, as in cv2's pixel
     convention); coordinates past the first or last centre take that token (cv2's replicated border).
+    Computed in float64, so no coordinate is rounded (cv2's remap would round to 1/32 pixel).
     """
     canvas = start + (np.arange(n_out, dtype=np.float64) + 0.5) * (extent / n_out)
     coord = np.clip(canvas / token_size - 0.5, 0.0, n_tokens - 1)
     low = np.floor(coord).astype(np.intp)
-    high = np.minimum(low + 1, n_tokens - 1)
-    frac = coord - low
-    weights = np.zeros((n_out, n_tokens), dtype=np.float64)
-    out = np.arange(n_out)
-    np.add.at(weights, (out, low), 1.0 - frac)
-    np.add.at(weights, (out, high), frac)
-    return weights
+    return low, np.minimum(low + 1, n_tokens - 1), coord - low
 
 
 def image_score(amap: np.ndarray, mask: np.ndarray, percentile: float) -> float:
