@@ -39,8 +39,8 @@ class PayloadTooLarge(ServiceError):
 class InsufficientStorage(ServiceError):
     """A write ran out of disk space (ENOSPC/EDQUOT, SQLite's "database or disk is full") (507).
 
-    The storage layer raises it after putting back what the write had changed, so the sentence only has
-    to say what was needed and what to free.
+    Raised by the storage layer where the write failed; the write as a whole (``ModelStore.writing``) then
+    puts back what it had changed, so the sentence can say that nothing was changed.
     """
 
     status_code = 507

@@ -394,7 +394,7 @@ class ModelStore:
         source: str = "fit",
         legacy_path: str | None = None,
     ) -> VersionFiles:
-        """Write a new immutable version and make it active. Call inside ``locked(folder)``."""
+        """Write a new immutable version and make it active. Call inside ``writing()`` (or ``locked(folder)``)."""
         existing = self.versions(folder)
         number = max([v.version for v in existing] + [self.active_version(folder) or 0]) + 1
         buffer = io.BytesIO()
