@@ -9,14 +9,15 @@ from __future__ import annotations
 from alembic import context
 
 from service.settings import Settings
-from service.storage.registry.database import make_engine
+from service.storage.registry.engine import make_engine
 from service.storage.registry.tables import Base
 
 
 def run_migrations() -> None:
     engine = context.config.attributes.get("engine")
     if engine is None:
-        engine = make_engine(context.config.get_main_option("sqlalchemy.url") or Settings.load().database_url)
+        url = context.config.get_main_option("sqlalchemy.url") or Settings.load().database_url
+        engine = make_engine(url, statement_timeout=None)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
         with context.begin_transaction():

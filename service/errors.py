@@ -100,3 +100,17 @@ class TokenGridMismatch(ServiceError):
 
 class ConfigError(Exception):
     """A setting can't be used; the service refuses to start and names the setting."""
+
+
+class RegistryUnavailable(ServiceError):
+    """The registry database can't be reached or did not answer in time (PostgreSQL down or restarting):
+    503, and the service recovers by itself once the database is back."""
+
+    status_code = 503
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"The registry database is unavailable ({reason}); retry in a few seconds: the service recovers by "
+            "itself when the database is back."
+        )
+        self.reason = reason

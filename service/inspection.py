@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .errors import BadRequest, NotFitted, PayloadTooLarge, TokenGridMismatch
+from .errors import BadRequest, NotFitted, PayloadTooLarge, RegistryUnavailable, TokenGridMismatch
 from .pipeline import (
     FeatureExtractor,
     Letterbox,
@@ -39,17 +39,7 @@ from .pipeline import (
 )
 from .pipeline import calibrate as calibration_rule
 from .settings import MODEL_NAME, Settings
-from .storage import (
-    ADOPTED,
-    ALREADY_MIGRATED,
-    IMPORTED,
-    MigrationAction,
-    ModelState,
-    ModelStore,
-    Registry,
-    migrate,
-    utc_now,
-)
+from .storage import ADOPTED, ALREADY_MIGRATED, IMPORTED, MigrationAction, ModelState, migrate, open_storage, utc_now
 from .validation import validate_id, validate_mm_per_px
 
 logger = logging.getLogger(__name__)
@@ -121,8 +111,7 @@ class InspectionService:
             raise ValueError("The extractor's input size differs from settings.input_size.")
         if self.extractor.precision != settings.precision:
             raise ValueError("The extractor's precision differs from settings.precision.")
-        self.store = ModelStore(settings.models_dir, settings.keep_versions)
-        self.registry = Registry(settings.database_url, settings.models_dir / ".registry.lock")
+        self.store, self.registry = open_storage(settings)
         self.cache = MemoryCache(settings.cache_size)
         batch = settings.infer_batch_size
         if batch == "auto":  # a CPU forward already keeps every core busy: batching gains nothing there
@@ -137,10 +126,7 @@ class InspectionService:
         self.registry.upgrade()
         self.store.cleanup_leftovers()
         self.import_legacy()
-        imported = 0
-        for folder in self.store.scan():
-            self.registry.sync_folder(self.store, folder)
-            imported += 1
+        imported = sum(self.registry.resync(self.store, folder.path) is not None for folder in self.store.scan())
         removed = self.registry.remove_missing(self.store)
         logger.info(
             "Service ready: device=%s precision=%s infer_batch<=%d weights=%s input_size=%d grid=%s models_dir=%s "
@@ -354,6 +340,9 @@ class InspectionService:
         models = None
         try:
             models = self.registry.count_models()
+        except RegistryUnavailable as exc:
+            problems.append(f"registry database unavailable ({exc.reason}): requests that need it answer 503 until it "
+                            "is back")
         except Exception as exc:  # noqa: BLE001 - any registry failure is reported, not raised
             problems.append(f"registry unreadable: {exc}")
         body: dict[str, Any] = {
@@ -388,10 +377,8 @@ class InspectionService:
             loaded = self.store.load_memory(folder, state.active_version)
         except FileNotFoundError:
             # Pruned or removed by another process since the registry was read: re-index, re-ask.
-            described = self.store.describe(folder)
-            if described is None:
+            if self.registry.resync(self.store, folder) is None:
                 raise NotFitted(state.role_id, state.roi_id) from None
-            self.registry.sync_folder(self.store, described)
             fresh = self.registry.state(state.role_id, state.roi_id)
             if fresh is None or fresh.active is None or self._cache_key(fresh) == key:
                 raise NotFitted(state.role_id, state.roi_id) from None

@@ -119,6 +119,12 @@ _FIELDS: dict[str, _Field] = {
                          "root folder of the model artifacts and the registry"),
     "database_url": _Field(("BDI_DATABASE_URL",), _text, "",
                            "SQLAlchemy URL of the registry; empty: sqlite:///<models_dir>/registry.sqlite3"),
+    "database_connect_timeout": _Field(("BDI_DATABASE_CONNECT_TIMEOUT",), _parse_positive_int, 5,
+                                       "PostgreSQL registry: seconds to wait for a connection (at least 2) before "
+                                       "a request answers 503"),
+    "database_statement_timeout": _Field(("BDI_DATABASE_STATEMENT_TIMEOUT",), _parse_positive_float, 15.0,
+                                         "PostgreSQL registry: seconds one registry query may run before a request "
+                                         "answers 503 (migrations and lock waits are not bounded)"),
     "device": _Field(("BDI_DEVICE", "BRAKEDISC_DEVICE", "DEVICE"), _parse_device, "auto",
                      "auto, cpu, cuda, cuda:N or mps"),
     "input_size": _Field(("BDI_INPUT_SIZE", "BRAKEDISC_INPUT_SIZE"), _parse_input_size, 448,
@@ -168,6 +174,8 @@ class Settings:
 
     models_dir: Path
     database_url: str
+    database_connect_timeout: int
+    database_statement_timeout: float
     device: str
     input_size: int
     weights: str

@@ -3,19 +3,29 @@ and the GUI's two multipart requests."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 from litestar.testing import TestClient
+from sqlalchemy import create_engine, make_url, text
 
 from service.settings import Settings
 from service.storage import artifacts
 
 TEST_INPUT_SIZE = 224
+BACKENDS = ["sqlite", "postgresql"]
+POSTGRES_SKIP = (
+    "PostgreSQL registry tests need BDI_TEST_DATABASE_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)"
+)
+both_registries = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
 
 
 def synthetic_roi(width: int, height: int, seed: int, defect: tuple[int, int, int] | None = None) -> np.ndarray:
@@ -49,7 +59,9 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 def make_settings(models_dir: Path, **env: str) -> Settings:
+    """The tests' settings over ``models_dir``; the registry is the test's (``database_url`` fixture)."""
     base = {
+        "BDI_DATABASE_URL": os.environ.get("BDI_DATABASE_URL", ""),
         "BDI_MODELS_DIR": str(models_dir),
         "BDI_INPUT_SIZE": str(TEST_INPUT_SIZE),
         "BDI_WEIGHTS": "random",
@@ -96,3 +108,37 @@ class FullDisk:
         if self.left is not None:
             self.left -= len(data)
         self.real(handle, data)
+
+
+@contextlib.contextmanager
+def temporary_database(server_url: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database on the server of ``server_url`` (a URL of any database there, e.g.
+    ``postgresql+psycopg://postgres@127.0.0.1:5432/test``); yields its URL and drops it afterwards, even
+    while connections to it are still open."""
+    name = f"bdi_test_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def forget_registry(models_dir: Path) -> None:
+    """Lose the registry as a crash or an operator might: the SQLite files, or every table of the test's
+    PostgreSQL database."""
+    url = os.environ.get("BDI_DATABASE_URL", "")
+    if not url:
+        for path in models_dir.glob("registry.sqlite3*"):
+            path.unlink()
+        return
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..settings import Settings
-from ..storage import ModelState, ModelStore, Registry
+from ..storage import ModelState, ModelStore, Registry, open_storage
 
 EXIT_PROBLEMS, EXIT_USAGE = 1, 2
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,14 +63,14 @@ def open_models(models_dir: Path | None, check_registry: bool = True) -> OpenedM
         raise CliError(
             f"Models folder {settings.models_dir} does not exist; pass --models-dir or set BDI_MODELS_DIR.", EXIT_USAGE
         )
-    registry = Registry(settings.database_url, settings.models_dir / ".registry.lock")
+    store, registry = open_storage(settings)
     click.get_current_context().call_on_close(registry.dispose)
-    models = OpenedModels(settings, ModelStore(settings.models_dir, settings.keep_versions), registry)
+    models = OpenedModels(settings, store, registry)
     if check_registry:
         problem = registry.problem()
         if problem is not None:
             raise CliError(
-                f"The registry {registry.url} can't be used ({problem}); "
+                f"The registry {registry.display_url} can't be used ({problem}); "
                 "`bdi models reindex` rebuilds it from the files."
             )
     return models

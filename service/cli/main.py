@@ -14,7 +14,7 @@ from typing import Any
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import ConfigError, ServiceError
+from ..errors import ConfigError, RegistryUnavailable, ServiceError
 from ..logs import configure_logging
 from ..quality import DatasetError
 from ..storage import LegacyError
@@ -42,6 +42,11 @@ class _Main(click.Group):
 def as_cli_error(exc: Exception) -> CliError:
     if isinstance(exc, (ConfigError, DatasetError, LegacyError)):
         return CliError(str(exc), EXIT_USAGE)
+    if isinstance(exc, RegistryUnavailable):
+        return CliError(
+            f"The registry database is unavailable ({exc.reason}); check that it runs and that BDI_DATABASE_URL "
+            "names it, then run the command again."
+        )
     if isinstance(exc, ServiceError):
         return CliError(exc.message)
     if isinstance(exc, SQLAlchemyError):

@@ -284,14 +284,16 @@ def reindex(models_dir: Path | None) -> None:
     problem = registry.problem()
     if problem is not None:
         if registry.sqlite_path is None:
-            raise CliError(f"The registry {registry.url} can't be used ({problem}); repair or recreate it by hand.")
+            raise CliError(
+                f"The registry database {registry.display_url} can't be used ({problem}). A database server's "
+                "registry is not set aside automatically: restore it from a backup, or drop and create that database "
+                "again (dropdb, createdb), then run `bdi models reindex` to rebuild it from the files."
+            )
         aside = registry.set_aside()
         console.print(f"The registry was damaged ({problem}); moved it to {aside}.")
         registry.upgrade()
     dropped = registry.remove_missing(store)
-    folders = list(store.scan())
-    for folder in folders:
-        registry.sync_folder(store, folder)
+    folders = [folder for folder in (registry.resync(store, found.path) for found in store.scan()) if folder is not None]
     versions = sum(len(folder.versions) for folder in folders)
     calibrations = sum(len(folder.calibrations) for folder in folders)
     console.print(

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import click
 
+from ..errors import RegistryUnavailable
 from ..logs import configure_logging
 from ..settings import Settings
-from ..storage import Registry
-from .common import models_dir_option
+from ..storage import open_storage
+from .common import CliError, models_dir_option
 
 
 @click.command()
@@ -29,11 +30,21 @@ def serve(host: str | None, port: int | None, workers: int, models_dir: Path | N
         os.environ["BDI_MODELS_DIR"] = str(models_dir)  # worker processes read the same settings
     settings = Settings.load(host=host, port=port)
     configure_logging(settings.log_level)
+    # Migrate before loading the backbone (an unreachable database stops here, at once) and before
+    # forking workers; each worker then builds its own app from the same environment.
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    _, registry = open_storage(settings)
+    try:
+        registry.upgrade()
+    except RegistryUnavailable as exc:
+        raise CliError(
+            f"The registry database BDI_DATABASE_URL={registry.display_url} can't be reached ({exc.reason}); "
+            "start it, or correct BDI_DATABASE_URL, then start `bdi serve` again."
+        ) from None
+    finally:
+        registry.dispose()
     common = dict(host=settings.host, port=settings.port, log_config=None, access_log=False)
     if workers == 1:
         uvicorn.run(create_app(settings), **common)
         return
-    # Migrate once before forking; each worker then builds its own app from the same environment.
-    settings.models_dir.mkdir(parents=True, exist_ok=True)
-    Registry(settings.database_url, settings.models_dir / ".registry.lock").upgrade()
     uvicorn.run("service.web:create_app", factory=True, workers=workers, **common)

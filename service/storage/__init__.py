@@ -14,10 +14,11 @@ from .legacy import (
     recorded_files,
     remove_files,
 )
-from .registry import CalibrationInfo, ModelState, Registry, VersionInfo
+from .locks import FileLocks, Locks
+from .registry import CalibrationInfo, ModelState, Registry, VersionInfo, open_storage
 
 __all__ = [
-    "ADOPTED", "ALREADY_MIGRATED", "FAILED", "IMPORTED", "WOULD", "CalibrationInfo", "LegacyError", "MigrationAction",
-    "ModelFolder", "ModelState", "ModelStore", "Registry", "VersionFiles", "VersionInfo", "migrate", "recorded_files",
-    "remove_files", "utc_now",
+    "ADOPTED", "ALREADY_MIGRATED", "FAILED", "IMPORTED", "WOULD", "CalibrationInfo", "FileLocks", "LegacyError", "Locks",
+    "MigrationAction", "ModelFolder", "ModelState", "ModelStore", "Registry", "VersionFiles", "VersionInfo", "migrate",
+    "open_storage", "recorded_files", "remove_files", "utc_now",
 ]

@@ -35,16 +35,17 @@ import logging
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from filelock import FileLock
 
 from ..errors import InsufficientStorage
 from ..pipeline import patchcore
+from .locks import MODEL_LOCK_FILE, FileLocks, Locks
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ ID_FILE = "id.json"
 MIGRATED_FILE = "migrated.jsonl"
 VERSION_FILE = "version.json"
 VERSIONS_DIR = "versions"
-LOCK_FILE = ".lock"
 TMP_PREFIX = ".tmp-"
+STALE_TEMP_S = 3600  # a temp entry outside a model folder this old belongs to no write in progress
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _MAX_PLAIN_LEN = 64
@@ -212,10 +213,12 @@ class ModelFolder:
 class ModelStore:
     """Reads and writes the artifacts of every model under one models dir."""
 
-    def __init__(self, root: Path, keep_versions: int = 5) -> None:
+    def __init__(self, root: Path, keep_versions: int = 5, locks: Locks | None = None) -> None:
+        """``locks``: the registry's (``Registry.locks``); lock files in ``root`` by default."""
         self.root = Path(root)
         self.keep_versions = keep_versions
         self._undo: dict[Path, _Undo] = {}  # model folder -> how to undo the write in progress (see writing)
+        self.locks = locks or FileLocks(self.root)
 
     # ---- folder names -------------------------------------------------------------------------
     def relative(self, path: Path) -> str:
@@ -308,11 +311,9 @@ class ModelStore:
         if all(entry == ID_FILE or entry.startswith(TMP_PREFIX) for entry in os.listdir(role_dir)):
             _remove_folder(role_dir)
 
-    @contextlib.contextmanager
-    def locked(self, folder: Path) -> Iterator[None]:
-        """Serialise writers of one model across threads and processes (several workers)."""
-        with FileLock(str(folder / LOCK_FILE)):
-            yield
+    def locked(self, folder: Path) -> contextlib.AbstractContextManager[None]:
+        """Serialise writers of one model across threads, processes and (with PostgreSQL) hosts."""
+        return self.locks.model(self.relative(folder))
 
     @contextlib.contextmanager
     def writing(self, role_id: str, roi_id: str) -> Iterator[Path]:
@@ -329,8 +330,8 @@ class ModelStore:
             try:
                 folder = self.model_dir(role_id, roi_id, create=True)
                 assert folder is not None
-                lock = FileLock(str(folder / LOCK_FILE))
-                lock.acquire()
+                lock = contextlib.ExitStack()
+                lock.enter_context(self.locked(folder))
             except FileNotFoundError:
                 if attempt == 9:
                     raise
@@ -340,7 +341,7 @@ class ModelStore:
                 if role_dir is not None:
                     self._drop_empty_role(role_dir)
                 raise
-            try:
+            with lock:
                 if not self._owns(folder, ids):
                     continue
                 undo = _Undo(self, folder)
@@ -357,8 +358,6 @@ class ModelStore:
                 self._undo.pop(folder, None)
                 undo.commit()
                 return
-            finally:
-                lock.release()
         raise RuntimeError(f"The folder of role_id={role_id!r} roi_id={roi_id!r} was removed by other failed writes "
                            "10 times in a row; try again.")
 
@@ -595,26 +594,35 @@ class ModelStore:
 
     def cleanup_leftovers(self) -> int:
         """Remove temp files and half-written version folders of killed writes; repair canonical files;
-        drop versions beyond ``keep_versions`` (so lowering BDI_KEEP_VERSIONS frees space at the next start)."""
+        drop versions beyond ``keep_versions`` (so lowering BDI_KEEP_VERSIONS frees space at the next start).
+
+        Other hosts may be writing the same models dir: inside a model folder this happens under the
+        model's lock (a write in progress holds it); anywhere else (a model folder being created, a
+        deleted one being removed) only to entries older than ``STALE_TEMP_S``.
+        """
         removed = 0
+        folders = [folder.path for folder in self.scan()]
+        inside = {folder.resolve() for folder in folders}
+        now = time.time()
         for path in list(self.root.rglob(f"{TMP_PREFIX}*")) if self.root.is_dir() else []:
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-            removed += 1
-        for folder in self.scan():
-            if folder.active_version is not None and not self.canonical_is_current(folder.path, folder.active_version):
-                logger.warning("Repairing the canonical files of %s (a write was interrupted)", folder.path)
-                self.refresh_canonical(folder.path, folder.active_version)
-            calib = folder.calibrations[-1]["calibration"] if folder.calibrations else None
-            if calib is not None and self.read_calibration(folder.path) != calib:
-                write_json_atomic(folder.path / CALIB_FILE, calib)
-            if len(folder.versions) > self.keep_versions:
-                with self.locked(folder.path):
-                    pruned = self.prune(folder.path)
-                logger.info("Removed old version(s) %s of %s (BDI_KEEP_VERSIONS=%d)", pruned, folder.path,
-                            self.keep_versions)
+            if inside.isdisjoint(path.resolve().parents) and _age(path, now) > STALE_TEMP_S:
+                removed += _remove_entry(path)
+        for path in folders:
+            with self.locked(path):
+                removed += sum(_remove_entry(entry) for entry in list(path.rglob(f"{TMP_PREFIX}*")))
+                folder = self.describe(path)
+                if folder is None:
+                    continue
+                if folder.active_version is not None and not self.canonical_is_current(path, folder.active_version):
+                    logger.warning("Repairing the canonical files of %s (a write was interrupted)", path)
+                    self.refresh_canonical(path, folder.active_version)
+                calib = folder.calibrations[-1]["calibration"] if folder.calibrations else None
+                if calib is not None and self.read_calibration(path) != calib:
+                    write_json_atomic(path / CALIB_FILE, calib)
+                if len(folder.versions) > self.keep_versions:
+                    pruned = self.prune(path)
+                    logger.info("Removed old version(s) %s of %s (BDI_KEEP_VERSIONS=%d)", pruned, path,
+                                self.keep_versions)
         if removed:
             logger.warning("Removed %d leftover temp file(s) of interrupted writes under %s", removed, self.root)
         return removed
@@ -721,7 +729,7 @@ class _Undo:
     def left_empty(self) -> bool:
         """Nothing but its id.json (and the lock, an empty versions/ or temp leftovers) is in the folder."""
         for entry in os.listdir(self.folder):
-            if entry in (ID_FILE, LOCK_FILE) or entry.startswith(TMP_PREFIX):
+            if entry in (ID_FILE, MODEL_LOCK_FILE) or entry.startswith(TMP_PREFIX):
                 continue
             if entry == VERSIONS_DIR and not os.listdir(self.folder / entry):
                 continue
@@ -749,6 +757,24 @@ def _cut_back(path: Path, size: int | None) -> None:
         path.unlink(missing_ok=True)
     elif path.is_file() and path.stat().st_size != size:
         os.truncate(path, size)
+
+
+def _age(path: Path, now: float) -> float:
+    try:
+        return now - path.lstat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _remove_entry(path: Path) -> int:
+    """Remove a file or a folder tree; 1 when something was there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+    else:
+        return 0
+    return 1
 
 
 def _verify_version(files: VersionFiles) -> list[str]:

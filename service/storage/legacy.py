@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock
 
 from ..errors import BadRequest
 from ..pipeline.patchcore import MemoryIndex
@@ -56,11 +55,11 @@ from .artifacts import (
     sha256_file,
     utc_now,
 )
+from .locks import LEGACY_IMPORT
 from .registry import Registry
 
 FOLDER, FLAT, FLAT_B64, RECIPE = "folder", "flat", "flat-b64", "recipe"
 RECIPES_DIR = "recipes"
-LOCK_FILE = ".migrate.lock"
 UNKNOWN_EXTRACTOR = {"model": "unknown"}
 
 IMPORTED, ADOPTED, ALREADY_MIGRATED, SUPERSEDED, SKIPPED, FAILED = (
@@ -240,7 +239,7 @@ def migrate(
         if mapping:
             raise LegacyError(f"--map {next(iter(mapping))} names no legacy model: none was found under {store.root}.")
         return []
-    lock = contextlib.nullcontext() if dry_run else FileLock(str(store.root / LOCK_FILE))
+    lock = contextlib.nullcontext() if dry_run else store.locks.named(LEGACY_IMPORT)
     with lock:  # several workers start at once; the first imports, the others find it done
         candidates = [_mapped(model, mapping) for model in find_legacy(store)]
         unused = sorted(set(mapping) - {key for model in candidates for key in _map_keys(model)})

@@ -26,8 +26,11 @@ def error_response(status: int, message: str, detail: Any = None, trace: str | N
 
 
 def service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Response[ErrorResponse]:
+    """The error's status and sentence; a 5xx (the registry database down) carries the trace as every 5xx does."""
     logger.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.message)
-    return error_response(exc.status_code, exc.message)
+    settings: Settings = request.app.state.settings
+    trace = "".join(traceback.format_exception(exc)) if exc.status_code >= 500 and settings.error_trace else None
+    return error_response(exc.status_code, exc.message, trace=trace)
 
 
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")

@@ -70,6 +70,8 @@ _ERROR_MESSAGES = {
     413: "The request body is over the limit of 1024 MB (BDI_MAX_BODY_MB); send fewer or smaller images.",
     422: "Invalid request (roi_id: Field required). Fix the listed fields and send it again.",
     500: "disk I/O error",
+    503: "The registry database is unavailable (connection failed: Connection refused); retry in a few seconds: "
+    "the service recovers by itself when the database is back.",
     507: InsufficientStorage.sentence(
         "the new memory version (memory.npz + index.faiss)", "/srv/bdi/models", 9 * 2**20, 2 * 2**20
     ),
@@ -80,6 +82,9 @@ _ERROR_DESCRIPTIONS = {
     422: "A required field is missing or has the wrong type; `detail` lists the problems as `{loc, msg, type}`.",
     500: "An unexpected server error. `error` is the exception's message; `trace` carries the server's traceback "
     "unless BDI_ERROR_TRACE=0.",
+    503: "The registry database (PostgreSQL) can't be reached or did not answer in time (BDI_DATABASE_CONNECT_TIMEOUT, "
+    "BDI_DATABASE_STATEMENT_TIMEOUT); retry the request: the service recovers by itself when the database is back. "
+    "`trace` as on 500.",
     507: "The disk of the models dir (or of the registry) is full. `error` says how much space the write needed and "
     "what to free; nothing of the request was stored and the previous version and calibration stay active.",
 }
@@ -93,6 +98,10 @@ def _example(status: int) -> Example:
     elif status == 500:
         value["detail"] = "Internal error: OperationalError('disk I/O error')"
         value["trace"] = "Traceback (most recent call last):\n  ...\nsqlite3.OperationalError: disk I/O error\n"
+    elif status == 503:
+        value["trace"] = "Traceback (most recent call last):\n  ...\nservice.errors.RegistryUnavailable: ...\n"
+    elif status == 507:
+        value["trace"] = "Traceback (most recent call last):\n  ...\nservice.errors.InsufficientStorage: ...\n"
     return Example(summary=f"{status} {HTTPStatus(status).phrase}", value=value)
 
 

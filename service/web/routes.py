@@ -129,7 +129,7 @@ _FORM_422 = ("A required field is missing or has the wrong type (`detail` lists 
     summary="Service health",
     description="What runs (device, backbone, weights, input size) and whether the service can serve. Always 200: "
     "`status` is `degraded`, with `problems`, when the models dir is not writable, the disk is nearly full or the "
-    "registry is unreadable.",
+    "registry is unreadable or its database unavailable.",
     response_description="What runs and whether it can serve.",
     responses=error_responses(),
 )
@@ -154,6 +154,7 @@ async def health(service: NamedDependency[InspectionService]) -> HealthResponse:
         "image over BDI_MAX_IMAGE_PIXELS (default 100 000 000, read from its header) or a body over BDI_MAX_BODY_MB "
         "(default 1024 MB). Nothing is stored.",
         422: f"{_FORM_422}, or `images` is sent as text.",
+        503: None,
         507: None,
     }),
     before_request=_form_check(FitOkForm, "images", many=True),
@@ -187,6 +188,7 @@ async def fit_ok(
         "finite, <= 0 or over 1e6; `score_percentile` is outside 1..100; or the body is not a JSON object.",
         413: None,
         422: None,
+        503: None,
         507: None,
     }),
 )
@@ -227,6 +229,7 @@ async def calibrate_ng(
         413: "The image is over BDI_MAX_IMAGE_PIXELS (default 100 000 000, read from its header), the body over "
         "BDI_MAX_BODY_MB (default 1024 MB) or the form has more than BDI_MAX_FIT_IMAGES + 64 parts.",
         422: f"{_FORM_422}, or `image` is sent as text or more than once (send exactly one image).",
+        503: None,
     }),
     before_request=_form_check(InferForm, "image", many=False),
 )
@@ -250,7 +253,7 @@ async def infer(
     description="Whether (role_id, roi_id) has an active memory and a calibration. Read-only. An unknown pair is "
     "not an error: it answers 200 with `memory_fitted: false`, `token_shape: null`, `version: null`.",
     response_description="The model's state.",
-    responses=error_responses({400: _IDS_400, 422: "`role_id` or `roi_id` is missing from the query."}),
+    responses=error_responses({400: _IDS_400, 422: "`role_id` or `roi_id` is missing from the query.", 503: None}),
 )
 async def state(
     service: NamedDependency[InspectionService],

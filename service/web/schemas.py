@@ -372,6 +372,6 @@ class ErrorResponse(msgspec.Struct):
         Meta(description="On 422 the list of field problems (FastAPI's `{loc, msg, type}`); otherwise the same "
              "sentence as `error` (on 500, the exception's repr). The GUI reads `detail` first."),
     ]
-    trace: Annotated[str, Meta(description="Only on 500 (unless BDI_ERROR_TRACE=0): the server's traceback.")] | (
+    trace: Annotated[str, Meta(description="Only on 5xx (unless BDI_ERROR_TRACE=0): the server's traceback.")] | (
         msgspec.UnsetType
     ) = msgspec.UNSET

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.pipeline import FeatureExtractor
-from tests.cli.support import CLI_INPUT_SIZE, ODD, PLAIN, make_service, uploads
+from tests.cli.support import CLI_INPUT_SIZE, ODD, PLAIN, bdi, make_service, uploads
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +25,16 @@ def fitted_template(tmp_path_factory: pytest.TempPathFactory, extractor_112: Fea
 
 
 @pytest.fixture
-def models_dir(tmp_path: Path, fitted_template: Path) -> Path:
-    """A fresh copy of the fitted models dir (the registry stores paths relative to it)."""
-    return Path(shutil.copytree(fitted_template, tmp_path / "models"))
+def models_dir(tmp_path: Path, fitted_template: Path, database_url: str) -> Path:
+    """A fresh copy of the fitted models dir (the registry stores paths relative to it); on PostgreSQL its
+    registry is rebuilt from the copied files into the test's database."""
+    root = Path(shutil.copytree(fitted_template, tmp_path / "models"))
+    if database_url:
+        for path in root.glob("registry.sqlite3*"):
+            path.unlink()
+        result = bdi(root, "models", "reindex")
+        assert result.exit_code == 0, result.output
+    return root
 
 
 @pytest.fixture

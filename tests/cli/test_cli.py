@@ -19,10 +19,11 @@ from service.quality.datasets import DatasetError, MmPerPx, load_dataset
 from service.settings import Settings
 from service.storage.artifacts import ModelStore
 from tests.cli.support import ODD, PLAIN, as_json, bdi, cli_env, make_service, uploads
-from tests.support import png_bytes, synthetic_roi
+from tests.support import both_registries, forget_registry, png_bytes, synthetic_roi
 
 
 # ---- list / show / history ---------------------------------------------------------------------
+@both_registries
 def test_list_json_has_every_model_with_its_numbers(models_dir):
     rows = {(row["role_id"], row["roi_id"]): row for row in as_json(bdi(models_dir, "models", "list", "--json"))}
     assert set(rows) == {PLAIN, ODD}
@@ -41,13 +42,15 @@ def test_list_table_and_models_dir_option(models_dir, tmp_path):
     assert "No models" in bdi(empty, "models", "list").stdout
 
 
+@both_registries
 def test_list_notes_folders_the_registry_does_not_know(models_dir):
-    (models_dir / "registry.sqlite3").unlink()
+    forget_registry(models_dir)
     result = bdi(models_dir, "models", "list", "--json")
     assert as_json(result) == []
     assert "2 model folder(s) on disk are not in the registry" in result.stderr
 
 
+@both_registries
 def test_show_and_history(models_dir):
     shown = as_json(bdi(models_dir, "models", "show", *PLAIN, "--json"))
     assert shown["kept_versions"] == [2, 1] and shown["active"]["source"] == "fit"
@@ -130,6 +133,7 @@ def test_unexpected_errors_are_one_sentence_unless_debug(models_dir, monkeypatch
 
 
 # ---- rollback / delete -------------------------------------------------------------------------
+@both_registries
 def test_rollback_activates_a_kept_version(models_dir):
     store = ModelStore(models_dir)
     folder = store.model_dir(*PLAIN)
@@ -143,6 +147,7 @@ def test_rollback_activates_a_kept_version(models_dir):
     assert store.active_version(folder) == 1
 
 
+@both_registries
 def test_delete_asks_then_removes_folder_rows_and_empty_role_folder(models_dir):
     store = ModelStore(models_dir)
     declined = bdi(models_dir, "models", "delete", *ODD, input="n\n")
@@ -166,6 +171,7 @@ def test_delete_keeps_the_role_folder_when_another_model_uses_it(models_dir, ext
 
 
 # ---- verify / reindex --------------------------------------------------------------------------
+@both_registries
 def test_verify_ok(models_dir):
     result = bdi(models_dir, "models", "verify")
     assert result.exit_code == 0 and result.stdout.startswith("OK: 2 model(s), 3 version(s)")
@@ -214,6 +220,7 @@ def test_verify_checks_the_index_against_the_memory(models_dir):
     assert any(expected in p["problem"] for p in problems)
 
 
+@both_registries
 def test_verify_compares_calib_json_with_the_registry(models_dir):
     calib = ModelStore(models_dir).model_dir(*PLAIN) / "calib.json"
     calib.write_text(json.dumps({**json.loads(calib.read_text()), "threshold": 9.0}))
@@ -236,10 +243,10 @@ def _history_snapshot(models_dir: Path) -> dict:
     return as_json(bdi(models_dir, "models", "history", *PLAIN, "--json"))
 
 
+@both_registries
 def test_reindex_rebuilds_a_deleted_registry(models_dir):
     before = _history_snapshot(models_dir)
-    for path in models_dir.glob("registry.sqlite3*"):
-        path.unlink()
+    forget_registry(models_dir)
     result = bdi(models_dir, "models", "reindex")
     assert result.exit_code == 0 and "Reindexed 2 model(s) (3 version(s), 1 calibration(s))" in result.stdout
     assert _history_snapshot(models_dir) == before
@@ -263,6 +270,7 @@ def test_reindex_sets_a_garbage_registry_aside_and_rebuilds(models_dir):
     assert _history_snapshot(models_dir) == before
 
 
+@both_registries
 def test_reindex_drops_models_whose_folders_are_gone(models_dir):
     store = ModelStore(models_dir)
     shutil.rmtree(store.model_dir(*ODD).parent)

@@ -19,7 +19,7 @@ from service.storage.artifacts import ModelStore
 from service.storage.legacy import _parse_stem, find_legacy, migrate
 from service.storage.registry import Registry
 from tests.cli.support import as_json, bdi, make_service, uploads
-from tests.support import png_bytes, synthetic_roi
+from tests.support import both_registries, png_bytes, synthetic_roi
 
 PROBE = Upload("probe.png", png_bytes(synthetic_roi(60, 50, seed=99, defect=(30, 25, 5))))
 OLD = 1_600_000_000  # a file time well before any canonical write
@@ -132,7 +132,8 @@ def test_find_legacy_sees_every_layout(legacy):
     assert found[B64_NAME].note is None and found["Master2_Zona_B"].index is None
 
 
-def test_migrate_imports_every_layout_without_loss(legacy, reference):
+@both_registries
+def test_migrate_imports_every_layout_without_loss(legacy, reference, database_url):
     result = bdi(legacy, "models", "migrate")
     assert result.exit_code == 0, result.output
     assert "superseded" in result.stdout and "lossy" in result.stdout
@@ -175,7 +176,8 @@ def test_migrated_models_score_like_the_original(legacy, reference, extractor_11
         service.close()
 
 
-def test_second_run_changes_nothing(legacy):
+@both_registries
+def test_second_run_changes_nothing(legacy, database_url):
     assert bdi(legacy, "models", "migrate").exit_code == 0
     before = tree(legacy)
     again = bdi(legacy, "models", "migrate")
@@ -259,9 +261,10 @@ def test_deleting_a_migrated_model_removes_its_legacy_files(legacy, extractor_11
     assert ("Master2", "Zona_B") not in ids and len(ids) == 4
 
 
-def test_workers_starting_together_import_each_model_once(legacy):
-    store = ModelStore(legacy)
-    registry = Registry(f"sqlite:///{legacy / 'registry.sqlite3'}", legacy / ".registry.lock")
+@both_registries
+def test_workers_starting_together_import_each_model_once(legacy, database_url):
+    registry = Registry(database_url or f"sqlite:///{legacy / 'registry.sqlite3'}", legacy)
+    store = ModelStore(legacy, locks=registry.locks)
     registry.upgrade()
     results: list[list[str]] = []
     threads = [threading.Thread(target=lambda: results.append([a.outcome for a in migrate(store, registry)]))

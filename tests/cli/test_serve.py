@@ -3,61 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import png_bytes, synthetic_roi
-
-BDI = str(Path(sys.executable).with_name("bdi"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BDI_", "BRAKEDISC_"))}
-    env.update({"BDI_WEIGHTS": "random", "BDI_INPUT_SIZE": "112", "BDI_DEVICE": "cpu",
-                "BDI_MODELS_DIR": str(tmp_path / "models"), "HOST": "0.0.0.0", **extra})
-    return env
-
-
-def _start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
-    port = _free_port()
-    process = subprocess.Popen([BDI, "serve", "--port", str(port), *args], env=_env(tmp_path),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return process, f"http://127.0.0.1:{port}"
-
-
-def _wait_healthy(process: subprocess.Popen[str], base: str, **headers: str) -> httpx.Response:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            return httpx.get(f"{base}/health", headers=headers, timeout=5)
-        except httpx.TransportError:
-            assert process.poll() is None, process.stdout.read()
-            assert time.monotonic() < deadline, "bdi serve did not answer within 120 s"
-            time.sleep(0.5)
-
+from tests.cli.support import BDI, free_port, serve_env, start_serve, wait_healthy
+from tests.support import both_registries, png_bytes, synthetic_roi
 
 def _form(roi: str = "r") -> dict[str, str]:
     return {"role_id": "R", "roi_id": roi, "mm_per_px": "0.2"}
 
 
 def test_bdi_serve_answers_the_gui_flow(tmp_path):
-    process, base = _start(tmp_path)
+    process, base = start_serve(tmp_path / "models")
     try:
-        health = _wait_healthy(process, base, **{"X-Request-Id": "smoke-1"})
+        health = wait_healthy(process, base, **{"X-Request-Id": "smoke-1"})
         assert health.status_code == 200 and health.json()["status"] == "ok"
         assert health.headers["x-request-id"] == "smoke-1"
         files = [("images", (f"{i}.png", png_bytes(synthetic_roi(64, 48, i)), "image/png")) for i in range(2)]
@@ -78,7 +40,7 @@ def test_bdi_serve_answers_the_gui_flow(tmp_path):
                                           ({"BDI_PRECISION": "fp8"}, "BDI_PRECISION"),
                                           ({"BDI_INFER_BATCH_SIZE": "0"}, "BDI_INFER_BATCH_SIZE")])
 def test_bdi_serve_refuses_to_start_and_names_the_setting(tmp_path, env, setting):
-    result = subprocess.run([BDI, "serve", "--port", str(_free_port())], env=_env(tmp_path, **env),
+    result = subprocess.run([BDI, "serve", "--port", str(free_port())], env=serve_env(tmp_path / "models", **env),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert setting in result.stderr and "Traceback" not in result.stderr
@@ -88,10 +50,10 @@ def test_offline_bdi_serve_with_hub_weights_refuses_at_once_and_quietly(tmp_path
     """BDI_WEIGHTS=hub, an empty Hugging Face cache and no reachable hub (a closed loopback port stands for it,
     so that a machine with internet behaves like an offline cell PC): one attempt, no retries, and the hub library's
     log lines (made visible here with HF_HUB_VERBOSITY=debug) printed once, not also by its own handler."""
-    hub = f"http://127.0.0.1:{_free_port()}"
-    env = _env(tmp_path, BDI_WEIGHTS="hub", HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=hub, HF_HUB_VERBOSITY="debug")
+    hub = f"http://127.0.0.1:{free_port()}"
+    env = serve_env(tmp_path / "models", BDI_WEIGHTS="hub", HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=hub, HF_HUB_VERBOSITY="debug")
     env.pop("HF_HUB_OFFLINE", None)
-    result = subprocess.run([BDI, "serve", "--port", str(_free_port())], env=env, capture_output=True, text=True,
+    result = subprocess.run([BDI, "serve", "--port", str(free_port())], env=env, capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 2
     assert "BDI_WEIGHTS=hub" in result.stderr and "not in the local Hugging Face cache" in result.stderr
@@ -99,12 +61,13 @@ def test_offline_bdi_serve_with_hub_weights_refuses_at_once_and_quietly(tmp_path
     assert result.stderr.count(f"HEAD {hub}/timm/") == 1, result.stderr  # one request, logged once
 
 
-def test_two_workers_over_one_models_dir_fit_and_infer_at_once(tmp_path):
+@both_registries
+def test_two_workers_over_one_models_dir_fit_and_infer_at_once(tmp_path, database_url):
     """Every infer answers 200 with the old or the new version; both fits end up in the history."""
-    process, base = _start(tmp_path, "--workers", "2")
+    process, base = start_serve(tmp_path / "models", "--workers", "2")
     image = png_bytes(synthetic_roi(64, 48, 3))
     try:
-        _wait_healthy(process, base)
+        wait_healthy(process, base)
         first = httpx.post(f"{base}/fit_ok", data=_form(), files={"images": ("0.png", image, "image/png")}, timeout=60)
         assert first.status_code == 200, first.text
         errors: list[str] = []

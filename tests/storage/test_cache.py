@@ -9,7 +9,7 @@ import pytest
 from service.inspection import InspectionService, Upload
 from service.pipeline import FeatureExtractor
 from service.storage.artifacts import ModelStore
-from tests.support import fit, infer, make_settings, png_bytes, synthetic_roi
+from tests.support import both_registries, fit, infer, make_settings, png_bytes, synthetic_roi
 
 IMAGE = synthetic_roi(64, 48, 5)
 
@@ -36,7 +36,8 @@ def test_second_infer_reads_nothing_from_disk(make_client, tmp_path, loads):
     assert loads == [1]
 
 
-def test_a_refit_by_another_worker_is_noticed_through_the_registry(tmp_path, extractor, loads):
+@both_registries
+def test_a_refit_by_another_worker_is_noticed_through_the_registry(tmp_path, extractor, loads, database_url):
     settings = make_settings(tmp_path / "models")
     worker_a, worker_b = InspectionService(settings, extractor), InspectionService(settings, extractor)
     for worker in (worker_a, worker_b):

@@ -20,11 +20,12 @@ from tests.support import make_settings, png_bytes, synthetic_roi
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="SIGKILL is POSIX")
 
 FIT_FOREVER = """
-import sys
+import os, sys
 from service.inspection import InspectionService, Upload
 from service.settings import Settings
 settings = Settings.load({"BDI_MODELS_DIR": sys.argv[1], "BDI_INPUT_SIZE": "112", "BDI_WEIGHTS": "random",
-                          "BDI_DEVICE": "cpu", "BDI_KEEP_VERSIONS": "3", "BDI_LOG_LEVEL": "WARNING"})
+                          "BDI_DEVICE": "cpu", "BDI_KEEP_VERSIONS": "3", "BDI_LOG_LEVEL": "WARNING",
+                          "BDI_DATABASE_URL": os.environ.get("BDI_DATABASE_URL", "")})
 service = InspectionService(settings)
 service.start()
 image = open(sys.argv[2], "rb").read()
@@ -46,8 +47,12 @@ def _service(models_dir: Path, extractor: FeatureExtractor) -> InspectionService
     return service
 
 
-@pytest.mark.parametrize("delay", [0.05, 0.3, 0.7, 1.1, 1.6])
-def test_sigkill_during_fits(tmp_path, small_extractor, delay):
+@pytest.mark.parametrize(
+    ("database_url", "delay"),
+    [("sqlite", delay) for delay in (0.05, 0.3, 0.7, 1.1, 1.6)] + [("postgresql", delay) for delay in (0.3, 1.1)],
+    indirect=["database_url"],
+)
+def test_sigkill_during_fits(tmp_path, small_extractor, database_url, delay):
     models_dir = tmp_path / "models"
     image = png_bytes(synthetic_roi(60, 50, 1))
     first = _service(models_dir, small_extractor)

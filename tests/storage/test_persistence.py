@@ -10,7 +10,7 @@ import pytest
 
 from service.pipeline import FeatureExtractor, patchcore
 from service.storage.artifacts import ACTIVE_FILE, MEMORY_FILE, ModelStore
-from tests.support import fit, infer, synthetic_roi
+from tests.support import both_registries, fit, forget_registry, infer, synthetic_roi
 
 ROLE, ROI = "Inspection", "Zona A/1"
 OK = [synthetic_roi(90, 70, seed) for seed in range(3)]
@@ -23,6 +23,7 @@ def _score(client, image=PROBE) -> float:
     return response.json()["score"]
 
 
+@both_registries
 def test_restart_serves_the_same_scores_and_calibration(make_client, tmp_path):
     first = make_client()
     assert fit(first, ROLE, ROI, OK).status_code == 200
@@ -36,6 +37,7 @@ def test_restart_serves_the_same_scores_and_calibration(make_client, tmp_path):
     assert after["heatmap_png_base64"] == before["heatmap_png_base64"]
 
 
+@both_registries
 def test_lost_registry_is_rebuilt_from_the_files(make_client, tmp_path):
     first = make_client()
     fit(first, ROLE, ROI, OK)
@@ -44,8 +46,7 @@ def test_lost_registry_is_rebuilt_from_the_files(make_client, tmp_path):
     first.post("/calibrate_ng", json={"role_id": ROLE, "roi_id": ROI, "ok_scores": [0.4]})
     score = _score(first)
     first.app.state.service.close()
-    for path in (tmp_path / "models").glob("registry.sqlite3*"):
-        path.unlink()
+    forget_registry(tmp_path / "models")
 
     rebuilt = make_client(tmp_path / "models")
     state = rebuilt.get("/state", params={"role_id": ROLE, "roi_id": ROI}).json()
@@ -94,6 +95,7 @@ def test_killed_writes_leave_the_previous_version_active_and_are_cleaned(make_cl
     assert _score(restarted) == pytest.approx(score, abs=1e-6)
 
 
+@both_registries
 def test_versions_are_bounded_and_the_active_one_is_kept(make_client):
     client = make_client(BDI_KEEP_VERSIONS="3")
     for seed in range(5):
@@ -105,6 +107,7 @@ def test_versions_are_bounded_and_the_active_one_is_kept(make_client):
     assert client.get("/state", params={"role_id": ROLE, "roi_id": ROI}).json()["version"] == 5
 
 
+@both_registries
 def test_concurrent_fits_and_infers_on_one_roi(make_client):
     client = make_client()
     fit(client, ROLE, ROI, OK)

@@ -4,6 +4,7 @@ so a lost registry is rebuilt with ``reindex`` and nothing is ever only here."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -18,13 +19,14 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from filelock import FileLock
-from sqlalchemy import Engine, create_engine, delete, event, func, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from ...errors import InsufficientStorage
+from ...settings import Settings
 from ..artifacts import ModelFolder, ModelStore, VersionFiles, utc_now
+from ..locks import MIGRATIONS
+from .engine import is_sqlite, make_engine, make_locks, unavailable_as_503
 from .tables import Calibration, MemoryVersion, Model
 
 logger = logging.getLogger(__name__)
@@ -86,43 +88,6 @@ class RegisteredVersion:
     index_sha256: str | None
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with the SQLite settings the registry relies on (WAL, busy timeout, FKs, BEGIN IMMEDIATE)."""
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    database = url.split("///", 1)[1] if "///" in url else ""
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # let the "begin" hook below emit BEGIN itself
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @event.listens_for(engine, "handle_error")
-    def _on_error(context: Any) -> None:
-        # SQLite reports a write that ran out of disk space as SQLITE_FULL ("database or disk is full").
-        code = getattr(context.original_exception, "sqlite_errorcode", None)
-        if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
-            raise InsufficientStorage(f"the registry {database}", Path(database).resolve().parent) from (
-                context.original_exception
-            )
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        # A deferred read-then-write transaction can fail at once with SQLITE_BUSY; writers take the
-        # write lock up front instead.
-        immediate = connection.get_execution_options().get("sqlite_immediate", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
-
-
 def migrations_dir() -> Path:
     """The Alembic scripts: top-level ``migrations/`` in a checkout, ``service/migrations`` when installed."""
     checkout = Path(__file__).resolve().parents[3] / "migrations"
@@ -134,28 +99,45 @@ def migrations_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def open_storage(settings: Settings) -> tuple[ModelStore, Registry]:
+    """The files and the registry of the settings' models dir, the store holding the registry's locks."""
+    registry = Registry(
+        settings.database_url, settings.models_dir, settings.database_connect_timeout,
+        settings.database_statement_timeout,
+    )
+    return ModelStore(settings.models_dir, settings.keep_versions, registry.locks), registry
+
+
 class Registry:
-    def __init__(self, url: str, lock_path: Path) -> None:
+    """The registry database. ``locks`` are the ones fit for it (``engine.make_locks``); a connection
+    failure or timeout of a database server is ``RegistryUnavailable`` (503) wherever it happens."""
+
+    def __init__(
+        self, url: str, models_dir: Path, connect_timeout: int = 5, statement_timeout: float = 15.0
+    ) -> None:
         self.url = url
-        self.lock_path = Path(lock_path)
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, connect_timeout, statement_timeout)
         self._writer = self.engine.execution_options(sqlite_immediate=True)
+        # Migrations and lock waits may take long: on a server they get connections without the timeout.
+        self._unbounded = self.engine if is_sqlite(url) else make_engine(url, connect_timeout, None)
+        self.locks = make_locks(self._unbounded, Path(models_dir))
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password, for messages."""
+        return self.engine.url.render_as_string(hide_password=True)
 
     def upgrade(self) -> None:
-        """Apply the migrations once; the file lock serialises several workers starting together."""
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        """Apply the migrations once; the migrations lock serialises several workers or hosts starting together."""
         config = Config()
         config.set_main_option("script_location", str(migrations_dir()))
-        config.attributes["engine"] = self.engine
-        with FileLock(str(self.lock_path)):
+        config.attributes["engine"] = self._unbounded
+        with self.locks.named(MIGRATIONS), unavailable_as_503(self._unbounded):
             command.upgrade(config, "head")
-
-    def ping(self) -> None:
-        with self.engine.connect() as connection:
-            connection.execute(text("SELECT 1 FROM models LIMIT 1"))
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self._unbounded.dispose()
 
     def problem(self) -> str | None:
         """Why the registry can't be used (not a database, failed integrity check), or None when it can.
@@ -164,7 +146,7 @@ class Registry:
         """
         try:
             self.upgrade()
-            with self.engine.connect() as connection:
+            with unavailable_as_503(self.engine), self.engine.connect() as connection:
                 if self.engine.dialect.name == "sqlite":
                     rows = [row[0] for row in connection.exec_driver_sql("PRAGMA quick_check")]
                     if rows != ["ok"]:
@@ -197,11 +179,15 @@ class Registry:
                 os.replace(source, f"{target}{suffix}")
         return target
 
-    def _read(self) -> Session:
-        return Session(self.engine, expire_on_commit=False)
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Session]:
+        with unavailable_as_503(self.engine), Session(self.engine, expire_on_commit=False) as session:
+            yield session
 
-    def _write(self) -> Session:
-        return Session(self._writer, expire_on_commit=False)
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Session]:
+        with unavailable_as_503(self.engine), Session(self._writer, expire_on_commit=False) as session:
+            yield session
 
     # ---- reads ----------------------------------------------------------------------------------
     def state(self, role_id: str, roi_id: str) -> ModelState | None:
@@ -264,10 +250,8 @@ class Registry:
         state = self.state(role_id, roi_id)
         if state is None:
             folder = store.model_dir(role_id, roi_id)
-            described = store.describe(folder) if folder is not None else None
-            if described is not None:
-                logger.info("Importing model folder %s into the registry", folder)
-                self.sync_folder(store, described)
+            if folder is not None and self.resync(store, folder) is not None:
+                logger.info("Imported model folder %s into the registry", folder)
                 state = self.state(role_id, roi_id)
         return state
 
@@ -276,6 +260,15 @@ class Registry:
             return int(session.scalar(select(func.count(Model.id))) or 0)
 
     # ---- writes ---------------------------------------------------------------------------------
+    def resync(self, store: ModelStore, path: Path) -> ModelFolder | None:
+        """``sync_folder`` of the model folder at ``path`` under the model's lock, so that what it reads
+        from the files is still true when the rows are written (another host may be writing the model)."""
+        with store.locked(path):
+            folder = store.describe(path)
+            if folder is not None:
+                self.sync_folder(store, folder)
+            return folder
+
     def sync_folder(self, store: ModelStore, folder: ModelFolder) -> None:
         """Make the rows of one model say exactly what its files say (import, repair, reindex)."""
         with self._write() as session, session.begin():
@@ -298,15 +291,17 @@ class Registry:
             model.updated_at = utc_now()
 
     def add_version(self, store: ModelStore, role_id: str, roi_id: str, folder: Path, files: VersionFiles) -> None:
+        """Register a new active version. The version rows are matched to the kept version folders,
+        so a version whose registration failed earlier (the database was down) is registered now."""
         with self._write() as session, session.begin():
             model = self._model_row(session, role_id, roi_id, store.relative(folder))
-            session.add(_version_row(model.id, store, files))
+            on_disk = {v.version: v for v in store.versions(folder)}
             session.execute(
-                delete(MemoryVersion).where(
-                    MemoryVersion.model_id == model.id,
-                    MemoryVersion.version.not_in([v.version for v in store.versions(folder)]),
-                )
+                delete(MemoryVersion).where(MemoryVersion.model_id == model.id, MemoryVersion.version.not_in(on_disk))
             )
+            registered = set(session.scalars(select(MemoryVersion.version).where(MemoryVersion.model_id == model.id)))
+            for number in sorted(set(on_disk) - registered):
+                session.add(_version_row(model.id, store, on_disk[number]))
             model.active_version = files.version
             model.updated_at = utc_now()
 

@@ -1,0 +1,149 @@
+"""Engines of the registry database and what its failures mean.
+
+SQLite (the embedded default): WAL, busy timeout, foreign keys, ``BEGIN IMMEDIATE`` for writers,
+file locks. PostgreSQL (several hosts): a bounded connect timeout and statement timeout and TCP
+keepalives, so that a request during an outage fails fast instead of hanging; ``pool_pre_ping``, so
+that the pool replaces the connections a restart killed and the service recovers by itself; and
+advisory locks, which hold across hosts where a lock file on a network file system would not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from ...errors import InsufficientStorage, RegistryUnavailable
+from ..locks import FileLocks, Locks
+
+logger = logging.getLogger(__name__)
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def make_engine(url: str, connect_timeout: int = 5, statement_timeout: float | None = 15.0) -> Engine:
+    """An engine with the settings the registry relies on; ``statement_timeout`` None: unbounded
+    (migrations and lock waits may take long)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        connect_args: dict[str, Any] = {
+            "connect_timeout": max(2, int(connect_timeout)),  # libpq's minimum
+            # A server that vanished without closing the socket is noticed in about 5 + 3 x 2 s.
+            "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+        }
+        if statement_timeout is not None:
+            connect_args["options"] = f"-c statement_timeout={max(1, round(statement_timeout * 1000))}"
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    database = parsed.database or ""
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let the "begin" hook below emit BEGIN itself
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        # SQLite reports a write that ran out of disk space as SQLITE_FULL ("database or disk is full").
+        code = getattr(context.original_exception, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
+            raise InsufficientStorage(f"the registry {database}", Path(database).resolve().parent) from (
+                context.original_exception
+            )
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # A deferred read-then-write transaction can fail at once with SQLITE_BUSY; writers take the
+        # write lock up front instead.
+        immediate = connection.get_execution_options().get("sqlite_immediate", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@contextlib.contextmanager
+def unavailable_as_503(engine: Engine) -> Iterator[None]:
+    """A database server that can't be reached, went away or did not answer in time is
+    ``RegistryUnavailable`` (503, retry). SQLite's operational errors (a locked or damaged file) stay
+    what they are, unless the connection itself was lost."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        if engine.dialect.name == "sqlite" and not exc.connection_invalidated:
+            raise
+        raise RegistryUnavailable(_reason(exc)) from exc
+    except PoolTimeout as exc:
+        raise RegistryUnavailable("no free connection to it in time") from exc
+
+
+def _reason(exc: DBAPIError) -> str:
+    lines = str(exc.orig or exc).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(exc.orig or exc).__name__
+
+
+def lock_number(key: str) -> int:
+    """A stable signed 64-bit number for an advisory lock (the same on every host and Python)."""
+    return int.from_bytes(hashlib.sha256(f"bdi:{key}".encode()).digest()[:8], "big", signed=True)
+
+
+class AdvisoryLocks(Locks):
+    """PostgreSQL session-level advisory locks, each held on a connection of its own (autocommit, no
+    statement timeout: waiting for another host's fit is normal). A host that dies loses its
+    connection and the server releases its locks."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    def model(self, folder: str) -> contextlib.AbstractContextManager[None]:
+        return self._hold(f"model:{folder}")
+
+    def named(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return self._hold(f"named:{name}")
+
+    @contextlib.contextmanager
+    def _hold(self, key: str) -> Iterator[None]:
+        number = lock_number(key)
+        with unavailable_as_503(self.engine):
+            connection = self.engine.connect()
+            try:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": number})
+            except BaseException:
+                connection.close()
+                raise
+        try:
+            yield
+        finally:
+            try:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": number})
+            except DBAPIError as exc:
+                # The connection died while held (database restarted): the server has already released
+                # the lock; what the block did stands on its own.
+                logger.warning("The registry connection holding the lock %r was lost: %s", key, _reason(exc))
+                connection.invalidate()
+            finally:
+                connection.close()
+
+
+def make_locks(unbounded: Engine, models_dir: Path) -> Locks:
+    """Advisory locks on PostgreSQL, lock files in the models dir otherwise."""
+    if unbounded.dialect.name == "postgresql":
+        return AdvisoryLocks(unbounded)
+    return FileLocks(models_dir)
