@@ -12,13 +12,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from sqlalchemy import create_engine, text
 
 from service.cli import main
 from service.inspection import InspectionService
 from service.quality.datasets import DatasetError, MmPerPx, load_dataset
 from service.settings import Settings
 from service.storage.artifacts import ModelStore
-from tests.cli.support import ODD, PLAIN, as_json, bdi, cli_env, make_service, uploads
+from tests.cli.support import ODD, PLAIN, as_json, bdi, cli_env, free_port, make_service, uploads
 from tests.support import both_registries, forget_registry, png_bytes, synthetic_roi
 
 
@@ -277,6 +278,26 @@ def test_reindex_drops_models_whose_folders_are_gone(models_dir):
     result = bdi(models_dir, "models", "reindex")
     assert "dropped 1 model(s) whose folders are gone: Inspection / Zona A/1" in result.stdout
     assert [(r["role_id"], r["roi_id"]) for r in as_json(bdi(models_dir, "models", "list", "--json"))] == [PLAIN]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_reindex_on_a_broken_postgresql_registry_says_what_to_do(models_dir, database_url):
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE models CASCADE"))
+    engine.dispose()
+    result = bdi(models_dir, "models", "reindex")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "restore it from a backup, or drop and create that database again" in result.stderr
+    forget_registry(models_dir)  # what the sentence says, short of dropping the database itself
+    assert bdi(models_dir, "models", "reindex").exit_code == 0
+    assert bdi(models_dir, "models", "verify").exit_code == 0
+
+
+def test_admin_commands_on_an_unreachable_database_are_one_sentence(models_dir):
+    result = bdi(models_dir, "models", "list", BDI_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "The registry database is unavailable (" in result.stderr and "BDI_DATABASE_URL" in result.stderr
 
 
 # ---- fit / calibrate from dataset folders ------------------------------------------------------

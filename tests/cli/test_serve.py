@@ -61,6 +61,16 @@ def test_offline_bdi_serve_with_hub_weights_refuses_at_once_and_quietly(tmp_path
     assert result.stderr.count(f"HEAD {hub}/timm/") == 1, result.stderr  # one request, logged once
 
 
+def test_bdi_serve_stops_at_once_when_the_registry_database_is_unreachable(tmp_path):
+    url = f"postgresql+psycopg://postgres:secret@127.0.0.1:{free_port()}/registry"
+    result = subprocess.run([BDI, "serve", "--port", str(free_port())],
+                            env=serve_env(tmp_path / "models", BDI_DATABASE_URL=url), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "BDI_DATABASE_URL=postgresql+psycopg://postgres:***@127.0.0.1" in result.stderr and "secret" not in result.stderr
+    assert "RANDOMLY INITIALISED" not in result.stderr  # it stopped before loading the backbone
+
+
 @both_registries
 def test_two_workers_over_one_models_dir_fit_and_infer_at_once(tmp_path, database_url):
     """Every infer answers 200 with the old or the new version; both fits end up in the history."""
