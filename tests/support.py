@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from litestar.testing import TestClient
 from sqlalchemy import create_engine, make_url, text
 
 from service.settings import Settings
-from service.storage import artifacts
+from service.storage import Registry, artifacts
 
 TEST_INPUT_SIZE = 224
 BACKENDS = ["sqlite", "postgresql"]
@@ -108,6 +109,23 @@ class FullDisk:
         if self.left is not None:
             self.left -= len(data)
         self.real(handle, data)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def registry_down(client: TestClient[Any]) -> TestClient[Any]:
+    """Put the app's service on a PostgreSQL registry that nobody answers (the database server is down):
+    a real engine and real advisory locks whose connections are refused."""
+    service = client.app.state.service
+    service.registry.dispose()
+    service.registry = Registry(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/registry",
+                                service.settings.models_dir)
+    service.store.locks = service.registry.locks
+    return client
 
 
 @contextlib.contextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from service.cli import main
 from service.inspection import InspectionService, Upload
 from service.pipeline import FeatureExtractor
 from service.settings import Settings
-from tests.support import png_bytes, synthetic_roi
+from tests.support import free_port, png_bytes, synthetic_roi
 
 CLI_INPUT_SIZE = 112
 BDI = str(Path(sys.executable).with_name("bdi"))
@@ -53,12 +52,6 @@ def as_json(result: Result):
 
 
 # ---- `bdi serve` processes on loopback -----------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def serve_env(models_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of a `bdi serve` process: the tests' settings and registry, nothing of the shell's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BDI_", "BRAKEDISC_"))}

@@ -12,6 +12,7 @@ import pytest
 from tests.cli.support import BDI, free_port, serve_env, start_serve, wait_healthy
 from tests.support import both_registries, png_bytes, synthetic_roi
 
+
 def _form(roi: str = "r") -> dict[str, str]:
     return {"role_id": "R", "roi_id": roi, "mm_per_px": "0.2"}
 
@@ -63,7 +64,7 @@ def test_offline_bdi_serve_with_hub_weights_refuses_at_once_and_quietly(tmp_path
 
 def test_bdi_serve_stops_at_once_when_the_registry_database_is_unreachable(tmp_path):
     url = f"postgresql+psycopg://postgres:secret@127.0.0.1:{free_port()}/registry"
-    result = subprocess.run([BDI, "serve", "--port", str(free_port())],
+    result = subprocess.run([BDI, "serve", "--port", str(free_port())], check=False,
                             env=serve_env(tmp_path / "models", BDI_DATABASE_URL=url), capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -13,8 +13,7 @@ from service.errors import RegistryUnavailable
 from service.storage import FileLocks, ModelStore, Registry
 from service.storage.locks import MIGRATIONS
 from service.storage.registry.engine import AdvisoryLocks, lock_number
-from tests.cli.support import free_port
-from tests.support import both_registries
+from tests.support import both_registries, free_port
 
 
 def _host(tmp_path, database_url: str) -> Registry:

@@ -12,7 +12,7 @@ import pytest
 
 from service.logs import CorrelationIdFilter
 from service.pipeline import FeatureExtractor
-from tests.support import TEST_INPUT_SIZE, decode_png, fit, infer, png_bytes, synthetic_roi
+from tests.support import TEST_INPUT_SIZE, decode_png, fit, infer, png_bytes, registry_down, synthetic_roi
 
 ROLE, ROI = "Master1", "inspection-1"
 OK_IMAGES = [synthetic_roi(96, 80, seed) for seed in range(3)]
@@ -360,3 +360,17 @@ def test_correlation_id_reaches_the_service_logs(fitted):
     finally:
         logger.removeHandler(handler)
     assert seen == ["trace-me"]
+
+
+def test_while_the_registry_database_is_down_requests_are_503_and_health_is_degraded(make_client):
+    client = make_client()
+    assert fit(client, "R", "r", [synthetic_roi(64, 48, 1)]).status_code == 200
+    registry_down(client)
+    answer = infer(client, "R", "r", synthetic_roi(64, 48, 2))
+    assert answer.status_code == 503
+    body = answer.json()
+    assert body["error"].startswith("The registry database is unavailable (") and body["detail"] == body["error"]
+    assert "retry" in body["error"] and "recovers by itself" in body["error"]
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "degraded"
+    assert any(problem.startswith("registry database unavailable") for problem in health.json()["problems"])
