@@ -22,10 +22,6 @@ from .common import CliError, models_dir_option
 @models_dir_option
 def serve(host: str | None, port: int | None, workers: int, models_dir: Path | None) -> None:
     """Start the HTTP service (uvicorn)."""
-    import uvicorn
-
-    from ..web import create_app
-
     if models_dir is not None:
         os.environ["BDI_MODELS_DIR"] = str(models_dir)  # worker processes read the same settings
     settings = Settings.load(host=host, port=port)
@@ -43,6 +39,11 @@ def serve(host: str | None, port: int | None, workers: int, models_dir: Path | N
         ) from None
     finally:
         registry.dispose()
+
+    import uvicorn
+
+    from ..web import create_app
+
     common = dict(host=settings.host, port=settings.port, log_config=None, access_log=False)
     if workers == 1:
         uvicorn.run(create_app(settings), **common)
