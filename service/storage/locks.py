@@ -28,8 +28,8 @@ MODEL_LOCK_FILE = ".lock"
 
 
 class Locks(abc.ABC):
-    """Exclusive, blocking, not re-entrant across threads; released when the ``with`` block ends or
-    the process dies."""
+    """Exclusive and blocking; released when the ``with`` block ends or the process dies. Not
+    re-entrant: a holder that asks for a lock it holds waits for itself."""
 
     @abc.abstractmethod
     def model(self, folder: str) -> contextlib.AbstractContextManager[None]:
