@@ -12,7 +12,6 @@ import importlib.util
 import json
 import logging
 import os
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
