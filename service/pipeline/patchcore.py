@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,6 +28,7 @@ _PROJECTION_CHUNK_ROWS = 16384
 _ACTIVE_FRACTION = 8  # the greedy scans the farthest 1/8 of the rows between two re-levels
 _RELEVEL_CHUNK_ELEMENTS = 1 << 20  # rows x max(picks, dim) per block when re-levelling (4 MiB)
 _PROGRESS_EVERY = 256
+_RADIUS_SLACK = 1 + 1e-5  # "within the radius" allows float32 rounding: a radius and a distance measured apart
 
 
 def coreset_size(n: int, rate: float) -> int:
@@ -34,68 +36,173 @@ def coreset_size(n: int, rate: float) -> int:
     return min(n, max(1, math.ceil(n * rate)))
 
 
+PROJECTION_DIM = 128
+"""Dimensions of the seeded random projection the greedy measures distances on (PatchCore's d')."""
+
+
+class Coreset(NamedTuple):
+    """A k-center greedy selection and how well it covers the rows it was chosen from."""
+
+    indices: np.ndarray
+    """int64 rows picked, in pick order."""
+    radius: float
+    """Covering radius in the greedy's metric: the largest distance from a row to its nearest centre (a pick or
+    one of the given ``centres``); 0 when every row was kept."""
+    candidates: int
+    """Rows that could be picked: all of them, or with ``centres`` those farther than ``radius`` from every one."""
+
+
 def select_coreset(
     embeddings: np.ndarray,
     size: int,
     seed: int = 0,
-    projection_dim: int | None = 128,
+    projection_dim: int | None = PROJECTION_DIM,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Indices (int64, in pick order) of ``size`` rows chosen by seeded k-center greedy.
+    """Indices (int64, in pick order) of ``size`` rows chosen by seeded k-center greedy (``k_center_coreset``)."""
+    return k_center_coreset(embeddings, size, seed, projection_dim, progress).indices
+
+
+def k_center_coreset(
+    embeddings: np.ndarray,
+    size: int,
+    seed: int = 0,
+    projection_dim: int | None = PROJECTION_DIM,
+    progress: Callable[[int, int], None] | None = None,
+    centres: np.ndarray | None = None,
+    radius: float = 0.0,
+) -> Coreset:
+    """``size`` rows chosen by seeded k-center greedy, with the covering radius they reach.
 
     Distances are measured on a seeded Gaussian random projection to ``projection_dim`` dimensions
     (the PatchCore paper's speed-up) unless the rows are already that short or ``projection_dim`` is
-    None; the indices always refer to the full rows. Same rows and seed give the same indices.
+    None; the indices always refer to the full rows. Same rows and seed give the same indices, and the
+    same seed gives the same projection, so radii of selections with one seed are comparable.
+
+    ``centres`` (rows already in a memory, an append) count as picked before the first pick: only rows
+    farther than ``radius`` (the memory's own covering radius) from every centre are candidates, the
+    first pick is the farthest of them, and picking stops when ``size`` are picked or every row is
+    within ``radius`` (more picks would cover the new rows more densely than the memory covers its own:
+    a refit spends them evenly). The radius returned covers every row, those left out included.
     ``progress(done, total)`` is called every few hundred picks and once at the end.
     """
     rows = np.asarray(embeddings)
     if rows.ndim != 2:
         raise ValueError(f"embeddings must be 2-D (n, dim), got shape {rows.shape}")
-    n = rows.shape[0]
+    n, dim = rows.shape
     if size < 1:
         raise ValueError(f"coreset size must be >= 1, got {size}")
-    if size >= n:
-        if progress is not None:
-            progress(n, n)
-        return np.arange(n, dtype=np.int64)
     rng = np.random.default_rng(seed)
-    points = _search_space(rows, projection_dim, rng)
-    return _k_center_greedy(points, size, int(rng.integers(n)), progress)
+    matrix = _projection(dim, projection_dim, rng)  # drawn first: a seed always gives the same projection
+    if centres is None:
+        if size >= n:
+            return _keep_all(np.arange(n, dtype=np.int64), 0.0, progress)
+        points = _project(rows, matrix)
+        picks, reached = _k_center_greedy(points, size, int(rng.integers(n)), progress)
+        return Coreset(picks, reached, n)
+    centres = np.asarray(centres)
+    if centres.ndim != 2 or centres.shape[1] != dim or len(centres) == 0:
+        raise ValueError(f"centres must be a non-empty (m, {dim}) array, got shape {centres.shape}")
+    points = _project(rows, matrix)
+    centre_points = _project(centres, matrix)
+    min_sq = np.full(n, np.inf, dtype=np.float32)
+    _lower_min_sq(points, _sq_norms(points), min_sq, np.arange(n), centre_points, _sq_norms(centre_points))
+    cover = radius * math.sqrt(_RADIUS_SLACK)
+    candidates = np.flatnonzero(min_sq > np.float32(cover) ** 2)
+    if size >= len(candidates):
+        return _keep_all(candidates.astype(np.int64), float(radius), progress)
+    picks, reached = _k_center_greedy(
+        np.ascontiguousarray(points[candidates]), size, int(np.argmax(min_sq[candidates])), progress,
+        min_sq[candidates], stop_at=cover,
+    )
+    return Coreset(candidates[picks], max(float(radius), reached), len(candidates))
 
 
-def _search_space(rows: np.ndarray, projection_dim: int | None, rng: np.random.Generator) -> np.ndarray:
+def covering_radius_bound(memory: np.ndarray, seed: int = 0, projection_dim: int | None = PROJECTION_DIM) -> float:
+    """An upper bound of the covering radius of a memory that k-center greedy chose, from its rows alone.
+
+    Each greedy pick lies at least as far from the rows picked before it as the final covering radius
+    (the farthest distance only shrinks from pick to pick), so the smallest distance between two rows of
+    the memory, in the greedy's metric (same seed, same projection), is at least that radius; it is close
+    to it, since the last pick lay at about that distance. For a memory chosen otherwise (an earlier
+    backend) it is an estimate of the same scale. A single row gives no distance: 0.
+    """
+    rows = np.asarray(memory)
+    if rows.ndim != 2 or len(rows) < 2:
+        return 0.0
+    points = _project(rows, _projection(rows.shape[1], projection_dim, np.random.default_rng(seed)))
+    sq_norms = _sq_norms(points)
+    n = len(points)
+    smallest = np.inf
+    step = max(1, _RELEVEL_CHUNK_ELEMENTS // max(n, points.shape[1]))
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        sq = points[start:stop] @ points.T
+        sq *= -2
+        sq += sq_norms[start:stop, None]
+        sq += sq_norms
+        sq[np.arange(stop - start), np.arange(start, stop)] = np.inf  # a row's distance to itself
+        smallest = min(smallest, float(sq.min()))
+    return math.sqrt(max(smallest, 0.0))
+
+
+def _keep_all(indices: np.ndarray, radius: float, progress: Callable[[int, int], None] | None) -> Coreset:
+    if progress is not None:
+        progress(len(indices), len(indices))
+    return Coreset(indices, radius, len(indices))
+
+
+def _projection(dim: int, projection_dim: int | None, rng: np.random.Generator) -> np.ndarray | None:
+    """The seeded (dim, projection_dim) Gaussian matrix, or None when the rows are measured as they are."""
+    if projection_dim is None or dim <= projection_dim:
+        return None
+    matrix = rng.standard_normal((dim, projection_dim), dtype=np.float32)
+    matrix /= np.float32(math.sqrt(projection_dim))  # keeps expected distances (Johnson-Lindenstrauss)
+    return matrix
+
+
+def _project(rows: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
     """float32 rows the greedy measures distances on: the rows themselves or their projection.
 
     The projection is computed in chunks so a float64 input never gets a full float32 copy.
     """
-    n, dim = rows.shape
-    if projection_dim is None or dim <= projection_dim:
+    if matrix is None:
         return np.ascontiguousarray(rows, dtype=np.float32)
-    matrix = rng.standard_normal((dim, projection_dim), dtype=np.float32)
-    matrix /= np.float32(math.sqrt(projection_dim))  # keeps expected distances (Johnson-Lindenstrauss)
-    projected = np.empty((n, projection_dim), dtype=np.float32)
-    for start in range(0, n, _PROJECTION_CHUNK_ROWS):
+    projected = np.empty((len(rows), matrix.shape[1]), dtype=np.float32)
+    for start in range(0, len(rows), _PROJECTION_CHUNK_ROWS):
         chunk = rows[start : start + _PROJECTION_CHUNK_ROWS]
         np.matmul(chunk.astype(np.float32, copy=False), matrix, out=projected[start : start + len(chunk)])
     return projected
 
 
+def _sq_norms(points: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", points, points)
+
+
 def _k_center_greedy(
-    points: np.ndarray, size: int, first: int, progress: Callable[[int, int], None] | None
-) -> np.ndarray:
-    """Greedy farthest-point picks over ``points`` (float32, C-contiguous), starting at ``first``.
+    points: np.ndarray,
+    size: int,
+    first: int,
+    progress: Callable[[int, int], None] | None,
+    min_sq: np.ndarray | None = None,
+    stop_at: float | None = None,
+) -> tuple[np.ndarray, float]:
+    """Greedy farthest-point picks over ``points`` (float32, C-contiguous), starting at ``first``, and the
+    covering radius they reach.
 
     ``min_sq`` holds each row's squared distance to its nearest pick (picked rows: -inf, so no row
-    is picked twice). Only the "active" rows, those at least ``level`` away, are updated after each
-    pick: the others can't be the farthest while some active row is at or above ``level``, because
-    distances only shrink. When every active row has dropped below ``level``, the picks they missed
+    is picked twice); given, it starts from the distances to centres chosen before. With ``stop_at``,
+    picking stops early once the farthest row is within it. Only the "active" rows, those at least
+    ``level`` away, are updated after each pick: the others can't be the farthest while some active row
+    is at or above ``level``, because distances only shrink. When every active row has dropped below ``level``, the picks they missed
     are applied to the other rows in one matrix product and the active set is chosen again. The
     picks are the plain greedy's (up to float rounding; ties go to the lowest row index in both) at
-    a fraction of its memory traffic: the active rows stay in cache.
+    a fraction of its memory traffic: the active rows stay in cache. At the end the missed picks are
+    applied once more, so the radius costs one re-level.
     """
     n = len(points)
-    sq_norms = np.einsum("ij,ij->i", points, points)
-    min_sq = np.full(n, np.inf, dtype=np.float32)
+    sq_norms = _sq_norms(points)
+    min_sq = np.full(n, np.inf, dtype=np.float32) if min_sq is None else np.array(min_sq, dtype=np.float32)
     selected = np.empty(size, dtype=np.int64)
     selected[0] = first
     active = np.arange(n)
@@ -104,6 +211,7 @@ def _k_center_greedy(
     synced = 0  # picks [0, synced) have been applied to every row
     distances = np.empty(n, dtype=np.float32)
     position = first  # where the latest pick sits in the active arrays
+    stop_sq = -np.inf if stop_at is None else np.float32(stop_at) ** 2
     for k in range(1, size):
         pick = selected[k - 1]
         dist = distances[: len(active)]
@@ -122,21 +230,35 @@ def _k_center_greedy(
             active = np.flatnonzero(min_sq >= level)
             active_points, active_sq, active_min = points[active], sq_norms[active], min_sq[active]
             position = int(np.argmax(active_min))
+        if active_min[position] <= stop_sq:  # the farthest row is covered as well as asked: stop early
+            selected = selected[:k]
+            break
         selected[k] = active[position]
         if progress is not None and k % _PROGRESS_EVERY == 0:
             progress(k, size)
+    min_sq[active] = active_min
+    _apply_picks(points, sq_norms, min_sq, np.setdiff1d(np.arange(n), active), selected[synced:])
+    _apply_picks(points, sq_norms, min_sq, active, selected[-1:])
     if progress is not None:
         progress(size, size)
-    return selected
+    return selected, math.sqrt(max(float(min_sq.max()), 0.0))
 
 
 def _apply_picks(
     points: np.ndarray, sq_norms: np.ndarray, min_sq: np.ndarray, rows: np.ndarray, picks: np.ndarray
 ) -> None:
-    """Lower ``min_sq[rows]`` by the squared distances to ``picks``, in row chunks (bounded memory)."""
-    centres = points[picks]
-    centre_sq = sq_norms[picks]
-    step = max(1, _RELEVEL_CHUNK_ELEMENTS // max(len(picks), points.shape[1]))
+    """Lower ``min_sq[rows]`` by the squared distances to ``picks``."""
+    _lower_min_sq(points, sq_norms, min_sq, rows, points[picks], sq_norms[picks])
+
+
+def _lower_min_sq(
+    points: np.ndarray, sq_norms: np.ndarray, min_sq: np.ndarray, rows: np.ndarray, centres: np.ndarray,
+    centre_sq: np.ndarray,
+) -> None:
+    """Lower ``min_sq[rows]`` by the squared distances to ``centres``, in row chunks (bounded memory)."""
+    if len(rows) == 0 or len(centres) == 0:
+        return
+    step = max(1, _RELEVEL_CHUNK_ELEMENTS // max(len(centres), points.shape[1]))
     for start in range(0, len(rows), step):
         chunk = rows[start : start + step]
         sq = points[chunk] @ centres.T

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from service.pipeline import patchcore
-from service.pipeline.patchcore import MemoryIndex, coreset_size, select_coreset
+from service.pipeline.patchcore import (
+    MemoryIndex,
+    coreset_size,
+    covering_radius_bound,
+    k_center_coreset,
+    select_coreset,
+)
 
 needs_faiss = pytest.mark.skipif(not patchcore.FAISS_AVAILABLE, reason="faiss is not installed")
 
@@ -103,6 +109,100 @@ def test_progress_is_reported_sparsely_and_ends_at_total() -> None:
     select_coreset(unit_rows(3000, 64, seed=8), 600, progress=lambda done, total: calls.append((done, total)))
     assert calls[-1] == (600, 600)
     assert 2 <= len(calls) <= 5
+
+
+def patch_like_rows(n: int, dim: int, seed: int, n_centres: int = 40) -> np.ndarray:
+    """Clusters of different spread on the unit sphere, like patch embeddings."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(100).standard_normal((n_centres, dim))  # shared by every seed
+    labels = rng.integers(0, n_centres, size=n)
+    spread = np.random.default_rng(101).uniform(0.2, 1.0, size=n_centres)[labels, None]
+    rows = (centres[labels] + spread * rng.standard_normal((n, dim))).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_radius_is_the_covering_radius_of_the_picks() -> None:
+    rows = np.random.default_rng(4).integers(0, 12, size=(3000, 6)).astype(np.float32)
+    selection = k_center_coreset(rows, 200, seed=9, projection_dim=None)
+    assert selection.candidates == 3000
+    np.testing.assert_array_equal(selection.indices, select_coreset(rows, 200, seed=9, projection_dim=None))
+    assert selection.radius == pytest.approx(covering_radius(rows, selection.indices), rel=1e-5)
+    assert k_center_coreset(rows, 3000).radius == 0.0  # every row kept
+
+
+def test_projected_radius_is_measured_in_the_projection() -> None:
+    rows = patch_like_rows(4000, 384, seed=1)
+    selection = k_center_coreset(rows, 100, seed=0)
+    projection = np.random.default_rng(0).standard_normal((384, 128), dtype=np.float32) / np.float32(np.sqrt(128))
+    assert selection.radius == pytest.approx(covering_radius(rows @ projection, selection.indices), rel=1e-4)
+
+
+def plain_greedy_from(rows: np.ndarray, centres: np.ndarray, radius: float, size: int) -> np.ndarray:
+    """Textbook greedy in float64 with ``centres`` already chosen, over the rows farther than ``radius``,
+    stopping after ``size`` picks or once every row is within ``radius``."""
+    rows64, centres64 = rows.astype(np.float64), centres.astype(np.float64)
+    min_sq = ((rows64[:, None, :] - centres64[None, :, :]) ** 2).sum(-1).min(axis=1)
+    min_sq[min_sq <= radius**2] = -np.inf
+    picked: list[int] = []
+    while len(picked) < size and min_sq.max() > radius**2:
+        picked.append(int(np.argmax(min_sq)))
+        min_sq = np.minimum(min_sq, ((rows64 - rows64[picked[-1]]) ** 2).sum(1))
+        min_sq[picked] = -np.inf
+    return np.array(picked, dtype=np.int64)
+
+
+def test_greedy_from_centres_matches_the_plain_greedy_and_stops_at_the_radius() -> None:
+    """Integer coordinates: exact float32 distances, so every pick and the stop must match."""
+    grid = np.random.default_rng(5).integers(0, 12, size=(2000, 4)).astype(np.float32)
+    memory = grid[k_center_coreset(grid[grid[:, 0] < 6], 60, projection_dim=None).indices]  # covers half
+    radius = 2.5
+    new = np.random.default_rng(6).integers(0, 12, size=(1500, 4)).astype(np.float32)
+    far = radius_over(new[:, None], memory, axis=1) > radius
+    assert 0 < far.sum() < len(new)
+    for size in (5, 400):
+        selection = k_center_coreset(new, size, projection_dim=None, centres=memory, radius=radius)
+        np.testing.assert_array_equal(selection.indices, plain_greedy_from(new, memory, radius, size))
+        assert selection.candidates == int(far.sum()) and far[selection.indices].all()
+        grown = np.concatenate([memory, new[selection.indices]])
+        reached = float(radius_over(new[:, None], grown, axis=1).max())
+        if size == 5:  # the budget ran out before every new row was within the radius
+            assert len(selection.indices) == 5 and selection.radius == pytest.approx(reached) and reached > radius
+        else:  # stopped early, under budget: every new row is within the radius
+            assert len(selection.indices) < 400 and selection.radius == radius and reached <= radius
+
+
+def radius_over(rows: np.ndarray, centres: np.ndarray, axis: int) -> np.ndarray:
+    """Each row's distance to its nearest centre (rows shaped (n, 1, dim))."""
+    return np.sqrt(((rows.astype(np.float64) - centres.astype(np.float64)) ** 2).sum(-1).min(axis=axis))
+
+
+def test_rows_a_memory_covers_add_nothing_and_new_ones_are_picked() -> None:
+    """Appending the fit's own patches admits none of them (same seed, same projection); patches of a cluster
+    the memory never saw are admitted and covered."""
+    fitted_rows = patch_like_rows(3000, 256, seed=2, n_centres=30)
+    fit = k_center_coreset(fitted_rows, 120, seed=0)
+    memory = fitted_rows[fit.indices]
+    again = k_center_coreset(fitted_rows, 120, seed=0, centres=memory, radius=fit.radius)
+    assert again.candidates == 0 and len(again.indices) == 0 and again.radius == fit.radius
+    novel = unit_rows(200, 256, seed=3)  # far from every cluster of the fit
+    grown = k_center_coreset(np.concatenate([fitted_rows[:500], novel]), 60, seed=0, centres=memory,
+                             radius=fit.radius)
+    assert grown.candidates == 200 and len(grown.indices) == 60
+    assert (grown.indices >= 500).all()  # only the novel rows: the fit's own are covered already
+
+
+def test_radius_bound_from_the_memory_alone_is_close_above_the_recorded_radius() -> None:
+    rows = patch_like_rows(6000, 384, seed=7)
+    for size in (60, 240):
+        fit = k_center_coreset(rows, size, seed=0)
+        bound = covering_radius_bound(rows[fit.indices], seed=0)
+        assert fit.radius * (1 - 1e-4) <= bound <= 1.1 * fit.radius  # measured 1.0002 and 1.00005 here
+    assert covering_radius_bound(rows[:1]) == 0.0
+
+
+def test_centres_of_another_width_are_refused() -> None:
+    with pytest.raises(ValueError, match="centres"):
+        k_center_coreset(unit_rows(10, 8, seed=0), 2, centres=unit_rows(4, 6, seed=1))
 
 
 def test_select_coreset_rejects_bad_input() -> None:
