@@ -98,6 +98,19 @@ class TokenGridMismatch(ServiceError):
         )
 
 
+class ExtractorMismatch(ServiceError):
+    """The stored memory was built with other backbone weights than the running extractor's: its patches and
+    the new ones are not comparable. Worded like ``TokenGridMismatch``."""
+
+    status_code = 400
+
+    def __init__(self, got: str, expected: str) -> None:
+        super().__init__(
+            f"Extractor mismatch: got weights {got}, expected {expected}. The memory was fitted with other "
+            "backbone weights: serve with the weights it was fitted with (BDI_WEIGHTS) or refit it with /fit_ok."
+        )
+
+
 class ConfigError(Exception):
     """A setting can't be used; the service refuses to start and names the setting."""
 

@@ -8,7 +8,8 @@ Layout of one model (role_id, roi_id)::
         calib.json                the active calibration
         active.json               {"version": N}: the pointer, replaced atomically
         history.jsonl             append-only calibration log
-        versions/000N/            immutable: memory.npz, index.faiss, version.json (sha256, numbers)
+        versions/000N/            immutable: memory.npz, index.faiss, version.json (sha256, numbers;
+                                  an append's names its parent version and the images it added)
 
 Why this shape: a version folder is complete before it is renamed into place and is never changed
 afterwards, and the pointer is switched with one ``os.replace``, so a reader that follows the pointer
@@ -420,6 +421,13 @@ class ModelStore:
             "embed_dim": int(embeddings.shape[1]),
             "extractor": metadata.get("extractor"),
             "dataset": metadata.get("dataset"),  # provenance of a CLI fit: which samples were held out
+            # what an append needs: the radius its admission test uses, measured with this seed's projection
+            "covering_radius": metadata.get("covering_radius"),
+            "coreset_seed": metadata.get("coreset_seed"),
+            "projection_dim": metadata.get("projection_dim"),
+            "parent_version": metadata.get("parent_version"),  # an append's: the version it grew from
+            "ancestors": metadata.get("ancestors") or [],  # parent first, back to the fit
+            "append": metadata.get("append"),  # an append's: images added (name, sha256) and patch counts
             "memory_sha256": hashlib.sha256(memory).hexdigest(),
             "memory_bytes": len(memory),
             "index_sha256": hashlib.sha256(index_bytes).hexdigest() if index_bytes is not None else None,

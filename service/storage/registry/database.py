@@ -48,6 +48,9 @@ class VersionInfo:
     source: str
     legacy_path: str | None
     created_at: str
+    parent_version: int | None = None
+    ancestors: tuple[int, ...] = ()
+    covering_radius: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +74,15 @@ class ModelState:
     active_version: int | None
     active: VersionInfo | None
     calibration: CalibrationInfo | None
+
+    @property
+    def calib_stale(self) -> bool:
+        """The active calibration was made for a version the active memory grew from by appends: it still
+        applies (same scale), but it has not seen the images appended since."""
+        return (
+            self.active is not None and self.calibration is not None
+            and self.calibration.memory_version in self.active.ancestors
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,6 +384,9 @@ def _version_row(model_id: int, store: ModelStore, files: VersionFiles) -> Memor
         source=manifest.get("source") or "fit",
         legacy_path=manifest.get("legacy_path"),
         created_at=manifest.get("created_at") or utc_now(),
+        parent_version=manifest.get("parent_version"),
+        ancestors=manifest.get("ancestors") or [],
+        covering_radius=manifest.get("covering_radius"),
     )
 
 
@@ -407,6 +422,7 @@ def _version_info(row: MemoryVersion) -> VersionInfo:
         row.version, (row.token_h, row.token_w), row.n_embeddings, row.coreset_size,
         row.coreset_rate_requested, row.coreset_rate_applied, row.embed_dim, row.extractor,
         row.memory_sha256, row.index_sha256, row.source, row.legacy_path, row.created_at,
+        row.parent_version, tuple(row.ancestors or ()), row.covering_radius,
     )
 
 

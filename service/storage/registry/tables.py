@@ -54,9 +54,12 @@ class MemoryVersion(Base):
     index_path: Mapped[str | None] = mapped_column(String(700))
     index_sha256: Mapped[str | None] = mapped_column(String(64))
     index_bytes: Mapped[int | None] = mapped_column(Integer)
-    source: Mapped[str] = mapped_column(String(16), doc="fit | migrated")
+    source: Mapped[str] = mapped_column(String(16), doc="fit | append | migrated")
     legacy_path: Mapped[str | None] = mapped_column(String(1000))
     created_at: Mapped[str] = mapped_column(String(40))
+    parent_version: Mapped[int | None] = mapped_column(Integer, doc="an append's: the version it grew from")
+    ancestors: Mapped[list[int] | None] = mapped_column(JSON, doc="an append's: parent first, back to the fit")
+    covering_radius: Mapped[float | None] = mapped_column(Float, doc="null for versions fitted before 0003")
 
     model: Mapped[Model] = relationship(back_populates="versions")
 

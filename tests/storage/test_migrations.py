@@ -1,0 +1,43 @@
+"""Alembic revisions of the registry, applied to a registry that already holds rows."""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import inspect, text
+
+from service.storage import Registry
+from service.storage.registry.database import migrations_dir
+
+APPEND_COLUMNS = {"parent_version", "ancestors", "covering_radius"}
+
+
+def test_0003_adds_the_append_columns_and_keeps_the_rows(tmp_path):
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.sqlite3'}", tmp_path / ".registry.lock")
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["engine"] = registry.engine
+    command.upgrade(config, "0001")
+    with registry.engine.begin() as connection:  # a model fitted before this revision
+        connection.execute(text(
+            "INSERT INTO models (id, role_id, roi_id, folder, active_version, created_at, updated_at) "
+            "VALUES (1, 'R', 'r', 'R/r', 1, 't', 't')"))
+        connection.execute(text(
+            "INSERT INTO memory_versions (model_id, version, n_embeddings, coreset_size, token_h, token_w, embed_dim, "
+            "memory_path, memory_sha256, memory_bytes, source, created_at) "
+            "VALUES (1, 1, 1024, 21, 32, 32, 1152, 'R/r/versions/000001/memory.npz', 'ab', 10, 'fit', 't')"))
+
+    registry.upgrade()
+    columns = {column["name"] for column in inspect(registry.engine).get_columns("memory_versions")}
+    assert APPEND_COLUMNS <= columns
+    state = registry.state("R", "r")
+    assert state is not None and state.active is not None and state.active.coreset_size == 21
+    assert (state.active.parent_version, state.active.ancestors, state.active.covering_radius) == (None, (), None)
+    assert state.calib_stale is False
+
+    command.downgrade(config, "0001")
+    columns = {column["name"] for column in inspect(registry.engine).get_columns("memory_versions")}
+    assert not APPEND_COLUMNS & columns
+    with registry.engine.connect() as connection:
+        assert connection.execute(text("SELECT coreset_size FROM memory_versions")).scalar_one() == 21
+    registry.dispose()
