@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -21,20 +22,22 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .errors import BadRequest, NotFitted, PayloadTooLarge, RegistryUnavailable, TokenGridMismatch
+from .errors import BadRequest, ExtractorMismatch, NotFitted, PayloadTooLarge, RegistryUnavailable, TokenGridMismatch
 from .pipeline import (
+    PROJECTION_DIM,
     FeatureExtractor,
     Letterbox,
     MemoryIndex,
     MicroBatcher,
     anomaly_map,
     coreset_size,
+    covering_radius_bound,
     decode_image,
     find_regions,
     heatmap_png,
     image_score,
+    k_center_coreset,
     parse_shape,
-    select_coreset,
     shape_mask,
 )
 from .pipeline import calibrate as calibration_rule
@@ -62,6 +65,20 @@ class Inspection:
     image: np.ndarray  # the decoded BGR image
     anomaly_map: np.ndarray  # float32 (H, W), blurred, in the score's units
     mask: np.ndarray  # bool (H, W), the shape's pixels
+
+
+@dataclasses.dataclass(frozen=True)
+class Growth:
+    """What an append adds to a memory, and the numbers its version records."""
+
+    rows: np.ndarray  # float32 rows added after the parent's
+    rate: float  # coreset rate applied to the new patches
+    seed: int  # the greedy's seed (its projection), the parent's
+    projection_dim: int
+    radius: float  # covering radius of the grown memory
+    admitted: int  # new patches farther than the parent's radius from its rows
+    parent_radius: float
+    parent_radius_source: str  # "recorded" at the parent's fit or append, or "derived" from its rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,22 +180,16 @@ class InspectionService:
         validate_id("role_id", role_id)
         validate_id("roi_id", roi_id)
         validate_mm_per_px(mm_per_px)
-        if not images:
-            raise BadRequest("No images were sent; attach 1 or more OK images as 'images'.")
-        if len(images) > self.settings.max_fit_images:
-            raise PayloadTooLarge(
-                f"{len(images)} images in one fit is over the limit of {self.settings.max_fit_images} "
-                "(BDI_MAX_FIT_IMAGES); send fewer images or raise the limit."
-            )
         started = time.perf_counter()
-        decoded = [decode_image(u.data, u.filename, self.settings.max_image_pixels) for u in images]
+        decoded = self._decode_ok_images(images)
         features = self.extractor.extract(decoded, batch_size=self.settings.fit_batch_size, progress=progress)
         extracted = time.perf_counter()
         embeddings = features.reshape(-1, features.shape[-1])
         n_embeddings = int(embeddings.shape[0])
         rate = 1.0 if memory_fit else self.settings.coreset_rate
         size = coreset_size(n_embeddings, rate)
-        memory = embeddings if size >= n_embeddings else embeddings[select_coreset(embeddings, size, seed=CORESET_SEED)]
+        selection = k_center_coreset(embeddings, size, seed=CORESET_SEED)
+        memory = embeddings if size >= n_embeddings else embeddings[selection.indices]
         memory = np.ascontiguousarray(memory, dtype=np.float32)
         index = MemoryIndex.build(memory)
         selected = time.perf_counter()
@@ -189,6 +200,8 @@ class InspectionService:
             "coreset_rate_requested": rate,
             "coreset_rate_applied": memory.shape[0] / n_embeddings,
             "coreset_seed": CORESET_SEED,
+            "projection_dim": PROJECTION_DIM,
+            "covering_radius": selection.radius,
             "mm_per_px": mm_per_px,
             "extractor": self.extractor.fingerprint,
             "dataset": provenance,
@@ -213,6 +226,158 @@ class InspectionService:
             "coreset_rate_requested": rate,
             "coreset_rate_applied": memory.shape[0] / n_embeddings,
         }
+
+    def _decode_ok_images(self, images: list[Upload]) -> list[np.ndarray]:
+        """The OK images of a fit or an append, decoded; one that can't be read refuses them all."""
+        if not images:
+            raise BadRequest("No images were sent; attach 1 or more OK images as 'images'.")
+        if len(images) > self.settings.max_fit_images:
+            raise PayloadTooLarge(
+                f"{len(images)} images in one fit is over the limit of {self.settings.max_fit_images} "
+                "(BDI_MAX_FIT_IMAGES); send fewer images or raise the limit."
+            )
+        return [decode_image(u.data, u.filename, self.settings.max_image_pixels) for u in images]
+
+    # ---- append ---------------------------------------------------------------------------------
+    def append(
+        self, role_id: str, roi_id: str, mm_per_px: float, images: list[Upload], memory_fit: bool = False,
+        context: RequestContext = RequestContext(), progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Grow the active memory with these OK images into a new version whose parent is the active one.
+
+        The new patches are extracted once; only those farther from the memory than its covering radius
+        are candidates, and the seeded k-center greedy picks among them, the memory's rows counting as
+        already picked, until every new patch is as close to the memory as its old patches were (the
+        radius) or as many rows as a fit keeps of that many patches are picked (every new patch is kept
+        for a memory_fit memory or with ``memory_fit``). No earlier image is needed. The calibration stays
+        active; /state says ``calib_stale`` until the next one. The answer has fit's keys for the grown
+        memory (all patches it stands for, all its rows) plus ``append``. ``progress`` as for ``fit``.
+        """
+        validate_id("role_id", role_id)
+        validate_id("roi_id", roi_id)
+        validate_mm_per_px(mm_per_px)
+        self._check_appendable(self.model_state(role_id, roi_id), role_id, roi_id)
+        started = time.perf_counter()
+        decoded = self._decode_ok_images(images)
+        features = self.extractor.extract(decoded, batch_size=self.settings.fit_batch_size, progress=progress)
+        extracted = time.perf_counter()
+        new = features.reshape(-1, features.shape[-1])
+        with self.store.writing(role_id, roi_id) as folder:
+            # Under the lock: the parent is the version active now, not the one seen before extracting
+            # (a model deleted meanwhile: "fit first", and writing() removes the folder it made again).
+            state = self.registry.state(role_id, roi_id)
+            self._check_appendable(state, role_id, roi_id)
+            assert state is not None and state.active is not None
+            parent = self.store.version_files(folder, state.active_version).manifest
+            rows = self._memory_index(state).memory
+            grown = self._grow(rows, new, parent, memory_fit)
+            memory = np.concatenate([rows, grown.rows])
+            if len(memory) > self.settings.max_memory_rows:
+                raise PayloadTooLarge(
+                    f"This append would grow the memory of role_id={role_id!r}, roi_id={roi_id!r} to {len(memory)} "
+                    f"rows, over the limit of {self.settings.max_memory_rows} (BDI_MAX_MEMORY_ROWS); refit the ROI "
+                    "from a representative set of OK images (a fresh memory), or raise the limit."
+                )
+            index = MemoryIndex.build(memory)
+            n_embeddings = int(parent["n_embeddings"]) + len(new)
+            metadata = {
+                "n_embeddings": n_embeddings,
+                "n_images": len(images),
+                "coreset_rate_requested": grown.rate,
+                "coreset_rate_applied": len(memory) / n_embeddings,
+                "coreset_seed": grown.seed,
+                "projection_dim": grown.projection_dim,
+                "covering_radius": grown.radius,
+                "mm_per_px": mm_per_px,
+                "extractor": self.extractor.fingerprint,
+                "dataset": parent.get("dataset"),  # a CLI fit's holdout is still unseen by the grown memory
+                "parent_version": state.active_version,
+                "ancestors": [state.active_version, *(parent.get("ancestors") or [])],
+                "append": {
+                    "images": [{"name": u.filename, "sha256": hashlib.sha256(u.data).hexdigest()} for u in images],
+                    "new_embeddings": len(new),
+                    "admitted": grown.admitted,
+                    "added_rows": len(memory) - len(rows),
+                    "parent_radius": grown.parent_radius,
+                    "parent_radius_source": grown.parent_radius_source,
+                },
+                "created_at": utc_now(),
+            }
+            files = self.store.write_version(folder, memory, self.extractor.grid, metadata, index.to_bytes(),
+                                             source="append")
+            self.registry.add_version(self.store, role_id, roi_id, folder, files)
+        fresh = self.registry.state(role_id, roi_id)
+        if fresh is not None and fresh.active_version == files.version:
+            self.cache.put(self._cache_key(fresh), index)
+        logger.info(
+            "append role=%r roi=%r images=%d patches=%d admitted=%d added=%d rows=%d parent=%d version=%d "
+            "radius=%.4f (parent %.4f, %s) extract=%.2fs total=%.2fs",
+            role_id, roi_id, len(images), len(new), grown.admitted, len(memory) - len(rows), len(memory),
+            state.active_version, files.version, grown.radius, grown.parent_radius,
+            grown.parent_radius_source, extracted - started, time.perf_counter() - started,
+        )
+        grid = self.extractor.grid
+        return {
+            "n_embeddings": n_embeddings,
+            "coreset_size": int(memory.shape[0]),
+            "token_shape": [grid[0], grid[1]],
+            "coreset_rate_requested": grown.rate,
+            "coreset_rate_applied": memory.shape[0] / n_embeddings,
+            "append": {
+                "version": files.version,
+                "parent_version": state.active_version,
+                "images": len(images),
+                "new_embeddings": len(new),
+                "admitted": grown.admitted,
+                "added_rows": len(memory) - len(rows),
+            },
+        }
+
+    def _grow(self, rows: np.ndarray, new: np.ndarray, parent: dict[str, Any], memory_fit: bool) -> Growth:
+        """The rows an append adds to ``rows`` from the ``new`` patches, and the numbers the version records.
+
+        The parent's radius is the one recorded at its fit or append; a version fitted before radii were
+        recorded gets 0 when it kept every patch, else ``covering_radius_bound`` of its rows (an upper
+        bound, close to the radius, for memories this service selected; see README, "Appending").
+        """
+        seed = parent.get("coreset_seed")
+        seed = CORESET_SEED if seed is None else int(seed)
+        projection_dim = parent.get("projection_dim") or PROJECTION_DIM
+        parent_rate = parent.get("coreset_rate_requested")
+        keep_all = memory_fit or parent_rate == 1.0
+        rate = 1.0 if keep_all else float(parent_rate or self.settings.coreset_rate)
+        radius, source = parent.get("covering_radius"), "recorded"
+        if radius is None:
+            source = "derived"
+            radius = 0.0 if parent_rate == 1.0 else covering_radius_bound(rows, seed, projection_dim)
+        if keep_all:
+            added, reached, admitted = new, float(radius), len(new)
+        else:
+            selection = k_center_coreset(new, coreset_size(len(new), rate), seed=seed, projection_dim=projection_dim,
+                                         centres=rows, radius=float(radius))
+            added, reached, admitted = new[selection.indices], selection.radius, selection.candidates
+        return Growth(np.ascontiguousarray(added, dtype=np.float32), rate, seed, int(projection_dim), reached,
+                      admitted, float(radius), source)
+
+    def _check_appendable(self, state: ModelState | None, role_id: str, roi_id: str) -> None:
+        """An append needs a memory whose patches are comparable with this extractor's."""
+        if state is None or state.active is None:
+            raise self._nothing_to_append(role_id, roi_id)
+        if state.active.token_grid != self.extractor.grid:
+            raise TokenGridMismatch(got=self.extractor.grid, expected=state.active.token_grid)
+        built_with = (state.active.extractor or {}).get("weights_sha256")
+        running = self.extractor.fingerprint
+        if built_with and built_with != running["weights_sha256"]:
+            built_label = (state.active.extractor or {}).get("weights") or "?"
+            raise ExtractorMismatch(got=f"{running['weights']} ({running['weights_sha256'][:12]})",
+                                    expected=f"{built_label} ({built_with[:12]})")
+
+    @staticmethod
+    def _nothing_to_append(role_id: str, roi_id: str) -> BadRequest:
+        return BadRequest(
+            f"There is no memory for role_id={role_id!r}, roi_id={roi_id!r} to append to; fit first: send the "
+            "images to /fit_ok without append=true (or run `bdi fit` without --append)."
+        )
 
     # ---- calibrate ------------------------------------------------------------------------------
     def calibrate(
@@ -326,6 +491,7 @@ class InspectionService:
             "token_shape": list(state.active.token_grid) if fitted else None,
             "version": state.active_version if fitted else None,
             "calib_source": state.calibration.source if state is not None and state.calibration else None,
+            "calib_stale": state is not None and state.calib_stale,
         }
 
     def health(self) -> dict[str, Any]:

@@ -49,6 +49,12 @@ def synthetic_roi(width: int, height: int, seed: int, defect: tuple[int, int, in
     return image
 
 
+def relit(image: np.ndarray, by: int = 45) -> np.ndarray:
+    """The same crop under brighter light: a normal variation (a new lamp, a new casting batch) that a memory
+    fitted without it scores as anomalous."""
+    return np.clip(image.astype(np.int16) + by, 0, 255).astype(np.uint8)
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     ok, encoded = cv2.imencode(".png", image)
     assert ok

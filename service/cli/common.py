@@ -134,6 +134,7 @@ def model_summary(state: ModelState) -> dict[str, Any]:
         "coreset_size": active.coreset_size if active is not None else None,
         "threshold": calibration.values["threshold"] if calibration is not None else None,
         "calib_source": calibration.source if calibration is not None else None,
+        "calib_stale": state.calib_stale,
         "fitted_at": active.created_at if active is not None else None,
         "calibrated_at": calibration.created_at if calibration is not None else None,
         "folder": state.folder,

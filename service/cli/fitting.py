@@ -89,16 +89,23 @@ def _upload(sample: Sample) -> Upload:
 @click.option("--holdout", type=click.FloatRange(0, 0.9), default=0.0, show_default=True,
               help="Fraction of the OK samples kept out of the memory (seeded) for `bdi calibrate` to score.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the holdout split.")
+@click.option("--append", is_flag=True,
+              help="Grow the active memory with these OK samples instead of fitting a new one (no earlier image "
+                   "is needed); the calibration stays but is marked stale.")
 @models_dir_option
 def fit(role_id: str, roi_id: str, dataset_dir: Path, memory_fit: bool, mm_per_px: float | None,
-        holdout: float, seed: int, models_dir: Path | None) -> None:
+        holdout: float, seed: int, append: bool, models_dir: Path | None) -> None:
     """Fit the memory of ROLE_ID / ROI_ID from the OK samples of a dataset folder.
 
     With --holdout the held-out samples are recorded with the version, and `bdi calibrate` on the same
-    dataset scores those instead of the images the memory was built from.
+    dataset scores those instead of the images the memory was built from. With --append every OK sample
+    grows the active memory (a new version whose parent is the active one; the parent's holdout stays).
     """
     from ..inspection import RequestContext
 
+    if append and holdout:
+        raise CliError("--holdout splits a fit's samples; an append adds every sample it is given. Leave out "
+                       "--holdout (keep the samples to calibrate on in another folder).", EXIT_USAGE)
     dataset = _dataset(dataset_dir, role_id, roi_id)
     fit_samples, held_out = split_holdout(dataset.ok, holdout, seed)
     service = _service(models_dir)
@@ -114,13 +121,20 @@ def fit(role_id: str, roi_id: str, dataset_dir: Path, memory_fit: bool, mm_per_p
             progress.update(task, completed=done,
                             description="Extracting features" if done < total else "Building the memory")
 
-        result = service.fit(role_id, roi_id, mm_per_px, uploads, memory_fit=memory_fit,
-                             context=RequestContext(correlation_id=uuid.uuid4().hex, source="cli"),
-                             provenance=provenance, progress=extracted)
+        context = RequestContext(correlation_id=uuid.uuid4().hex, source="cli")
+        if append:
+            result = service.append(role_id, roi_id, mm_per_px, uploads, memory_fit=memory_fit, context=context,
+                                    progress=extracted)
+        else:
+            result = service.fit(role_id, roi_id, mm_per_px, uploads, memory_fit=memory_fit, context=context,
+                                 provenance=provenance, progress=extracted)
     state = service.model_state(role_id, roi_id)
+    grown = result.pop("append", {})
     print_table(
-        f"Fitted {role_id} / {roi_id}: version {state.active_version if state else '-'}", ("field", "value"),
-        [("images", len(uploads)), ("held out", len(held_out)), ("mm_per_px", mm_per_px), *result.items()],
+        f"{'Appended to' if append else 'Fitted'} {role_id} / {roi_id}: version "
+        f"{state.active_version if state else '-'}", ("field", "value"),
+        [("images", len(uploads)), ("held out", len(held_out)), ("mm_per_px", mm_per_px), *result.items(),
+         *((f"append.{key}", value) for key, value in grown.items())],
     )
 
 

@@ -82,7 +82,7 @@ def show(role_id: str, roi_id: str, models_dir: Path | None, as_json: bool) -> N
     if as_json:
         echo_json(payload)
         return
-    keys = ("role_id", "roi_id", "folder", "version", "kept_versions")
+    keys = ("role_id", "roi_id", "folder", "version", "kept_versions", "calib_stale")
     rows: list[tuple[str, Any]] = [(key, payload[key]) for key in keys]
     if state.active is not None:
         active = _displayed_version(state.active)
@@ -131,9 +131,10 @@ def history(role_id: str, roi_id: str, models_dir: Path | None, as_json: bool) -
         return
     print_table(
         f"Memory versions of {role_id} / {roi_id}",
-        ("version", "active", "created", "source", "patches", "coreset", "grid", "legacy path"),
-        ((v.version, "*" if v.version == state.active_version else "", v.created_at, v.source, v.n_embeddings,
-          v.coreset_size, grid_text(v.token_grid), v.legacy_path) for v in versions),
+        ("version", "active", "parent", "created", "source", "patches", "coreset", "radius", "grid", "legacy path"),
+        ((v.version, "*" if v.version == state.active_version else "", v.parent_version, v.created_at, v.source,
+          v.n_embeddings, v.coreset_size, v.covering_radius, grid_text(v.token_grid), v.legacy_path)
+         for v in versions),
     )
     print_table(
         f"Calibrations of {role_id} / {roi_id}",

@@ -144,15 +144,20 @@ async def health(service: NamedDependency[InspectionService]) -> HealthResponse:
     summary="Fit a ROI from OK images",
     description="Builds a new PatchCore memory for (role_id, roi_id) from these OK images only and makes it the "
     "active version (the previous one stays in the history). The active calibration is kept: the threshold "
-    "stays until /calibrate_ng is called again. Form fields are text (`mm_per_px=0.2`, `memory_fit=true`).",
+    "stays until /calibrate_ng is called again. Form fields are text (`mm_per_px=0.2`, `memory_fit=true`). "
+    "With `append=true` the images grow the active memory instead of replacing it (see the field).",
     response_description="The memory just built.",
     responses=error_responses({
         400: f"{_IDS_400} Or `mm_per_px` is not a finite number > 0 and <= 1e6; or an image is empty or does not "
         "decode (the error names the file); or the body is not readable multipart/form-data (a text field that is "
-        "not UTF-8, a file part without a file name). Nothing is stored.",
+        "not UTF-8, a file part without a file name). With `append=true`: (role_id, roi_id) has no memory (fit "
+        "first), or its memory was fitted at another token grid (`error` starts `Token grid mismatch: got (H, W), "
+        "expected (H', W')`) or with other backbone weights (`Extractor mismatch: got weights …, expected …`). "
+        "Nothing is stored.",
         413: "More images than BDI_MAX_FIT_IMAGES (default 1000) or more form parts than BDI_MAX_FIT_IMAGES + 64, an "
         "image over BDI_MAX_IMAGE_PIXELS (default 100 000 000, read from its header) or a body over BDI_MAX_BODY_MB "
-        "(default 1024 MB). Nothing is stored.",
+        "(default 1024 MB); with `append=true`, a memory that would grow past BDI_MAX_MEMORY_ROWS rows (default "
+        "10 000). Nothing is stored.",
         422: f"{_FORM_422}, or `images` is sent as text.",
         503: None,
         507: None,
@@ -166,8 +171,8 @@ async def fit_ok(
 ) -> FitResponse:
     uploads = [Upload(f.filename or f"images[{i}]", await f.read()) for i, f in enumerate(data.images)]
     result = await _off_loop(
-        service.fit, data.role_id, data.roi_id, data.mm_per_px, uploads, data.memory_fit,
-        _context(request),
+        service.append if data.append else service.fit, data.role_id, data.roi_id, data.mm_per_px, uploads,
+        data.memory_fit, _context(request),
     )
     return _as(FitResponse, result)
 
@@ -250,8 +255,9 @@ async def infer(
     "/state",
     operation_id="state_state_get",
     summary="State of one model",
-    description="Whether (role_id, roi_id) has an active memory and a calibration. Read-only. An unknown pair is "
-    "not an error: it answers 200 with `memory_fitted: false`, `token_shape: null`, `version: null`.",
+    description="Whether (role_id, roi_id) has an active memory and a calibration, and whether that calibration "
+    "predates appends to the memory (`calib_stale`). Read-only. An unknown pair is not an error: it answers 200 "
+    "with `memory_fitted: false`, `token_shape: null`, `version: null`.",
     response_description="The model's state.",
     responses=error_responses({400: _IDS_400, 422: "`role_id` or `roi_id` is missing from the query.", 503: None}),
 )

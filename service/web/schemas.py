@@ -87,6 +87,21 @@ class FitOkForm(msgspec.Struct):
         ),
     ] = False
     model_key: Annotated[str, Meta(description=MODEL_KEY_DESCRIPTION)] | msgspec.UnsetType = msgspec.UNSET
+    append: Annotated[
+        bool,
+        Meta(
+            description="Text `true`/`false` (or `1`/`0`), default `false` (a fit from these images only). "
+            "`true` grows the active memory with these images instead: their patches that the memory does not "
+            "already cover (farther from it than its covering radius) are added by the same seeded k-center "
+            "greedy, at most the coreset rate the memory was fitted at (every new patch for a `memory_fit` "
+            "memory, or with `memory_fit=true`). No earlier image is needed. The result is a new version whose "
+            "parent is the active one (roll back to it with `bdi models rollback`); the calibration stays "
+            "active and /state says `calib_stale: true` until the next calibration. The images must come "
+            "from the memory's extractor (same token grid and weights), else 400; a ROI with no memory is a "
+            "400 (fit first); a memory that would pass BDI_MAX_MEMORY_ROWS rows is a 413.",
+            examples=[False],
+        ),
+    ] = False
 
 
 class InferForm(msgspec.Struct):
@@ -203,8 +218,20 @@ class HealthResponse(msgspec.Struct):
     ) = msgspec.UNSET
 
 
+class AppendSummary(msgspec.Struct):
+    """What an append (`append=true`) added to the memory."""
+
+    version: Annotated[int, Meta(description="The new active version.")]
+    parent_version: Annotated[int, Meta(description="The version it grew from (the one active before).")]
+    images: Annotated[int, Meta(description="Images appended.")]
+    new_embeddings: Annotated[int, Meta(description="Patches of those images: images × tokens.")]
+    admitted: Annotated[int, Meta(description="New patches farther from the memory than its covering radius: the "
+                                  "candidates.")]
+    added_rows: Annotated[int, Meta(description="Rows added to the memory.")]
+
+
 class FitResponse(msgspec.Struct):
-    """The memory just built; it is now the active version of (role_id, roi_id)."""
+    """The memory just built (or grown, with `append=true`); it is now the active version of (role_id, roi_id)."""
 
     example: ClassVar[dict[str, Any]] = {
         "n_embeddings": 3072,
@@ -214,12 +241,16 @@ class FitResponse(msgspec.Struct):
         "coreset_rate_applied": 0.020182291666666668,
     }
 
-    n_embeddings: Annotated[int, Meta(description="Patches extracted: images × tokens per image.")]
+    n_embeddings: Annotated[int, Meta(description="Patches extracted: images × tokens per image (after an append, "
+                                      "every patch the memory stands for, the earlier fits' and appends' included).")]
     coreset_size: Annotated[int, Meta(description="Patches kept in the memory.")]
     token_shape: TokenShape
     coreset_rate_requested: Annotated[float, Meta(description="Coreset rate asked for: the setting, or 1.0 "
-                                                  "with `memory_fit=true`.")]
+                                                  "with `memory_fit=true`; an append's is the memory's own.")]
     coreset_rate_applied: Annotated[float, Meta(description="`coreset_size / n_embeddings`.")]
+    append: Annotated[AppendSummary, Meta(description="Only with `append=true`: what the append added.")] | (
+        msgspec.UnsetType
+    ) = msgspec.UNSET
 
 
 class CalibrationResponse(msgspec.Struct):
@@ -331,6 +362,7 @@ class StateResponse(msgspec.Struct):
         "token_shape": [32, 32],
         "version": 3,
         "calib_source": "api",
+        "calib_stale": False,
     }
 
     status: Annotated[str, Meta(description="Always `ok`.")]
@@ -343,6 +375,9 @@ class StateResponse(msgspec.Struct):
     version: Annotated[int | None, Meta(description="Active memory version (1, 2, …); null when not fitted.")]
     calib_source: Annotated[str | None, Meta(description="Where the active calibration came from (`api` for "
                                              "/calibrate_ng); null without calibration.")] = None
+    calib_stale: Annotated[bool, Meta(description="The active calibration was made for a version the active memory "
+                                      "grew from by appends (`/fit_ok` with `append=true`): it still applies, but "
+                                      "has not seen the appended images; recalibrate. False otherwise.")] = False
 
 
 class ValidationDetail(msgspec.Struct):
