@@ -272,7 +272,7 @@ class InspectionService:
             rows = self._memory_index(state).memory
             grown = self._grow(rows, new, parent, memory_fit)
             memory = np.concatenate([rows, grown.rows])
-            if len(memory) > self.settings.max_memory_rows:
+            if len(grown.rows) and len(memory) > self.settings.max_memory_rows:
                 raise PayloadTooLarge(
                     f"This append would grow the memory of role_id={role_id!r}, roi_id={roi_id!r} to {len(memory)} "
                     f"rows, over the limit of {self.settings.max_memory_rows} (BDI_MAX_MEMORY_ROWS); refit the ROI "

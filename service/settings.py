@@ -146,7 +146,7 @@ _FIELDS: dict[str, _Field] = {
                                "most pixels of one image, read from its header before decoding (else 413)"),
     "max_body_mb": _Field(("BDI_MAX_BODY_MB",), _parse_positive_float, 1024.0,
                           "largest request body in MB (else 413)"),
-    "max_memory_rows": _Field(("BDI_MAX_MEMORY_ROWS",), _parse_positive_int, 10_000,
+    "max_memory_rows": _Field(("BDI_MAX_MEMORY_ROWS",), _parse_positive_int, 5_000,
                               "most rows a memory may grow to by appends (else 413); each row costs 9 KB loaded and "
                               "search time on every /infer (see README, Speed)"),
     "keep_versions": _Field(("BDI_KEEP_VERSIONS",), _parse_positive_int, 5,

@@ -72,8 +72,9 @@ def test_fit_then_append_scores_like_a_refit_on_every_image(service):
     assert appended[5:10].max() < appended[:5].max()  # after: no more than the parts it was fitted on
     labels = [0] * 10 + [1] * 6
     auroc = roc_auc_score(labels, appended)
-    print(f"OK score differences: median {np.median(difference):.4f}, max {difference.max():.4f}; AUROC appended "
-          f"{auroc:.4f}, refit {roc_auc_score(labels, refit):.4f}; rows added {grown['append']['added_rows']}")
+    print(f"OK score differences: median {np.median(difference):.4f}, max {difference.max():.4f} (OK scores "
+          f"{appended[ok].min():.3f}-{appended[ok].max():.3f}); AUROC appended {auroc:.4f}, refit "
+          f"{roc_auc_score(labels, refit):.4f}; rows added {grown['append']['added_rows']}")
     assert auroc == pytest.approx(roc_auc_score(labels, refit), abs=0.01) and auroc > 0.95
 
 

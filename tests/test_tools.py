@@ -24,7 +24,8 @@ def run_tool(script: str, *args: str) -> None:
 def test_bench_reports_every_measure_and_checks_the_concurrent_answers(tmp_path) -> None:
     out = tmp_path / "bench.json"
     run_tool("bench.py", "--input-size", "112", "--roi", "90x70", "--fit-images", "3", "--infers", "3",
-             "--clients", "2", "--repeats", "1", "--coreset-n", "2000", "--rss-rois", "2",
+             "--clients", "2", "--repeats", "1", "--coreset-n", "2000", "--rss-rois", "2", "--append-images", "2",
+             "--search-rows", "100,300",
              "--infer-batch-size", "2", "--precision", "bf16", "--json", str(out))
     results = json.loads(out.read_text())
     assert results["fit"]["token_shape"] == [8, 8]
@@ -33,7 +34,12 @@ def test_bench_reports_every_measure_and_checks_the_concurrent_answers(tmp_path)
     assert sum(int(size) * count for size, count in forwards.items()) == 1 + 3 + results["concurrent"]["requests"]
     assert results["coreset"]["same_seed_same_coreset"] is True
     assert results["precision"]["precision"] == "bf16" and results["precision"]["images"] == 3
-    assert set(results["ratios"]) == {"infer_p50_over_forward", "fit_over_n_forwards", "concurrent_rps_times_forward"}
+    assert results["append"]["append"]["parent_version"] == 1 and results["append"]["append"]["images"] == 2
+    assert results["refit"]["n_embeddings"] == 5 * 64
+    assert [row["rows"] for row in results["search"]] == [100, 300]
+    assert set(results["ratios"]) == {"infer_p50_over_forward", "fit_over_n_forwards", "concurrent_rps_times_forward",
+                                      "append_over_n_forwards", "refit_over_n_forwards",
+                                      "append_per_image_over_refit_per_image"}
     assert all(value > 0 for value in results["ratios"].values())
 
 

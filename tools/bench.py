@@ -1,10 +1,11 @@
 """Benchmark of the service against one bare backbone forward, measured in the same run.
 
 Starts ``bdi serve`` on loopback (or uses ``--url``), then measures: one bare forward, /fit_ok of N
-ROIs, sequential /infer, concurrent /infer, the coreset alone, and the server's peak RSS. Prints a
-table and writes JSON with absolute times and the ratios the speed targets are stated in. The bare
-forward is re-measured around each phase, so each ratio compares the service with the machine as it
-was during that phase.
+ROIs, sequential /infer, concurrent /infer, an append of M ROIs (``append=true``) beside the refit of
+all N + M, the coreset alone, the nearest-neighbour search of one image against memories of growing
+size, and the server's peak RSS. Prints a table and writes JSON with absolute times and the ratios the
+speed targets are stated in. The bare forward is re-measured around each phase, so each ratio compares
+the service with the machine as it was during that phase.
 
     .venv/bin/python tools/bench.py --weights random --json bench.json
     .venv/bin/python tools/bench.py --device cuda --precision bf16 --infer-batch-size 8
@@ -33,15 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.inspection import InspectionService, Upload  # noqa: E402
 from service.pipeline import FeatureExtractor  # noqa: E402
-from service.pipeline.patchcore import coreset_size, select_coreset  # noqa: E402
+from service.pipeline.patchcore import MemoryIndex, coreset_size, select_coreset  # noqa: E402
 from service.settings import PRECISIONS, Settings  # noqa: E402
 
 
-def synthetic_roi(width: int, height: int, seed: int) -> bytes:
+def synthetic_roi(width: int, height: int, seed: int, light: float = 0) -> bytes:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     radius = np.hypot(xx - width / 2, yy - height / 2)
-    grey = 120 + 18 * np.sin(radius * 0.9 + rng.uniform(0, np.pi)) + rng.normal(0, 6, (height, width))
+    grey = 120 + light + 18 * np.sin(radius * 0.9 + rng.uniform(0, np.pi)) + rng.normal(0, 6, (height, width))
     image = np.clip(np.stack([grey] * 3, axis=-1), 0, 255).astype(np.uint8)
     return cv2.imencode(".png", image)[1].tobytes()
 
@@ -127,6 +128,28 @@ def bench_coreset(n: int, rate: float) -> dict[str, float]:
             "input_mb": data.nbytes / 2**20, "same_seed_same_coreset": same}
 
 
+def bench_search(rows: list[int], grid: int) -> list[dict[str, float]]:
+    """Nearest-neighbour search of one image's grid x grid patches against memories of ``rows`` rows, and
+    what such a memory weighs (memory.npz and index.faiss hold the rows once each): BDI_MAX_MEMORY_ROWS."""
+    rng = np.random.default_rng(1)
+    queries = rng.standard_normal((grid * grid, 1152), dtype=np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    results = []
+    for n in rows:
+        memory = rng.standard_normal((n, 1152), dtype=np.float32)
+        memory /= np.linalg.norm(memory, axis=1, keepdims=True)
+        index = MemoryIndex.build(memory)
+        index.nearest_distances(queries)  # warm-up
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            index.nearest_distances(queries)
+            times.append(time.perf_counter() - started)
+        results.append({"rows": n, "search_s": statistics.median(times), "memory_mb": memory.nbytes / 2**20})
+        del index, memory
+    return results
+
+
 def compare_with_fp32(args: argparse.Namespace, env: dict[str, str], images: list[bytes],
                       scores: dict[int, float]) -> dict[str, float]:
     """Reduced precision against fp32 on the server's own memory: fp32 scores of the probe images, the
@@ -155,6 +178,8 @@ def main() -> None:
     parser.add_argument("--roi", default="300x270", help="ROI size WxH")
     parser.add_argument("--fit-images", type=int, default=20)
     parser.add_argument("--fit-rate", type=float, default=0.10, help="coreset rate of the started server")
+    parser.add_argument("--append-images", type=int, default=10,
+                        help="ROIs appended (under brighter light) to a memory of --fit-images ROIs")
     parser.add_argument("--infers", type=int, default=20)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--infer-batch-size", default="auto",
@@ -164,11 +189,14 @@ def main() -> None:
                              "and for bf16/fp16 the scores are compared with fp32 scores of the same memory")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--coreset-n", type=int, default=100_000)
+    parser.add_argument("--search-rows", default="2000,10000,50000",
+                        help="memory sizes (rows) the search of one image is timed against")
     parser.add_argument("--rss-rois", type=int, default=10, help="ROIs fitted and served before peak RSS is read")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     width, height = map(int, args.roi.lower().split("x"))
     images = [synthetic_roi(width, height, seed) for seed in range(max(args.fit_images, 1) + 8)]
+    lit = [synthetic_roi(width, height, 1000 + seed, light=40) for seed in range(args.append_images)]
 
     bare = BareForward(args, images[0], args.precision)
     env = {"BDI_WEIGHTS": args.weights, "BDI_INPUT_SIZE": str(args.input_size), "BDI_DEVICE": args.device,
@@ -212,6 +240,18 @@ def main() -> None:
 
         (concurrent_rps, mismatches), concurrent_forward = bare.around(concurrent_run)
         batches = client.get("/health").json().get("infer_forwards", {})
+
+        def post_fit(roi: str, uploads: list[bytes], **extra: str) -> tuple[float, dict]:
+            begin = time.perf_counter()
+            files = [("images", (f"{i}.png", image, "image/png")) for i, image in enumerate(uploads)]
+            reply = client.post("/fit_ok", data={**fields, "roi_id": roi, **extra}, files=files)
+            reply.raise_for_status()
+            return time.perf_counter() - begin, reply.json()
+
+        base = images[: args.fit_images]
+        post_fit("grow", base)  # the memory the append grows (not timed)
+        (append_seconds, append_body), append_forward = bare.around(lambda: post_fit("grow", lit, append="true"))
+        (refit_seconds, refit_body), refit_forward = bare.around(lambda: post_fit("refit", base + lit))
         for roi in range(1, args.rss_rois):  # the memory target: a server that fitted N ROIs and served them all
             roi_fields = {**fields, "roi_id": f"roi-{roi}"}
             files = [("images", (f"{i}.png", images[(i + roi) % len(images)], "image/png")) for i in range(args.fit_images)]
@@ -226,14 +266,20 @@ def main() -> None:
             process.wait(30)
     precision = None if args.url or args.precision == "fp32" else compare_with_fp32(args, env, images, expected)
     coreset = bench_coreset(args.coreset_n, 0.02)
+    search = bench_search([int(n) for n in args.search_rows.split(",") if n], args.input_size // 14)
 
     p50 = statistics.median(latencies)
     forward = statistics.median(bare.samples)
     results = {
         "input_size": args.input_size, "roi": args.roi, "weights": args.weights, "device": args.device,
         "bare_forward_s": forward,
-        "bare_forward_around_s": {"fit": fit_forward, "infer": infer_forward, "concurrent": concurrent_forward},
+        "bare_forward_around_s": {"fit": fit_forward, "infer": infer_forward, "concurrent": concurrent_forward,
+                                  "append": append_forward, "refit": refit_forward},
         "fit": {"images": args.fit_images, "rate": args.fit_rate, "seconds": fit_seconds, **fit_body},
+        "append": {"images": args.append_images, "onto_images": args.fit_images, "seconds": append_seconds,
+                   **append_body},
+        "refit": {"images": args.fit_images + args.append_images, "seconds": refit_seconds, **refit_body},
+        "search": search,
         "infer": {"n": len(latencies), "p50_s": p50, "p90_s": latencies[int(0.9 * (len(latencies) - 1))]},
         "concurrent": {"clients": args.clients, "requests": total, "rps": concurrent_rps,
                        "score_mismatches": mismatches, "infer_batch_size": args.infer_batch_size,
@@ -246,6 +292,11 @@ def main() -> None:
             "infer_p50_over_forward": p50 / infer_forward,
             "fit_over_n_forwards": fit_seconds / (args.fit_images * fit_forward),
             "concurrent_rps_times_forward": concurrent_rps * concurrent_forward,
+            "append_over_n_forwards": append_seconds / (args.append_images * append_forward),
+            "refit_over_n_forwards": refit_seconds / ((args.fit_images + args.append_images) * refit_forward),
+            # the same server's time per image both ways: unaffected by how this process's forward fares
+            "append_per_image_over_refit_per_image": (append_seconds / args.append_images)
+            / (refit_seconds / (args.fit_images + args.append_images)),
         },
     }
     rows = [
@@ -257,8 +308,19 @@ def main() -> None:
         (f"{args.clients} concurrent clients, batch <= {args.infer_batch_size}", f"{concurrent_rps:.2f} req/s",
          f"{results['ratios']['concurrent_rps_times_forward']:.2f} / forward (target >= 0.9); "
          f"{mismatches} wrong scores; forwards by batch size {batches}"),
+        (f"/fit_ok append=true, {args.append_images} ROIs onto {args.fit_images}", f"{append_seconds:.2f} s",
+         (f"{results['ratios']['append_over_n_forwards']:.2f} x {args.append_images} forwards (target <= 1.3); "
+          f"{append_body['append']['admitted']} of {append_body['append']['new_embeddings']} patches admitted, "
+          f"{append_body['append']['added_rows']} rows added")),
+        (f"/fit_ok refit of all {args.fit_images + args.append_images} ROIs", f"{refit_seconds:.2f} s",
+         (f"{results['ratios']['refit_over_n_forwards']:.2f} x {args.fit_images + args.append_images} forwards; "
+          f"an appended image costs {results['ratios']['append_per_image_over_refit_per_image']:.2f} x a refit "
+          "image")),
         (f"coreset {coreset['n']}x1152 @ 0.02", f"{coreset['seconds']:.2f} s",
          f"peak extra {coreset['peak_extra_mb']:.0f} MB of {coreset['input_mb']:.0f} MB input (target <= 30 s, <= 2x)"),
+        *((f"search of one image, {row['rows']} rows", f"{row['search_s'] * 1000:.0f} ms",
+           f"{row['search_s'] / forward:.2f} x forward; memory {row['memory_mb']:.0f} MB (+ as much for the index)")
+          for row in search),
         (f"server peak RSS, {args.rss_rois} ROIs", f"{rss:.0f} MB" if rss else "n/a", "(target < 2048 MB)"),
     ]
     if precision:

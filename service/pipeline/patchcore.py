@@ -193,12 +193,12 @@ def _k_center_greedy(
     ``min_sq`` holds each row's squared distance to its nearest pick (picked rows: -inf, so no row
     is picked twice); given, it starts from the distances to centres chosen before. With ``stop_at``,
     picking stops early once the farthest row is within it. Only the "active" rows, those at least
-    ``level`` away, are updated after each pick: the others can't be the farthest while some active row
-    is at or above ``level``, because distances only shrink. When every active row has dropped below ``level``, the picks they missed
-    are applied to the other rows in one matrix product and the active set is chosen again. The
-    picks are the plain greedy's (up to float rounding; ties go to the lowest row index in both) at
-    a fraction of its memory traffic: the active rows stay in cache. At the end the missed picks are
-    applied once more, so the radius costs one re-level.
+    ``level`` away, are updated after each pick: the others can't be the farthest while some active
+    row is at or above ``level``, because distances only shrink. When every active row has dropped
+    below ``level``, the picks they missed are applied to the other rows in one matrix product and the
+    active set is chosen again. The picks are the plain greedy's (up to float rounding; ties go to the
+    lowest row index in both) at a fraction of its memory traffic: the active rows stay in cache. At
+    the end the missed picks are applied once more, so the radius costs one re-level.
     """
     n = len(points)
     sq_norms = _sq_norms(points)

@@ -157,7 +157,7 @@ async def health(service: NamedDependency[InspectionService]) -> HealthResponse:
         413: "More images than BDI_MAX_FIT_IMAGES (default 1000) or more form parts than BDI_MAX_FIT_IMAGES + 64, an "
         "image over BDI_MAX_IMAGE_PIXELS (default 100 000 000, read from its header) or a body over BDI_MAX_BODY_MB "
         "(default 1024 MB); with `append=true`, a memory that would grow past BDI_MAX_MEMORY_ROWS rows (default "
-        "10 000). Nothing is stored.",
+        "5 000). Nothing is stored.",
         422: f"{_FORM_422}, or `images` is sent as text.",
         503: None,
         507: None,
