@@ -280,6 +280,10 @@ class InspectionService:
                 )
             index = MemoryIndex.build(memory)
             n_embeddings = int(parent["n_embeddings"]) + len(new)
+            added = [{"name": u.filename, "sha256": hashlib.sha256(u.data).hexdigest()} for u in images]
+            dataset = parent.get("dataset")  # a CLI fit's provenance: its holdout is still unseen, ...
+            if isinstance(dataset, dict) and dataset.get("fit_sha256") is not None:  # ... the appended images not
+                dataset = {**dataset, "fit_sha256": [*dataset["fit_sha256"], *(image["sha256"] for image in added)]}
             metadata = {
                 "n_embeddings": n_embeddings,
                 "n_images": len(images),
@@ -290,11 +294,11 @@ class InspectionService:
                 "covering_radius": grown.radius,
                 "mm_per_px": mm_per_px,
                 "extractor": self.extractor.fingerprint,
-                "dataset": parent.get("dataset"),  # a CLI fit's holdout is still unseen by the grown memory
+                "dataset": dataset,
                 "parent_version": state.active_version,
                 "ancestors": [state.active_version, *(parent.get("ancestors") or [])],
                 "append": {
-                    "images": [{"name": u.filename, "sha256": hashlib.sha256(u.data).hexdigest()} for u in images],
+                    "images": added,
                     "new_embeddings": len(new),
                     "admitted": grown.admitted,
                     "added_rows": len(memory) - len(rows),
