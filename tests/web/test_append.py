@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from service.storage.artifacts import VERSIONS_DIR
-from tests.support import fit, infer, png_bytes, relit, synthetic_roi
+from service.storage.artifacts import TMP_PREFIX, VERSIONS_DIR
+from tests.support import FullDisk, fit, infer, png_bytes, relit, synthetic_roi
 
 ROLE, ROI = "Master1", "inspection-1"
 A = [synthetic_roi(96, 80, seed) for seed in range(4)]
@@ -136,6 +136,21 @@ def test_append_errors_refuse_everything_and_write_nothing(small, make_client, e
     for body in errors:
         assert body["detail"] == body["error"]
         assert not any(phrase in body["error"].lower() for phrase in FORBIDDEN), body
+
+
+def test_an_append_that_runs_out_of_space_changes_nothing(small, monkeypatch):
+    fit(small, ROLE, ROI, A)
+    before = infer(small, ROLE, ROI, PROBE_B).json()
+    parent = small.app.state.service.store.model_dir(ROLE, ROI) / VERSIONS_DIR / "000001" / "memory.npz"
+    disk = FullDisk(monkeypatch)
+    for budget in (0, 2 * parent.stat().st_size):  # in the new memory.npz; in its index.faiss (as large)
+        disk.allow(budget)
+        response = append(small, B)
+        disk.allow(None)
+        assert response.status_code == 507 and "is full" in response.json()["error"], response.text
+        _no_new_version(small)
+        assert infer(small, ROLE, ROI, PROBE_B).json() == before
+    assert not list(small.app.state.settings.models_dir.rglob(f"{TMP_PREFIX}*"))
 
 
 def test_a_memory_of_other_backbone_weights_is_refused(small):
