@@ -8,12 +8,14 @@ from sqlalchemy import inspect, text
 
 from service.storage import Registry
 from service.storage.registry.database import migrations_dir
+from tests.support import both_registries
 
 APPEND_COLUMNS = {"parent_version", "ancestors", "covering_radius"}
 
 
-def test_0003_adds_the_append_columns_and_keeps_the_rows(tmp_path):
-    registry = Registry(f"sqlite:///{tmp_path / 'registry.sqlite3'}", tmp_path / ".registry.lock")
+@both_registries
+def test_0003_adds_the_append_columns_and_keeps_the_rows(tmp_path, database_url):
+    registry = Registry(database_url or f"sqlite:///{tmp_path / 'registry.sqlite3'}", tmp_path / ".registry.lock")
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.attributes["engine"] = registry.engine

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.storage.artifacts import TMP_PREFIX, VERSIONS_DIR
-from tests.support import FullDisk, fit, infer, png_bytes, relit, synthetic_roi
+from tests.support import FullDisk, both_registries, fit, infer, png_bytes, relit, synthetic_roi
 
 ROLE, ROI = "Master1", "inspection-1"
 A = [synthetic_roi(96, 80, seed) for seed in range(4)]
@@ -38,6 +38,7 @@ def manifests(client, role=ROLE, roi=ROI):
     return {files.version: files.manifest for files in service.store.versions(folder)}
 
 
+@both_registries
 def test_append_grows_a_new_version_and_marks_the_calibration_stale(small):
     fitted = fit(small, ROLE, ROI, A).json()
     assert "append" not in fitted  # an old GUI's fit answers exactly the contract's keys
@@ -202,6 +203,7 @@ def test_infers_during_an_append_see_the_old_or_the_new_memory_never_a_mix(small
     assert all(min(abs(score - old), abs(score - new)) < 1e-6 for score in scores), (old, new, scores)
 
 
+@both_registries
 def test_concurrent_appends_chain_one_after_the_other(small):
     fit(small, ROLE, ROI, A)
     results: list[dict] = []
