@@ -58,11 +58,10 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
 def fill(path: Path) -> Path:
     """Write a filler file until the disk is full; returns it (delete it to give the space back)."""
     filler = path / f"filler-{uuid.uuid4().hex}"
-    with open(filler, "wb") as handle:
+    with open(filler, "wb", buffering=0) as handle:  # unbuffered: no remainder for close() to fail on
         try:
             while True:
                 handle.write(b"\0" * 65536)
-                handle.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
     return filler
