@@ -71,6 +71,16 @@ def _size(n_bytes: int) -> str:
 
 
 _UNITS = ("bytes", "KB", "MB", "GB", "TB")
+class NotFound(ServiceError):
+    """A stored thing the request names (a dataset sample, its sidecar) does not exist (404)."""
+
+    status_code = 404
+
+
+class Conflict(ServiceError):
+    """The request contradicts what is already stored, e.g. a recipe's locked mm_per_px (409)."""
+
+    status_code = 409
 
 
 class NotFitted(ServiceError):
@@ -78,9 +88,10 @@ class NotFitted(ServiceError):
 
     status_code = 400
 
-    def __init__(self, role_id: str, roi_id: str) -> None:
+    def __init__(self, role_id: str, roi_id: str, recipe_id: str | None = None) -> None:
+        where = f" in recipe {recipe_id!r}" if recipe_id not in (None, "default") else ""
         super().__init__(
-            f"Memory not fitted for role_id={role_id!r}, roi_id={roi_id!r}. "
+            f"Memory not fitted for role_id={role_id!r}, roi_id={roi_id!r}{where}. "
             "Memoria no encontrada. Ejecuta /fit_ok primero."
         )
 

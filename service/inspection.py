@@ -1,7 +1,11 @@
-"""The inspection service: fit, calibrate, infer and state for one (role, roi).
+"""The inspection service: fit, calibrate, infer and state for one (recipe, role, roi), and the newer
+GUI's dataset store (upload, list, read, delete samples; fit and calibrate from them).
 
 One code path for the HTTP routes and the CLI. Routes parse and shape; everything that decides
 anything happens here, and every failure a client can cause is a ``ServiceError`` (a 4xx).
+
+Every method that names a model takes ``recipe_id`` (None: the default namespace, the one old clients
+use); it is checked here (``validation.normalize_recipe``) and never falls through to another recipe.
 """
 
 from __future__ import annotations
@@ -17,12 +21,22 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import __version__
-from .errors import BadRequest, ExtractorMismatch, NotFitted, PayloadTooLarge, RegistryUnavailable, TokenGridMismatch
+from .errors import (
+    BadRequest,
+    ExtractorMismatch,
+    NotFitted,
+    NotFound,
+    PayloadTooLarge,
+    RegistryUnavailable,
+    ServiceError,
+    TokenGridMismatch,
+)
 from .pipeline import (
     PROJECTION_DIM,
     FeatureExtractor,
@@ -38,17 +52,41 @@ from .pipeline import (
     image_score,
     k_center_coreset,
     parse_shape,
+    percentile_value,
     shape_mask,
 )
 from .pipeline import calibrate as calibration_rule
 from .settings import MODEL_NAME, Settings
-from .storage import ADOPTED, ALREADY_MIGRATED, IMPORTED, MigrationAction, ModelState, migrate, open_storage, utc_now
-from .validation import validate_id, validate_mm_per_px
+from .storage import (
+    ADOPTED,
+    ALREADY_MIGRATED,
+    IMPORTED,
+    MEDIA_TYPES,
+    DatasetStore,
+    MigrationAction,
+    ModelState,
+    StoredSample,
+    check_mm_per_px,
+    claim_mm_per_px,
+    migrate,
+    normalize_label,
+    open_storage,
+    prepare_upload,
+    sample_name,
+    sidecar_mm_per_px,
+    sidecar_shape,
+    split_holdout,
+    store_samples,
+    utc_now,
+)
+from .validation import DEFAULT_RECIPE, normalize_recipe, validate_id, validate_mm_per_px
 
 logger = logging.getLogger(__name__)
 
 CORESET_SEED = 0
+HOLDOUT_SEED = 0
 MIN_FREE_DISK_BYTES = 256 * 1024 * 1024
+DEFAULT_MM_PER_PX = 0.2  # /calibrate_ng's default, and /calibrate_dataset's for samples without one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +167,7 @@ class InspectionService:
         if self.extractor.precision != settings.precision:
             raise ValueError("The extractor's precision differs from settings.precision.")
         self.store, self.registry = open_storage(settings)
+        self.datasets = DatasetStore(self.store)
         self.cache = MemoryCache(settings.cache_size)
         batch = settings.infer_batch_size
         if batch == "auto":  # a CPU forward already keeps every core busy: batching gains nothing there
@@ -143,6 +182,7 @@ class InspectionService:
         self.registry.upgrade()
         self.store.cleanup_leftovers()
         self.import_legacy()
+        self.registry.sync_recipes(self.store)
         imported = sum(self.registry.resync(self.store, folder.path) is not None for folder in self.store.scan())
         removed = self.registry.remove_missing(self.store)
         logger.info(
@@ -157,7 +197,7 @@ class InspectionService:
     def import_legacy(self) -> list[MigrationAction]:
         """Import what earlier backends wrote (``bdi models migrate`` without options), so a GUI
         pointed at an old models dir works at once; legacy files stay where they are."""
-        actions = migrate(self.store, self.registry)
+        actions = migrate(self.store, self.registry, max_image_pixels=self.settings.max_image_pixels)
         for action in actions:
             if action.outcome != ALREADY_MIGRATED:
                 level = logging.INFO if action.outcome in {IMPORTED, ADOPTED} else logging.WARNING
@@ -168,18 +208,26 @@ class InspectionService:
         self.batcher.close()
         self.registry.dispose()
 
+    # ---- ids ------------------------------------------------------------------------------------
+    @staticmethod
+    def _ids(role_id: str, roi_id: str, recipe_id: str | None) -> str:
+        """Check the ids; the recipe as stored ("default" for none)."""
+        validate_id("role_id", role_id)
+        validate_id("roi_id", roi_id)
+        return normalize_recipe(recipe_id)
+
     # ---- fit ------------------------------------------------------------------------------------
     def fit(
         self, role_id: str, roi_id: str, mm_per_px: float, images: list[Upload], memory_fit: bool = False,
         context: RequestContext = RequestContext(), provenance: dict[str, Any] | None = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Callable[[int, int], None] | None = None, *, recipe_id: str | None = None,
     ) -> dict[str, Any]:
-        """Build and activate a new memory version; ``provenance`` (the CLI's dataset and holdout) is
-        kept in the version's manifest so a later calibration can score the held-out samples.
+        """Build and activate a new memory version; ``provenance`` (the samples it was fitted on and those
+        held out) is kept in the version's manifest so a later calibration can score the held-out samples.
         ``progress(done, total)`` after each batch of the feature extraction, the slow part."""
-        validate_id("role_id", role_id)
-        validate_id("roi_id", roi_id)
+        recipe = self._ids(role_id, roi_id, recipe_id)
         validate_mm_per_px(mm_per_px)
+        check_mm_per_px(self.registry, recipe, [mm_per_px])
         started = time.perf_counter()
         decoded = self._decode_ok_images(images)
         features = self.extractor.extract(decoded, batch_size=self.settings.fit_batch_size, progress=progress)
@@ -207,17 +255,18 @@ class InspectionService:
             "dataset": provenance,
             "created_at": utc_now(),
         }
-        with self.store.writing(role_id, roi_id) as folder:
+        claim_mm_per_px(self.store, self.registry, recipe, mm_per_px)
+        with self.store.writing(role_id, roi_id, recipe_id=recipe) as folder:
             files = self.store.write_version(folder, memory, grid, metadata, index.to_bytes())
-            self.registry.add_version(self.store, role_id, roi_id, folder, files)
-        state = self.registry.state(role_id, roi_id)
+            self.registry.add_version(self.store, role_id, roi_id, folder, files, recipe_id=recipe)
+        state = self.registry.state(role_id, roi_id, recipe_id=recipe)
         if state is not None:
             self.cache.put(self._cache_key(state), index)
         logger.info(
-            "fit role=%r roi=%r images=%d patches=%d coreset=%d version=%d extract=%.2fs coreset+index=%.2fs "
-            "write=%.2fs total=%.2fs",
-            role_id, roi_id, len(images), n_embeddings, memory.shape[0], files.version, extracted - started,
-            selected - extracted, time.perf_counter() - selected, time.perf_counter() - started,
+            "fit recipe=%r role=%r roi=%r images=%d patches=%d coreset=%d version=%d extract=%.2fs "
+            "coreset+index=%.2fs write=%.2fs total=%.2fs",
+            recipe, role_id, roi_id, len(images), n_embeddings, memory.shape[0], files.version,
+            extracted - started, selected - extracted, time.perf_counter() - selected, time.perf_counter() - started,
         )
         return {
             "n_embeddings": n_embeddings,
@@ -241,7 +290,8 @@ class InspectionService:
     # ---- append ---------------------------------------------------------------------------------
     def append(
         self, role_id: str, roi_id: str, mm_per_px: float, images: list[Upload], memory_fit: bool = False,
-        context: RequestContext = RequestContext(), progress: Callable[[int, int], None] | None = None,
+        context: RequestContext = RequestContext(), progress: Callable[[int, int], None] | None = None, *,
+        recipe_id: str | None = None,
     ) -> dict[str, Any]:
         """Grow the active memory with these OK images into a new version whose parent is the active one.
 
@@ -253,20 +303,21 @@ class InspectionService:
         active; /state says ``calib_stale`` until the next one. The answer has fit's keys for the grown
         memory (all patches it stands for, all its rows) plus ``append``. ``progress`` as for ``fit``.
         """
-        validate_id("role_id", role_id)
-        validate_id("roi_id", roi_id)
+        recipe = self._ids(role_id, roi_id, recipe_id)
         validate_mm_per_px(mm_per_px)
-        self._check_appendable(self.model_state(role_id, roi_id), role_id, roi_id)
+        check_mm_per_px(self.registry, recipe, [mm_per_px])
+        self._check_appendable(self.model_state(role_id, roi_id, recipe_id=recipe), role_id, roi_id, recipe)
         started = time.perf_counter()
         decoded = self._decode_ok_images(images)
         features = self.extractor.extract(decoded, batch_size=self.settings.fit_batch_size, progress=progress)
         extracted = time.perf_counter()
         new = features.reshape(-1, features.shape[-1])
-        with self.store.writing(role_id, roi_id) as folder:
+        claim_mm_per_px(self.store, self.registry, recipe, mm_per_px)
+        with self.store.writing(role_id, roi_id, recipe_id=recipe) as folder:
             # Under the lock: the parent is the version active now, not the one seen before extracting
             # (a model deleted meanwhile: "fit first", and writing() removes the folder it made again).
-            state = self.registry.state(role_id, roi_id)
-            self._check_appendable(state, role_id, roi_id)
+            state = self.registry.state(role_id, roi_id, recipe_id=recipe)
+            self._check_appendable(state, role_id, roi_id, recipe)
             assert state is not None and state.active is not None
             parent = self.store.version_files(folder, state.active_version).manifest
             rows = self._memory_index(state).memory
@@ -309,14 +360,14 @@ class InspectionService:
             }
             files = self.store.write_version(folder, memory, self.extractor.grid, metadata, index.to_bytes(),
                                              source="append")
-            self.registry.add_version(self.store, role_id, roi_id, folder, files)
-        fresh = self.registry.state(role_id, roi_id)
+            self.registry.add_version(self.store, role_id, roi_id, folder, files, recipe_id=recipe)
+        fresh = self.registry.state(role_id, roi_id, recipe_id=recipe)
         if fresh is not None and fresh.active_version == files.version:
             self.cache.put(self._cache_key(fresh), index)
         logger.info(
-            "append role=%r roi=%r images=%d patches=%d admitted=%d added=%d rows=%d parent=%d version=%d "
+            "append recipe=%r role=%r roi=%r images=%d patches=%d admitted=%d added=%d rows=%d parent=%d version=%d "
             "radius=%.4f (parent %.4f, %s) extract=%.2fs total=%.2fs",
-            role_id, roi_id, len(images), len(new), grown.admitted, len(memory) - len(rows), len(memory),
+            recipe, role_id, roi_id, len(images), len(new), grown.admitted, len(memory) - len(rows), len(memory),
             state.active_version, files.version, grown.radius, grown.parent_radius,
             grown.parent_radius_source, extracted - started, time.perf_counter() - started,
         )
@@ -363,10 +414,10 @@ class InspectionService:
         return Growth(np.ascontiguousarray(added, dtype=np.float32), rate, seed, int(projection_dim), reached,
                       admitted, float(radius), source)
 
-    def _check_appendable(self, state: ModelState | None, role_id: str, roi_id: str) -> None:
+    def _check_appendable(self, state: ModelState | None, role_id: str, roi_id: str, recipe: str) -> None:
         """An append needs a memory whose patches are comparable with this extractor's."""
         if state is None or state.active is None:
-            raise self._nothing_to_append(role_id, roi_id)
+            raise self._nothing_to_append(role_id, roi_id, recipe)
         if state.active.token_grid != self.extractor.grid:
             raise TokenGridMismatch(got=self.extractor.grid, expected=state.active.token_grid)
         built_with = (state.active.extractor or {}).get("weights_sha256")
@@ -377,20 +428,48 @@ class InspectionService:
                                     expected=f"{built_label} ({built_with[:12]})")
 
     @staticmethod
-    def _nothing_to_append(role_id: str, roi_id: str) -> BadRequest:
+    def _nothing_to_append(role_id: str, roi_id: str, recipe: str) -> BadRequest:
+        where = f" in recipe {recipe!r}" if recipe != DEFAULT_RECIPE else ""
         return BadRequest(
-            f"There is no memory for role_id={role_id!r}, roi_id={roi_id!r} to append to; fit first: send the "
+            f"There is no memory for role_id={role_id!r}, roi_id={roi_id!r}{where} to append to; fit first: send the "
             "images to /fit_ok without append=true (or run `bdi fit` without --append)."
         )
+
+    def fit_dataset(
+        self, role_id: str, roi_id: str, mm_per_px: float, memory_fit: bool = False,
+        context: RequestContext = RequestContext(), *, recipe_id: str | None = None,
+    ) -> dict[str, Any]:
+        """/fit_ok with ``use_dataset=true``: fit from the recipe's stored OK samples of (role, roi). With
+        BDI_DATASET_HOLDOUT a seeded share of them stays out of the memory (recorded in the version), for
+        /calibrate_dataset to take the OK threshold from."""
+        recipe = self._ids(role_id, roi_id, recipe_id)
+        folder = self.datasets.folder(recipe, role_id, roi_id)
+        stored = self.datasets.samples(folder, "ok")
+        if not stored:
+            raise BadRequest(
+                f"No OK dataset samples found for ({role_id}, {roi_id}) in recipe '{recipe}'; upload OK samples first."
+            )
+        if len(stored) < self.settings.min_ok_samples:
+            raise BadRequest(f"Insufficient OK samples: need at least {self.settings.min_ok_samples}, found {len(stored)}")
+        assert folder is not None
+        fit_samples, held_out = split_holdout(stored, self.settings.dataset_holdout, HOLDOUT_SEED)
+        uploads = [Upload(sample.name, sample.path.read_bytes()) for sample in fit_samples]
+        provenance = {
+            "dataset": str(folder.resolve()),
+            "holdout_rate": self.settings.dataset_holdout,
+            "seed": HOLDOUT_SEED,
+            "fit_files": [f"ok/{sample.name}" for sample in fit_samples],
+            "holdout_files": [f"ok/{sample.name}" for sample in held_out],
+        }
+        return self.fit(role_id, roi_id, mm_per_px, uploads, memory_fit, context, provenance, recipe_id=recipe)
 
     # ---- calibrate ------------------------------------------------------------------------------
     def calibrate(
         self, role_id: str, roi_id: str, ok_scores: list[float], ng_scores: list[float] | None = None,
-        mm_per_px: float = 0.2, area_mm2_thr: float | None = None, score_percentile: int | None = None,
-        context: RequestContext = RequestContext(),
+        mm_per_px: float = DEFAULT_MM_PER_PX, area_mm2_thr: float | None = None, score_percentile: int | None = None,
+        context: RequestContext = RequestContext(), *, recipe_id: str | None = None,
     ) -> dict[str, Any]:
-        validate_id("role_id", role_id)
-        validate_id("roi_id", roi_id)
+        recipe = self._ids(role_id, roi_id, recipe_id)
         validate_mm_per_px(mm_per_px)
         values = calibration_rule(
             ok_scores, ng_scores,
@@ -398,7 +477,19 @@ class InspectionService:
             mm_per_px=mm_per_px,
             area_mm2_thr=self.settings.area_mm2_thr if area_mm2_thr is None else area_mm2_thr,
         )
-        with self.store.writing(role_id, roi_id) as folder:
+        self._save_calibration(recipe, role_id, roi_id, values, context)
+        logger.info(
+            "calibrate recipe=%r role=%r roi=%r n_ok=%d n_ng=%d threshold=%.6f percentile=%s",
+            recipe, role_id, roi_id, len(ok_scores), len(ng_scores or []), values["threshold"],
+            values["score_percentile"],
+        )
+        return values
+
+    def _save_calibration(
+        self, recipe: str, role_id: str, roi_id: str, values: dict[str, Any], context: RequestContext
+    ) -> None:
+        """calib.json and the history (files first), then the registry; ``context.source`` says who."""
+        with self.store.writing(role_id, roi_id, recipe_id=recipe) as folder:
             entry = {
                 "uid": uuid.uuid4().hex,
                 "created_at": utc_now(),
@@ -408,46 +499,154 @@ class InspectionService:
                 "client": context.client,
             }
             self.store.write_calibration(folder, values, entry)
-            self.registry.add_calibration(self.store, role_id, roi_id, folder, {**entry, "calibration": values})
-        logger.info(
-            "calibrate role=%r roi=%r n_ok=%d n_ng=%d threshold=%.6f percentile=%s",
-            role_id, roi_id, len(ok_scores), len(ng_scores or []), values["threshold"], values["score_percentile"],
+            self.registry.add_calibration(
+                self.store, role_id, roi_id, folder, {**entry, "calibration": values}, recipe_id=recipe
+            )
+
+    def calibrate_dataset(
+        self, role_id: str, roi_id: str, default_mm_per_px: float | None = None,
+        score_percentile: int | None = None, area_mm2_thr: float | None = None, require_ng: bool = True,
+        context: RequestContext = RequestContext(), *, recipe_id: str | None = None,
+    ) -> dict[str, Any]:
+        """/calibrate_dataset: score every stored sample of (recipe, role, roi) as /infer would (each inside its
+        sidecar's shape; mm_per_px changes regions only, not the score) and apply the threshold rule; stored
+        as the active calibration with source ``dataset``. Samples that can't be scored are skipped and
+        counted. The forwards are batched (BDI_FIT_BATCH_SIZE images each), not queued behind /infer's."""
+        recipe = self._ids(role_id, roi_id, recipe_id)
+        default_mm = validate_mm_per_px(DEFAULT_MM_PER_PX if default_mm_per_px is None else default_mm_per_px)
+        percentile = percentile_value(self.settings.score_percentile if score_percentile is None else score_percentile)
+        started = time.perf_counter()
+        state = self.model_state(role_id, roi_id, recipe_id=recipe)
+        if state is None or state.active is None:
+            raise BadRequest("Memoria no encontrada. Ejecuta /fit_ok antes de /calibrate_dataset.")
+        if state.active.token_grid != self.extractor.grid:
+            raise TokenGridMismatch(got=self.extractor.grid, expected=state.active.token_grid)
+        folder = self.datasets.folder(recipe, role_id, roi_id)
+        ok, ng = self.datasets.samples(folder, "ok"), self.datasets.samples(folder, "ng")
+        provenance = self._provenance(state)
+        from_here = folder is not None and provenance.get("dataset") == str(folder.resolve())
+        seen = set(provenance.get("fit_files") or []) if from_here else set()
+        if seen and provenance.get("holdout_files"):  # fitted with a holdout: the threshold from unseen OK only
+            ok = [sample for sample in ok if f"ok/{sample.name}" not in seen]
+        index = self._memory_index(state)
+        scores, skipped, mm_values = self._score_stored(index, ok + ng, percentile)
+        ok_scores = [scores[sample.path] for sample in ok if sample.path in scores]
+        ng_scores = [scores[sample.path] for sample in ng if sample.path in scores]
+        if not ok_scores:
+            raise BadRequest("No valid OK samples for calibration.")
+        if require_ng and not ng_scores:
+            raise BadRequest("No NG samples available for calibration.")
+        locked = self.registry.recipe_mm_per_px(recipe) if recipe != DEFAULT_RECIPE else None
+        mm_per_px = locked or (max(set(mm_values), key=mm_values.count) if mm_values else default_mm)
+        values = calibration_rule(
+            ok_scores, ng_scores or None, score_percentile=percentile, mm_per_px=mm_per_px,
+            area_mm2_thr=self.settings.area_mm2_thr if area_mm2_thr is None else area_mm2_thr,
         )
-        return values
+        self._save_calibration(recipe, role_id, roi_id, values, dataclasses.replace(context, source="dataset"))
+        biased = sum(f"ok/{sample.name}" in seen for sample in ok if sample.path in scores)
+        warning = None
+        if biased:
+            warning = (
+                f"{biased} of the {len(ok_scores)} OK samples scored were used to fit this memory: a memory scores its "
+                "own images low, so this threshold is biased low. Set BDI_DATASET_HOLDOUT=0.3 and train again "
+                "(use_dataset=true keeps 30% of the OK samples out of the memory; this calibration then takes the OK "
+                "side from those), or upload fresh OK samples after training."
+            )
+            logger.warning("calibrate_dataset recipe=%r role=%r roi=%r: %s", recipe, role_id, roi_id, warning)
+        logger.info(
+            "calibrate_dataset recipe=%r role=%r roi=%r n_ok=%d n_ng=%d skipped=%d threshold=%.6f percentile=%d "
+            "total=%.2fs (%.2f samples/s)",
+            recipe, role_id, roi_id, len(ok_scores), len(ng_scores), len(skipped), values["threshold"], percentile,
+            time.perf_counter() - started, len(scores) / max(time.perf_counter() - started, 1e-9),
+        )
+        answer = {
+            "status": "ok",
+            "threshold": values["threshold"],
+            "score_percentile": values["score_percentile"],
+            "area_mm2_thr": values["area_mm2_thr"],
+            "n_ok": len(ok_scores),
+            "n_ng": len(ng_scores),
+            "n_skipped": len(skipped),
+            "role_id": role_id,
+            "roi_id": roi_id,
+            "skipped": skipped,
+        }
+        if warning is not None:
+            answer["warning"] = warning
+        return answer
+
+    def _score_stored(
+        self, index: MemoryIndex, samples: list[StoredSample], percentile: int
+    ) -> tuple[dict[Any, float], list[dict[str, str]], list[float]]:
+        """(score per sample path, what was skipped and why, the sidecars' mm_per_px values), scored in
+        batches of BDI_FIT_BATCH_SIZE through the same map and score as /infer."""
+        scores: dict[Any, float] = {}
+        skipped: list[dict[str, str]] = []
+        mm_values: list[float] = []
+        step = self.settings.fit_batch_size
+        for start in range(0, len(samples), step):
+            batch = []
+            for sample in samples[start : start + step]:
+                try:
+                    meta = self.datasets.read_meta(sample) or {}
+                    mm_per_px = sidecar_mm_per_px(meta)
+                    shape = parse_shape(sidecar_shape(meta))
+                    bgr = decode_image(sample.path.read_bytes(), sample.name, self.settings.max_image_pixels)
+                    mask = shape_mask(shape, bgr.shape[1], bgr.shape[0])
+                except (ServiceError, ValueError, OSError) as exc:
+                    reason = exc.message if isinstance(exc, ServiceError) else f"its sidecar {exc}"
+                    skipped.append({"label": sample.label, "filename": sample.name, "reason": reason})
+                    continue
+                if mm_per_px is not None:
+                    mm_values.append(mm_per_px)
+                batch.append((sample, bgr, mask))
+            if not batch:
+                continue
+            features = self.extractor.extract([bgr for _, bgr, _ in batch], batch_size=step)
+            for (sample, bgr, mask), rows in zip(batch, features):
+                amap = self._anomaly_map(index, rows, bgr.shape[1], bgr.shape[0])
+                scores[sample.path] = image_score(amap, mask, percentile)
+        return scores, skipped, mm_values
 
     # ---- infer ----------------------------------------------------------------------------------
     def infer(
         self, role_id: str, roi_id: str, mm_per_px: float, image: Upload, shape: str | None = None,
-        context: RequestContext = RequestContext(),
+        context: RequestContext = RequestContext(), *, recipe_id: str | None = None, include_heatmap: bool = True,
     ) -> dict[str, Any]:
-        """The /infer answer (CONTRACT.md keys)."""
-        return self.inspect(role_id, roi_id, mm_per_px, image, shape, context).response
+        """The /infer answer (CONTRACT.md keys); with BDI_REQUIRE_CALIBRATION an uncalibrated model is a 400."""
+        return self.inspect(
+            role_id, roi_id, mm_per_px, image, shape, context, recipe_id=recipe_id, include_heatmap=include_heatmap,
+            require_calibration=self.settings.require_calibration,
+        ).response
 
     def inspect(
         self, role_id: str, roi_id: str, mm_per_px: float, image: Upload, shape: str | None = None,
-        context: RequestContext = RequestContext(),
+        context: RequestContext = RequestContext(), *, recipe_id: str | None = None, include_heatmap: bool = True,
+        require_calibration: bool = False,
     ) -> Inspection:
         """/infer's whole computation, also handing back the decoded image, the raw map and the mask
         (evaluation needs them: the heatmap PNG is stretched per image)."""
-        validate_id("role_id", role_id)
-        validate_id("roi_id", roi_id)
+        recipe = self._ids(role_id, roi_id, recipe_id)
         validate_mm_per_px(mm_per_px)
+        check_mm_per_px(self.registry, recipe, [mm_per_px])
         parsed_shape = parse_shape(shape)
         started = time.perf_counter()
-        state = self.model_state(role_id, roi_id)
+        state = self.model_state(role_id, roi_id, recipe_id=recipe)
         if state is None or state.active is None:
-            raise NotFitted(role_id, roi_id)
+            raise NotFitted(role_id, roi_id, recipe)
         if state.active.token_grid != self.extractor.grid:
             raise TokenGridMismatch(got=self.extractor.grid, expected=state.active.token_grid)
+        if require_calibration and state.calibration is None:
+            raise BadRequest(f"calibration_missing: run a calibration for ({role_id}, {roi_id}) first")
         bgr = decode_image(image.data, image.filename, self.settings.max_image_pixels)
         height, width = bgr.shape[:2]
         mask = shape_mask(parsed_shape, width, height)
+        claim_mm_per_px(self.store, self.registry, recipe, mm_per_px)
         index = self._memory_index(state)
         loaded = time.perf_counter()
         features = self.batcher.extract(bgr)
         extracted = time.perf_counter()
-        distances = index.nearest_distances(features)
-        amap = anomaly_map(distances, self.extractor.grid, Letterbox.fit(width, height, self.settings.input_size))
+        amap = self._anomaly_map(index, features, width, height)
         calibration = state.calibration.values if state.calibration is not None else None
         percentile = (calibration or {}).get("score_percentile") or self.settings.score_percentile
         score = image_score(amap, mask, percentile)
@@ -457,12 +656,12 @@ class InspectionService:
             area_thr = calibration.get("area_mm2_thr")
             area_thr = self.settings.area_mm2_thr if area_thr is None else area_thr
             regions = find_regions(amap, mask, threshold, mm_per_px, area_thr)
-        heatmap = base64.b64encode(heatmap_png(amap, mask)).decode("ascii")
+        heatmap = base64.b64encode(heatmap_png(amap, mask)).decode("ascii") if include_heatmap else None
         decision = None if threshold is None else ("ng" if score >= threshold else "ok")
         logger.info(
-            "infer role=%r roi=%r image=%dx%d version=%d score=%.6f decision=%s regions=%d load=%.3fs "
+            "infer recipe=%r role=%r roi=%r image=%dx%d version=%d score=%.6f decision=%s regions=%d load=%.3fs "
             "extract=%.3fs total=%.3fs",
-            role_id, roi_id, width, height, state.active_version, score, decision, len(regions),
+            recipe, role_id, roi_id, width, height, state.active_version, score, decision, len(regions),
             loaded - started, extracted - loaded, time.perf_counter() - started,
         )
         response = {
@@ -475,15 +674,20 @@ class InspectionService:
         }
         return Inspection(response, bgr, amap, mask)
 
-    # ---- state & health -------------------------------------------------------------------------
-    def model_state(self, role_id: str, roi_id: str) -> ModelState | None:
-        """The registry's rows; a folder on disk the registry does not know is imported on first use."""
-        return self.registry.state_or_import(self.store, role_id, roi_id)
+    def _anomaly_map(self, index: MemoryIndex, features: np.ndarray, width: int, height: int) -> np.ndarray:
+        """The blurred anomaly map of one image's patch features, in its own pixels (shared by /infer and
+        /calibrate_dataset, so both score alike)."""
+        distances = index.nearest_distances(features)
+        return anomaly_map(distances, self.extractor.grid, Letterbox.fit(width, height, self.settings.input_size))
 
-    def state(self, role_id: str, roi_id: str) -> dict[str, Any]:
-        validate_id("role_id", role_id)
-        validate_id("roi_id", roi_id)
-        state = self.model_state(role_id, roi_id)
+    # ---- state & health -------------------------------------------------------------------------
+    def model_state(self, role_id: str, roi_id: str, *, recipe_id: str | None = None) -> ModelState | None:
+        """The registry's rows; a folder on disk the registry does not know is imported on first use."""
+        return self.registry.state_or_import(self.store, role_id, roi_id, recipe_id=normalize_recipe(recipe_id))
+
+    def state(self, role_id: str, roi_id: str, *, recipe_id: str | None = None) -> dict[str, Any]:
+        recipe = self._ids(role_id, roi_id, recipe_id)
+        state = self.model_state(role_id, roi_id, recipe_id=recipe)
         fitted = state is not None and state.active is not None
         return {
             "status": "ok",
@@ -531,11 +735,101 @@ class InspectionService:
             body["problems"] = problems
         return body
 
+    # ---- datasets -------------------------------------------------------------------------------
+    def dataset_upload(
+        self, label: str, role_id: str, roi_id: str, images: list[Upload], metas: list[str] | None = None,
+        context: RequestContext = RequestContext(), *, recipe_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Store OK or NG samples (decoded and checked first; one bad sample stores none)."""
+        recipe = self._ids(role_id, roi_id, recipe_id)
+        label = normalize_label(label)
+        if len(images) > self.settings.max_fit_images:
+            raise PayloadTooLarge(
+                f"{len(images)} images in one upload is over the limit of {self.settings.max_fit_images} "
+                "(BDI_MAX_FIT_IMAGES); send fewer images per request."
+            )
+        samples = prepare_upload(
+            label, [(upload.filename, upload.data) for upload in images], metas or [], self.settings.max_image_pixels
+        )
+        saved = store_samples(self.datasets, self.registry, recipe, role_id, roi_id, label, samples)
+        logger.info("dataset upload recipe=%r role=%r roi=%r label=%s saved=%s", recipe, role_id, roi_id, label, saved)
+        return {"status": "ok", "saved": saved}
+
+    def dataset_list(self, role_id: str, roi_id: str, *, recipe_id: str | None = None) -> dict[str, Any]:
+        recipe = self._ids(role_id, roi_id, recipe_id)
+        folder = self.datasets.folder(recipe, role_id, roi_id)
+        classes = {}
+        for label in ("ok", "ng"):
+            samples = self.datasets.samples(folder, label)
+            classes[label] = {
+                "count": len(samples),
+                "files": [sample.name for sample in samples],
+                "meta": {sample.name: sample.sidecar.is_file() for sample in samples},
+            }
+        return {"role_id": role_id, "roi_id": roi_id, "classes": classes}
+
+    def _stored(
+        self, role_id: str, roi_id: str, label: str, filename: str, recipe_id: str | None
+    ) -> tuple[str, str, Path | None, StoredSample | None]:
+        """(recipe, label, dataset folder, the sample or None) a file route names."""
+        recipe = self._ids(role_id, roi_id, recipe_id)
+        label = normalize_label(label)
+        folder = self.datasets.folder(recipe, role_id, roi_id)
+        return recipe, label, folder, self.datasets.find(folder, label, filename)
+
+    def dataset_file(
+        self, role_id: str, roi_id: str, label: str, filename: str, *, recipe_id: str | None = None
+    ) -> tuple[bytes, str]:
+        """(bytes, media type) of a stored sample."""
+        recipe, label, _, sample = self._stored(role_id, roi_id, label, filename, recipe_id)
+        try:
+            data = sample.path.read_bytes() if sample is not None else None
+        except FileNotFoundError:  # deleted meanwhile
+            data = None
+        if sample is None or data is None:
+            raise NotFound(
+                f"file not found: no {label} sample {filename!r} for ({role_id}, {roi_id}) in recipe '{recipe}'; "
+                "GET /datasets/list names the stored files."
+            )
+        return data, MEDIA_TYPES[sample.path.suffix.lower()]
+
+    def dataset_delete(
+        self, role_id: str, roi_id: str, label: str, filename: str, context: RequestContext = RequestContext(), *,
+        recipe_id: str | None = None,
+    ) -> dict[str, Any]:
+        recipe, label, folder, sample = self._stored(role_id, roi_id, label, filename, recipe_id)
+        deleted = self.datasets.delete(folder, sample)
+        if deleted:
+            logger.info("dataset delete recipe=%r role=%r roi=%r label=%s file=%s", recipe, role_id, roi_id, label,
+                        sample.name if sample else None)
+        return {"deleted": deleted, "filename": sample_name(filename)}
+
+    def dataset_meta(
+        self, role_id: str, roi_id: str, label: str, filename: str, *, recipe_id: str | None = None
+    ) -> dict[str, Any]:
+        recipe, label, _, sample = self._stored(role_id, roi_id, label, filename, recipe_id)
+        meta = self.datasets.read_meta(sample) if sample is not None else None
+        if meta is None:
+            raise NotFound(
+                f"meta not found: no sidecar of {label} sample {filename!r} for ({role_id}, {roi_id}) in recipe "
+                f"'{recipe}'; GET /datasets/list says which samples have one."
+            )
+        return meta
+
     # ---- memory cache ---------------------------------------------------------------------------
     @staticmethod
     def _cache_key(state: ModelState) -> tuple[Any, ...]:
         assert state.active is not None
-        return (state.model_id, state.active_version, state.active.memory_sha256)
+        return (state.recipe_id, state.model_id, state.active_version, state.active.memory_sha256)
+
+    def _provenance(self, state: ModelState) -> dict[str, Any]:
+        """What the active version recorded about the samples it was fitted on (empty for image fits)."""
+        assert state.active_version is not None
+        try:
+            manifest = self.store.version_files(self.store.root / state.folder, state.active_version).manifest
+        except (OSError, ValueError):
+            return {}
+        return manifest.get("dataset") or {}
 
     def _memory_index(self, state: ModelState) -> MemoryIndex:
         key = self._cache_key(state)
@@ -548,17 +842,18 @@ class InspectionService:
         except FileNotFoundError:
             # Pruned or removed by another process since the registry was read: re-index, re-ask.
             if self.registry.resync(self.store, folder) is None:
-                raise NotFitted(state.role_id, state.roi_id) from None
-            fresh = self.registry.state(state.role_id, state.roi_id)
+                raise NotFitted(state.role_id, state.roi_id, state.recipe_id) from None
+            fresh = self.registry.state(state.role_id, state.roi_id, recipe_id=state.recipe_id)
             if fresh is None or fresh.active is None or self._cache_key(fresh) == key:
-                raise NotFitted(state.role_id, state.roi_id) from None
+                raise NotFitted(state.role_id, state.roi_id, state.recipe_id) from None
             return self._memory_index(fresh)
         built_with = (loaded.metadata.get("extractor") or {}).get("weights_sha256")
         if built_with and built_with != self.extractor.fingerprint["weights_sha256"]:
             logger.warning(
-                "The memory of role=%r roi=%r (version %d) was built with other backbone weights than the ones "
-                "loaded now (%s); its scores are not comparable: refit it, or serve with the weights it was built with.",
-                state.role_id, state.roi_id, state.active_version, self.extractor.weights_source,
+                "The memory of recipe=%r role=%r roi=%r (version %d) was built with other backbone weights than the "
+                "ones loaded now (%s); its scores are not comparable: refit it, or serve with the weights it was "
+                "built with.",
+                state.recipe_id, state.role_id, state.roi_id, state.active_version, self.extractor.weights_source,
             )
         if loaded.index_bytes is not None:
             index = MemoryIndex.from_bytes(loaded.index_bytes, loaded.embeddings)

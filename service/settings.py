@@ -55,6 +55,13 @@ def _parse_rate(text: str) -> float:
     return value
 
 
+def _parse_holdout(text: str) -> float:
+    value = float(text)
+    if not (0 <= value <= 0.9):
+        raise ValueError(f"{text!r} is not a fraction in [0, 0.9]")
+    return value
+
+
 def _parse_percentile(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 100:
@@ -161,6 +168,15 @@ _FIELDS: dict[str, _Field] = {
     "precision": _Field(("BDI_PRECISION",), _parse_precision, "fp32",
                         "backbone arithmetic: fp32, or bf16/fp16 autocast (faster on GPUs and bf16 CPUs; "
                         "scores move slightly, see README)"),
+    "require_calibration": _Field(("BDI_REQUIRE_CALIBRATION",), _parse_bool, False,
+                                  "answer /infer of an uncalibrated model with 400 calibration_missing instead of "
+                                  "threshold null (plants on the newer GUI)"),
+    "min_ok_samples": _Field(("BDI_MIN_OK_SAMPLES",), _parse_positive_int, 10,
+                             "fewest stored OK samples /fit_ok use_dataset=true trains from (else 400)"),
+    "dataset_holdout": _Field(("BDI_DATASET_HOLDOUT",), _parse_holdout, 0.0,
+                              "fraction of the stored OK samples /fit_ok use_dataset=true keeps out of the memory "
+                              "(seeded), so that /calibrate_dataset takes the OK threshold from samples the memory "
+                              "has not seen; 0: train on all of them"),
     "error_trace": _Field(("BDI_ERROR_TRACE",), _parse_bool, True,
                           "include the traceback in 500 bodies"),
     "api_key": _Field(("BDI_API_KEY",), _text, "",
@@ -196,6 +212,9 @@ class Settings:
     fit_batch_size: int
     infer_batch_size: int | str
     precision: str
+    require_calibration: bool
+    min_ok_samples: int
+    dataset_holdout: float
     error_trace: bool
     api_key: str
     cors_origins: tuple[str, ...]

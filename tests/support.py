@@ -1,16 +1,18 @@
 """Helpers the tests share (not fixtures): synthetic ROIs, PNG bytes, settings over a temp models dir,
-and the GUI's two multipart requests."""
+the old GUI's two multipart requests and the newer GUI's requests as its .NET client writes them."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -166,3 +168,62 @@ def forget_registry(models_dir: Path) -> None:
         connection.execute(text("DROP SCHEMA public CASCADE"))
         connection.execute(text("CREATE SCHEMA public"))
     engine.dispose()
+def dotnet_multipart(
+    texts: list[tuple[str, str]], files: list[tuple[str, str, bytes]] = (), metas: list[dict[str, Any]] = ()
+) -> tuple[bytes, dict[str, str]]:
+    """A multipart body as .NET's ``MultipartFormDataContent`` writes it (the newer GUI's client): a quoted GUID
+    boundary; text parts typed ``text/plain; charset=utf-8`` with unquoted names; each meta a part named ``metas``
+    typed ``application/json``; file parts (name, filename, bytes) with ``filename`` and ``filename*``."""
+    boundary = str(uuid.uuid4())
+    body = b""
+
+    def part(headers: str, content: bytes) -> bytes:
+        return f"--{boundary}\r\n{headers}\r\n\r\n".encode() + content + b"\r\n"
+
+    for name, value in texts:
+        body += part(f"Content-Type: text/plain; charset=utf-8\r\nContent-Disposition: form-data; name={name}",
+                     value.encode("utf-8"))
+    for name, filename, data in files:
+        ascii_name = filename.encode("ascii", "replace").decode().replace("?", "_")
+        disposition = f"form-data; name={name}; filename={ascii_name}; filename*=utf-8''{quote(filename)}"
+        body += part(f"Content-Type: image/png\r\nContent-Disposition: {disposition}", data)
+    for meta in metas:
+        body += part("Content-Type: application/json\r\nContent-Disposition: form-data; name=metas",
+                     json.dumps(meta).encode("utf-8"))
+    body += f"--{boundary}--\r\n".encode()
+    return body, {"content-type": f'multipart/form-data; boundary="{boundary}"'}
+
+
+class NewerGui:
+    """The newer GUI's requests: a new GUID X-Request-Id on each, X-Recipe-Id verbatim unless the layout is the
+    default one, multipart as .NET writes it, JSON bodies for /calibrate_dataset."""
+
+    def __init__(self, client: TestClient[Any], layout: str | None = None) -> None:
+        self.client = client
+        self.layout = layout
+        self.last_request_id: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        self.last_request_id = str(uuid.uuid4())
+        headers = {"X-Request-Id": self.last_request_id}
+        if self.layout:
+            headers["X-Recipe-Id"] = self.layout
+        return headers
+
+    def form(self, path: str, texts: list[tuple[str, str]], files: list[tuple[str, str, bytes]] = (),
+             metas: list[dict[str, Any]] = ()):
+        body, headers = dotnet_multipart(texts, files, metas)
+        return self.client.post(path, content=body, headers={**headers, **self.headers()})
+
+    def upload(self, label: str, role: str, roi: str, images: list[tuple[str, bytes]], metas: list[dict[str, Any]] = ()):
+        return self.form(f"/datasets/{label}/upload", [("role_id", role), ("roi_id", roi)],
+                         [("images", name, data) for name, data in images], metas)
+
+    def get(self, path: str, **params: str):
+        return self.client.get(path, params=params, headers=self.headers())
+
+    def delete(self, path: str, **params: str):
+        return self.client.delete(path, params=params, headers=self.headers())
+
+    def post_json(self, path: str, body: dict[str, Any]):
+        return self.client.post(path, json=body, headers=self.headers())

@@ -1,7 +1,7 @@
 """Memory versions grown by appends: parent version, ancestors, covering radius.
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-11-27
 
 Nullable columns only, so existing rows stay valid (their versions were fitted before the covering
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

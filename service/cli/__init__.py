@@ -1,4 +1,4 @@
-"""The ``bdi`` console script: one module per command group (serve, models, fit/calibrate/eval, openapi)."""
+"""The ``bdi`` console script: one module per command group (serve, models, datasets, fit/calibrate/eval, openapi)."""
 
 from .main import main
 

@@ -13,8 +13,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ..errors import BadRequest
 from ..settings import Settings
 from ..storage import ModelState, ModelStore, Registry, open_storage
+from ..validation import DEFAULT_RECIPE, normalize_recipe
 
 EXIT_PROBLEMS, EXIT_USAGE = 1, 2
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,6 +37,37 @@ def models_dir_option(command: F) -> F:
     )(command)
 
 
+def _recipe(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
+    """``--recipe`` as stored (the contract's rule); without it: the default namespace."""
+    try:
+        return normalize_recipe(value)
+    except BadRequest as exc:
+        raise click.BadParameter(exc.message) from None
+
+
+def _recipe_filter(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A filtering ``--recipe``: without it, None (every recipe)."""
+    return None if value is None else _recipe(ctx, param, value)
+
+
+def recipe_option(command: F) -> F:
+    return click.option(
+        "--recipe", "recipe_id", default=None, callback=_recipe, metavar="RECIPE",
+        help="The recipe (the newer GUI's namespace of models and samples) [default: the default namespace, "
+        "the models old GUIs use].",
+    )(command)
+
+
+def recipe_filter_option(command: F) -> F:
+    return click.option("--recipe", "recipe_id", default=None, callback=_recipe_filter, metavar="RECIPE",
+                        help="Only this recipe ('default': the default namespace) [default: every recipe].")(command)
+
+
+def model_label(recipe_id: str, role_id: str, roi_id: str) -> str:
+    """How a model is named in tables and messages: ``role / roi``, prefixed by its recipe outside the default."""
+    return f"{role_id} / {roi_id}" if recipe_id == DEFAULT_RECIPE else f"{recipe_id}: {role_id} / {roi_id}"
+
+
 def json_option(command: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")(command)
 
@@ -47,11 +80,12 @@ class OpenedModels:
     store: ModelStore
     registry: Registry
 
-    def state(self, role_id: str, roi_id: str) -> ModelState:
-        state = self.registry.state_or_import(self.store, role_id, roi_id)
+    def state(self, role_id: str, roi_id: str, recipe_id: str = DEFAULT_RECIPE) -> ModelState:
+        state = self.registry.state_or_import(self.store, role_id, roi_id, recipe_id=recipe_id)
         if state is None:
+            where = f" of recipe {recipe_id!r}" if recipe_id != DEFAULT_RECIPE else ""
             raise CliError(
-                f"There is no model role_id={role_id!r} roi_id={roi_id!r} in {self.settings.models_dir}; "
+                f"There is no model role_id={role_id!r} roi_id={roi_id!r}{where} in {self.settings.models_dir}; "
                 "`bdi models list` shows the known ones."
             )
         return state
@@ -126,6 +160,7 @@ def model_summary(state: ModelState) -> dict[str, Any]:
     """One model as ``models list --json`` prints it."""
     active, calibration = state.active, state.calibration
     return {
+        "recipe_id": state.recipe_id,
         "role_id": state.role_id,
         "roi_id": state.roi_id,
         "version": state.active_version if active is not None else None,

@@ -1,5 +1,6 @@
 """``bdi fit``, ``bdi calibrate`` and ``bdi eval``: the service's own fit / infer / calibrate path, fed
-from the GUI's dataset folders instead of HTTP."""
+from the GUI's dataset folders instead of HTTP, or, without ``--dataset``, from the samples the newer GUI
+stored in the service (``--recipe`` names its namespace)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..errors import ServiceError
 from ..quality import Dataset, MmPerPx, Sample, fit_provenance, load_dataset, split_holdout, split_seen
 from ..settings import Settings
-from ..storage import ModelState
-from .common import EXIT_USAGE, CliError, models_dir_option, print_table, rich_console
+from ..storage import DatasetStore, ModelState, ModelStore
+from .common import EXIT_USAGE, CliError, model_label, models_dir_option, print_table, recipe_option, rich_console
 
 if TYPE_CHECKING:  # the service pulls in torch; admin commands never import it
     from ..inspection import InspectionService, Upload
@@ -36,7 +37,15 @@ def _progress() -> Progress:
                     TextColumn("left"), TimeRemainingColumn(), console=rich_console(stderr=True))
 
 
-def _dataset(dataset_dir: Path, role_id: str, roi_id: str) -> Dataset:
+def _dataset(dataset_dir: Path | None, role_id: str, roi_id: str, recipe_id: str, models_dir: Path | None) -> Dataset:
+    """The dataset folder given, else the stored samples of (recipe, role, roi)."""
+    if dataset_dir is None:
+        settings = Settings.load(models_dir=models_dir)
+        dataset_dir = DatasetStore(ModelStore(settings.models_dir)).folder(recipe_id, role_id, roi_id)
+        if dataset_dir is None:
+            raise CliError(f"There are no stored samples of {model_label(recipe_id, role_id, roi_id)} in "
+                           f"{settings.models_dir}; pass --dataset DIR, or store some (`bdi datasets import`).",
+                           EXIT_USAGE)
     dataset = load_dataset(dataset_dir, role_id, roi_id)
     for path, reason in dataset.skipped:
         rich_console(stderr=True).print(f"skipped {path}: {reason}")
@@ -45,10 +54,10 @@ def _dataset(dataset_dir: Path, role_id: str, roi_id: str) -> Dataset:
     return dataset
 
 
-def _fitted_state(service: InspectionService, role_id: str, roi_id: str) -> ModelState:
-    state = service.model_state(role_id, roi_id)
+def _fitted_state(service: InspectionService, role_id: str, roi_id: str, recipe_id: str) -> ModelState:
+    state = service.model_state(role_id, roi_id, recipe_id=recipe_id)
     if state is None or state.active is None:
-        raise CliError(f"There is no memory for role_id={role_id!r} roi_id={roi_id!r}; "
+        raise CliError(f"There is no memory for {model_label(recipe_id, role_id, roi_id)}; "
                        f"run `bdi fit {role_id} {roi_id} --dataset DIR` first.")
     return state
 
@@ -81,8 +90,8 @@ def _upload(sample: Sample) -> Upload:
 @click.command()
 @click.argument("role_id")
 @click.argument("roi_id")
-@click.option("--dataset", "dataset_dir", type=click.Path(path_type=Path), required=True,
-              help="Folder with ok/ (and ng/) samples, or with <role>/<roi>/ok/.")
+@click.option("--dataset", "dataset_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder with ok/ (and ng/) samples, or with <role>/<roi>/ok/ [the stored samples].")
 @click.option("--memory-fit", is_flag=True, help="Keep every patch (coreset rate 1.0).")
 @click.option("--mm-per-px", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Millimetres per pixel of samples without a sidecar value [the model's recorded value, else 0.2].")
@@ -92,9 +101,10 @@ def _upload(sample: Sample) -> Upload:
 @click.option("--append", is_flag=True,
               help="Grow the active memory with these OK samples instead of fitting a new one (no earlier image "
                    "is needed); the calibration stays but is marked stale.")
+@recipe_option
 @models_dir_option
-def fit(role_id: str, roi_id: str, dataset_dir: Path, memory_fit: bool, mm_per_px: float | None,
-        holdout: float, seed: int, append: bool, models_dir: Path | None) -> None:
+def fit(role_id: str, roi_id: str, dataset_dir: Path | None, memory_fit: bool, mm_per_px: float | None,
+        holdout: float, seed: int, append: bool, recipe_id: str, models_dir: Path | None) -> None:
     """Fit the memory of ROLE_ID / ROI_ID from the OK samples of a dataset folder.
 
     With --holdout the held-out samples are recorded with the version, and `bdi calibrate` on the same
@@ -106,10 +116,10 @@ def fit(role_id: str, roi_id: str, dataset_dir: Path, memory_fit: bool, mm_per_p
     if append and holdout:
         raise CliError("--holdout splits a fit's samples; an append adds every sample it is given. Leave out "
                        "--holdout (keep the samples to calibrate on in another folder).", EXIT_USAGE)
-    dataset = _dataset(dataset_dir, role_id, roi_id)
+    dataset = _dataset(dataset_dir, role_id, roi_id, recipe_id, models_dir)
     fit_samples, held_out = split_holdout(dataset.ok, holdout, seed)
     service = _service(models_dir)
-    rule = _mm_per_px(service, service.model_state(role_id, roi_id), mm_per_px)
+    rule = _mm_per_px(service, service.model_state(role_id, roi_id, recipe_id=recipe_id), mm_per_px)
     mm_per_px = rule.common(fit_samples)
     rich_console(stderr=True).print(f"{rule.describe(fit_samples)}; the version records {mm_per_px:g}.")
     provenance = fit_provenance(dataset.root, fit_samples, held_out, holdout, seed)
@@ -124,14 +134,14 @@ def fit(role_id: str, roi_id: str, dataset_dir: Path, memory_fit: bool, mm_per_p
         context = RequestContext(correlation_id=uuid.uuid4().hex, source="cli")
         if append:
             result = service.append(role_id, roi_id, mm_per_px, uploads, memory_fit=memory_fit, context=context,
-                                    progress=extracted)
+                                    progress=extracted, recipe_id=recipe_id)
         else:
             result = service.fit(role_id, roi_id, mm_per_px, uploads, memory_fit=memory_fit, context=context,
-                                 provenance=provenance, progress=extracted)
-    state = service.model_state(role_id, roi_id)
+                                 provenance=provenance, progress=extracted, recipe_id=recipe_id)
+    state = service.model_state(role_id, roi_id, recipe_id=recipe_id)
     grown = result.pop("append", {})
     print_table(
-        f"{'Appended to' if append else 'Fitted'} {role_id} / {roi_id}: version "
+        f"{'Appended to' if append else 'Fitted'} {model_label(recipe_id, role_id, roi_id)}: version "
         f"{state.active_version if state else '-'}", ("field", "value"),
         [("images", len(uploads)), ("held out", len(held_out)), ("mm_per_px", mm_per_px), *result.items(),
          *((f"append.{key}", value) for key, value in grown.items())],
@@ -141,24 +151,25 @@ def fit(role_id: str, roi_id: str, dataset_dir: Path, memory_fit: bool, mm_per_p
 @click.command()
 @click.argument("role_id")
 @click.argument("roi_id")
-@click.option("--dataset", "dataset_dir", type=click.Path(path_type=Path), required=True,
-              help="Folder with ok/ and ng/ (or ko/) samples, or with <role>/<roi>/ok/.")
+@click.option("--dataset", "dataset_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder with ok/ and ng/ (or ko/) samples, or with <role>/<roi>/ok/ [the stored samples].")
 @click.option("--mm-per-px", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Millimetres per pixel of samples without a sidecar value [the model's recorded value, else 0.2].")
 @click.option("--area-mm2-thr", type=click.FloatRange(min=0), default=None,
               help="Smallest region area in mm² [BDI_AREA_MM2_THR].")
 @click.option("--score-percentile", type=click.IntRange(1, 100), default=None,
               help="Percentile of the OK scores [BDI_SCORE_PERCENTILE].")
+@recipe_option
 @models_dir_option
-def calibrate(role_id: str, roi_id: str, dataset_dir: Path, mm_per_px: float | None, area_mm2_thr: float | None,
-              score_percentile: int | None, models_dir: Path | None) -> None:
+def calibrate(role_id: str, roi_id: str, dataset_dir: Path | None, mm_per_px: float | None,
+              area_mm2_thr: float | None, score_percentile: int | None, recipe_id: str, models_dir: Path | None) -> None:
     """Score every OK and NG sample of a dataset folder, then calibrate the threshold of ROLE_ID / ROI_ID."""
     from ..inspection import RequestContext
     from ..quality import overlap_warning
 
-    dataset = _dataset(dataset_dir, role_id, roi_id)
+    dataset = _dataset(dataset_dir, role_id, roi_id, recipe_id, models_dir)
     service = _service(models_dir)
-    state = _fitted_state(service, role_id, roi_id)
+    state = _fitted_state(service, role_id, roi_id, recipe_id)
     ok, ng = _calibration_samples(dataset, _provenance(service, state))
     rule = _mm_per_px(service, state, mm_per_px)
     err = rich_console(stderr=True)
@@ -168,17 +179,18 @@ def calibrate(role_id: str, roi_id: str, dataset_dir: Path, mm_per_px: float | N
     with _progress() as progress:
         for sample in progress.track(ok + ng, description="Scoring samples"):
             try:
-                result = service.infer(role_id, roi_id, rule.value(sample), _upload(sample), shape=sample.shape,
-                                       context=context)
+                result = service.inspect(role_id, roi_id, rule.value(sample), _upload(sample), shape=sample.shape,
+                                         context=context, recipe_id=recipe_id).response
             except ServiceError as exc:
                 raise CliError(f"{sample.path}: {exc.message}") from None
             scores[sample.label].append(result["score"])
     values = service.calibrate(
         role_id, roi_id, scores["ok"], scores["ng"] or None, mm_per_px=rule.common(ok + ng),
-        area_mm2_thr=area_mm2_thr, score_percentile=score_percentile, context=context,
+        area_mm2_thr=area_mm2_thr, score_percentile=score_percentile, context=context, recipe_id=recipe_id,
     )
     print_table(
-        f"Calibrated {role_id} / {roi_id} on {len(ok)} OK and {len(ng)} NG sample(s)", ("field", "value"),
+        f"Calibrated {model_label(recipe_id, role_id, roi_id)} on {len(ok)} OK and {len(ng)} NG sample(s)",
+        ("field", "value"),
         values.items(),
     )
     warning = overlap_warning(values, scores["ng"])
@@ -208,8 +220,8 @@ def _calibration_samples(dataset: Dataset, provenance: dict[str, Any]) -> tuple[
 @click.command("eval")
 @click.argument("role_id")
 @click.argument("roi_id")
-@click.option("--dataset", "dataset_dir", type=click.Path(path_type=Path), required=True,
-              help="Folder with ok/ and ng/ (or ko/) samples, or with <role>/<roi>/ok/.")
+@click.option("--dataset", "dataset_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder with ok/ and ng/ (or ko/) samples, or with <role>/<roi>/ok/ [the stored samples].")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for summary.json, scores.png, colour_scale.png, overlays/ and README.md.")
 @click.option("--mm-per-px", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -219,16 +231,17 @@ def _calibration_samples(dataset: Dataset, provenance: dict[str, Any]) -> tuple[
 @click.option("--overlay-scale", type=click.Choice(["report", "image"]), default="report", show_default=True,
               help="Overlay colours: one scale for the report, anchored at the threshold, or each image stretched "
                    "to itself.")
+@recipe_option
 @models_dir_option
-def evaluate_command(role_id: str, roi_id: str, dataset_dir: Path, report_dir: Path, mm_per_px: float | None,
-                     include_fitted: bool, overlay_scale: str, models_dir: Path | None) -> None:
+def evaluate_command(role_id: str, roi_id: str, dataset_dir: Path | None, report_dir: Path, mm_per_px: float | None,
+                     include_fitted: bool, overlay_scale: str, recipe_id: str, models_dir: Path | None) -> None:
     """Score the samples of a labelled dataset like /infer and write a quality report; its figures are on the
     samples the memory was not fitted on."""
     from ..quality import evaluate
 
-    dataset = _dataset(dataset_dir, role_id, roi_id)
+    dataset = _dataset(dataset_dir, role_id, roi_id, recipe_id, models_dir)
     service = _service(models_dir)
-    state = _fitted_state(service, role_id, roi_id)
+    state = _fitted_state(service, role_id, roi_id, recipe_id)
     split = split_seen(dataset.ok, dataset.root, _provenance(service, state))
     rule = _mm_per_px(service, state, mm_per_px)
     scored = (dataset.ok if include_fitted else split.unseen) + dataset.ng
@@ -243,7 +256,7 @@ def evaluate_command(role_id: str, roi_id: str, dataset_dir: Path, report_dir: P
             summary = evaluate(service, role_id, roi_id, dataset.ok + dataset.ng, report_dir,
                                fitted={sample.path for sample in split.fitted}, include_fitted=include_fitted,
                                seen_note=split.describe(), mm_per_px=rule, overlay_scale=overlay_scale,
-                               progress=lambda done, _total: progress.update(task, completed=done))
+                               progress=lambda done, _total: progress.update(task, completed=done), recipe_id=recipe_id)
         except ServiceError as exc:
             raise CliError(exc.message) from None
         except ValueError as exc:
@@ -251,7 +264,7 @@ def evaluate_command(role_id: str, roi_id: str, dataset_dir: Path, report_dir: P
     keys = ("n_ok", "n_ng", "image_auroc", "pixel_auroc", "threshold", "precision", "recall", "f1")
     fitted = summary["fitted_ok"] or {}
     print_table(
-        f"Evaluation of {role_id} / {roi_id}: {summary['headline']}", ("metric", "value"),
+        f"Evaluation of {model_label(recipe_id, role_id, roi_id)}: {summary['headline']}", ("metric", "value"),
         [(key, summary[key]) for key in keys]
         + [(f"confusion {key}", value) for key, value in (summary["confusion"] or {}).items()]
         + [(f"fitted on: {key}", fitted[key]) for key in keys if fitted],

@@ -1,5 +1,5 @@
-"""``bdi``: the admin console script. Serve, administer the models on disk, fit and calibrate from
-the GUI's dataset folders, write the OpenAPI document.
+"""``bdi``: the admin console script. Serve, administer the models on disk and the stored samples, fit and
+calibrate from the GUI's dataset folders (or the stored samples), write the OpenAPI document.
 
 Exit codes: 0 ok; 1 problems found or the operation failed; 2 usage errors (options, settings, dataset
 folders). A failure is one sentence on stderr; ``bdi --debug ...`` shows the traceback and the log.
@@ -19,6 +19,7 @@ from ..logs import configure_logging
 from ..quality import DatasetError
 from ..storage import LegacyError
 from .common import EXIT_USAGE, CliError
+from .datasets import datasets
 from .fitting import calibrate, evaluate_command, fit
 from .models import models
 from .openapi import openapi
@@ -68,5 +69,5 @@ def main(debug: bool) -> None:
     configure_logging("INFO" if debug else "WARNING")
 
 
-for command in (serve, models, fit, calibrate, evaluate_command, openapi):
+for command in (serve, models, datasets, fit, calibrate, evaluate_command, openapi):
     main.add_command(command)

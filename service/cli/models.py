@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from ..storage import FAILED, WOULD, migrate, recorded_files, remove_files
+from ..validation import DEFAULT_RECIPE
 from .common import (
     EXIT_PROBLEMS,
     CliError,
@@ -19,10 +20,13 @@ from .common import (
     echo_json,
     grid_text,
     json_option,
+    model_label,
     model_summary,
     models_dir_option,
     open_models,
     print_table,
+    recipe_filter_option,
+    recipe_option,
     rich_console,
 )
 
@@ -38,25 +42,28 @@ def models() -> None:
 
 
 @models.command("list")
+@recipe_filter_option
 @models_dir_option
 @json_option
-def list_models(models_dir: Path | None, as_json: bool) -> None:
-    """Every model: active version, token grid, coreset size, threshold, last fit and calibration."""
+def list_models(recipe_id: str | None, models_dir: Path | None, as_json: bool) -> None:
+    """Every model (default namespace first, then each recipe's): active version, token grid, coreset size,
+    threshold, last fit and calibration."""
     opened = open_models(models_dir)
-    rows = [model_summary(state) for state in opened.registry.states()]
+    rows = [model_summary(state) for state in opened.registry.states(recipe_id)]
     if as_json:
         echo_json(rows)
     elif not rows:
         rich_console().print(f"No models in {opened.settings.models_dir}.")
     else:
-        columns = ("role_id", "roi_id", "version", "token_shape", "coreset_size", "threshold", "fitted_at",
-                   "calibrated_at")
-        headers = ("role", "roi", "version", "grid", "coreset", "threshold", "fitted", "calibrated")
+        columns = ("recipe_id", "role_id", "roi_id", "version", "token_shape", "coreset_size", "threshold",
+                   "fitted_at", "calibrated_at")
+        headers = ("recipe", "role", "roi", "version", "grid", "coreset", "threshold", "fitted", "calibrated")
         print_table(None, headers, (
             [grid_text(row[c]) if c == "token_shape" else row[c] for c in columns] for row in rows
         ))
-    known = {(row["role_id"], row["roi_id"]) for row in rows}
-    missing = sum((folder.role_id, folder.roi_id) not in known for folder in opened.store.scan())
+    known = {(row["recipe_id"], row["role_id"], row["roi_id"]) for row in rows}
+    missing = sum((folder.recipe_id, folder.role_id, folder.roi_id) not in known for folder in opened.store.scan()
+                  if recipe_id in (None, folder.recipe_id))
     if missing:
         rich_console(stderr=True).print(
             f"note: {missing} model folder(s) on disk are not in the registry; `bdi models reindex` adds them."
@@ -66,13 +73,14 @@ def list_models(models_dir: Path | None, as_json: bool) -> None:
 @models.command()
 @click.argument("role_id")
 @click.argument("roi_id")
+@recipe_option
 @models_dir_option
 @json_option
-def show(role_id: str, roi_id: str, models_dir: Path | None, as_json: bool) -> None:
+def show(role_id: str, roi_id: str, recipe_id: str, models_dir: Path | None, as_json: bool) -> None:
     """One model: its active memory version, calibration and kept versions."""
     opened = open_models(models_dir)
-    state = opened.state(role_id, roi_id)
-    versions, _ = opened.registry.history(role_id, roi_id)
+    state = opened.state(role_id, roi_id, recipe_id)
+    versions, _ = opened.registry.history(role_id, roi_id, recipe_id=recipe_id)
     payload = {
         **model_summary(state),
         "kept_versions": [v.version for v in versions],
@@ -82,7 +90,7 @@ def show(role_id: str, roi_id: str, models_dir: Path | None, as_json: bool) -> N
     if as_json:
         echo_json(payload)
         return
-    keys = ("role_id", "roi_id", "folder", "version", "kept_versions", "calib_stale")
+    keys = ("recipe_id", "role_id", "roi_id", "folder", "version", "kept_versions", "calib_stale")
     rows: list[tuple[str, Any]] = [(key, payload[key]) for key in keys]
     if state.active is not None:
         active = _displayed_version(state.active)
@@ -95,7 +103,7 @@ def show(role_id: str, roi_id: str, models_dir: Path | None, as_json: bool) -> N
         rows += [(f"calibration.{key}", value) for key, value in state.calibration.values.items()]
         rows += [(f"calibration.{key}", getattr(state.calibration, key))
                  for key in ("memory_version", "source", "correlation_id", "client", "created_at")]
-    print_table(f"{role_id} / {roi_id}", ("field", "value"), rows)
+    print_table(model_label(recipe_id, role_id, roi_id), ("field", "value"), rows)
     if state.active is not None and (state.active.extractor or {}).get(WEIGHTS_FINGERPRINT):
         rich_console().print(WEIGHTS_NOTE)
 
@@ -115,29 +123,31 @@ def _displayed_version(version: Any) -> dict[str, Any]:
 @models.command()
 @click.argument("role_id")
 @click.argument("roi_id")
+@recipe_option
 @models_dir_option
 @json_option
-def history(role_id: str, roi_id: str, models_dir: Path | None, as_json: bool) -> None:
+def history(role_id: str, roi_id: str, recipe_id: str, models_dir: Path | None, as_json: bool) -> None:
     """Memory versions and calibrations of one model, newest first."""
     opened = open_models(models_dir)
-    state = opened.state(role_id, roi_id)
-    versions, calibrations = opened.registry.history(role_id, roi_id)
+    state = opened.state(role_id, roi_id, recipe_id)
+    versions, calibrations = opened.registry.history(role_id, roi_id, recipe_id=recipe_id)
+    label = model_label(recipe_id, role_id, roi_id)
     if as_json:
         echo_json({
-            "role_id": role_id, "roi_id": roi_id, "active_version": state.active_version,
+            "recipe_id": recipe_id, "role_id": role_id, "roi_id": roi_id, "active_version": state.active_version,
             "versions": [_displayed_version(v) for v in versions],
             "calibrations": [dataclasses.asdict(c) for c in calibrations],
         })
         return
     print_table(
-        f"Memory versions of {role_id} / {roi_id}",
+        f"Memory versions of {label}",
         ("version", "active", "parent", "created", "source", "patches", "coreset", "radius", "grid", "legacy path"),
         ((v.version, "*" if v.version == state.active_version else "", v.parent_version, v.created_at, v.source,
           v.n_embeddings, v.coreset_size, v.covering_radius, grid_text(v.token_grid), v.legacy_path)
          for v in versions),
     )
     print_table(
-        f"Calibrations of {role_id} / {roi_id}",
+        f"Calibrations of {label}",
         ("created", "threshold", "p99_ok", "p5_ng", "percentile", "for version", "source", "correlation id", "client"),
         ((c.created_at, c.values["threshold"], c.values["p99_ok"], c.values["p5_ng"], c.values["score_percentile"],
           c.memory_version, c.source, c.correlation_id, c.client) for c in calibrations),
@@ -148,12 +158,13 @@ def history(role_id: str, roi_id: str, models_dir: Path | None, as_json: bool) -
 @click.argument("role_id")
 @click.argument("roi_id")
 @click.argument("version", type=int)
+@recipe_option
 @models_dir_option
-def rollback(role_id: str, roi_id: str, version: int, models_dir: Path | None) -> None:
+def rollback(role_id: str, roi_id: str, version: int, recipe_id: str, models_dir: Path | None) -> None:
     """Make a kept memory VERSION the active one (the calibration stays as it is)."""
     opened = open_models(models_dir)
     store = opened.store
-    state = opened.state(role_id, roi_id)
+    state = opened.state(role_id, roi_id, recipe_id)
     folder = store.root / state.folder
     with store.locked(folder):
         kept = [files.version for files in store.versions(folder)]
@@ -168,7 +179,7 @@ def rollback(role_id: str, roi_id: str, version: int, models_dir: Path | None) -
         assert described is not None  # the folder's id.json was just read by state_or_import
         opened.registry.sync_folder(store, described)
     console = rich_console()
-    console.print(f"Version {version} of {role_id} / {roi_id} is active (was {as_text(previous)}).")
+    console.print(f"Version {version} of {model_label(recipe_id, role_id, roi_id)} is active (was {as_text(previous)}).")
     calibration = state.calibration
     if calibration is not None and calibration.memory_version not in (None, version):
         console.print(
@@ -181,25 +192,30 @@ def rollback(role_id: str, roi_id: str, version: int, models_dir: Path | None) -
 @click.argument("role_id")
 @click.argument("roi_id")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@recipe_option
 @models_dir_option
-def delete(role_id: str, roi_id: str, yes: bool, models_dir: Path | None) -> None:
+def delete(role_id: str, roi_id: str, yes: bool, recipe_id: str, models_dir: Path | None) -> None:
     """Delete a model: its folder (every version, the calibration history), the legacy files it was
-    imported from, and its registry rows."""
+    imported from, and its registry rows. Its stored samples stay (`bdi datasets`)."""
     opened = open_models(models_dir)
     store = opened.store
-    folder = store.model_dir(role_id, roi_id)
-    if folder is None and opened.registry.state(role_id, roi_id) is None:
-        raise CliError(f"There is no model role_id={role_id!r} roi_id={roi_id!r} in {opened.settings.models_dir}.")
+    label = model_label(recipe_id, role_id, roi_id)
+    folder = store.model_dir(role_id, roi_id, recipe_id=recipe_id)
+    if folder is None and opened.registry.state(role_id, roi_id, recipe_id=recipe_id) is None:
+        where = f" of recipe {recipe_id!r}" if recipe_id != DEFAULT_RECIPE else ""
+        raise CliError(
+            f"There is no model role_id={role_id!r} roi_id={roi_id!r}{where} in {opened.settings.models_dir}."
+        )
     legacy = recorded_files(store, folder) if folder is not None else []
     if not yes:
         where = store.relative(folder) if folder is not None else "no folder on disk"
         extra = f" and the legacy files {', '.join(map(store.relative, legacy))}" if legacy else ""
-        click.confirm(f"Delete model {role_id} / {roi_id} ({where}){extra}? This can't be undone", abort=True)
+        click.confirm(f"Delete model {label} ({where}){extra}? This can't be undone", abort=True)
     remove_files(store.root, legacy)
-    store.delete_model(role_id, roi_id)
-    opened.registry.remove_model(role_id, roi_id)
+    store.delete_model(role_id, roi_id, recipe_id=recipe_id)
+    opened.registry.remove_model(role_id, roi_id, recipe_id=recipe_id)
     note = f" and {len(legacy)} legacy file(s)" if legacy else ""
-    rich_console().print(f"Deleted model {role_id} / {roi_id}{note}.")
+    rich_console().print(f"Deleted model {label}{note}.")
 
 
 @models.command()
@@ -210,9 +226,9 @@ def verify(models_dir: Path | None, as_json: bool) -> None:
     opened = open_models(models_dir, check_registry=False)
     store, registry = opened.store, opened.registry
     problems: list[tuple[str, str]] = []
-    on_disk = {(folder.role_id, folder.roi_id): folder for folder in store.scan()}
-    for (role_id, roi_id), folder in on_disk.items():
-        problems += [(f"{role_id} / {roi_id}", problem) for problem in store.verify_folder(folder.path)]
+    on_disk = {(folder.recipe_id, folder.role_id, folder.roi_id): folder for folder in store.scan()}
+    for key, folder in on_disk.items():
+        problems += [(model_label(*key), problem) for problem in store.verify_folder(folder.path)]
     registry_problem = registry.problem()
     if registry_problem is not None:
         problems.append(("registry", f"can't be used ({registry_problem}); run `bdi models reindex`"))
@@ -234,31 +250,33 @@ def verify(models_dir: Path | None, as_json: bool) -> None:
         raise click.exceptions.Exit(EXIT_PROBLEMS)
 
 
-def _registry_problems(opened: OpenedModels, on_disk: dict[tuple[str, str], Any]) -> list[tuple[str, str]]:
+def _registry_problems(
+    opened: OpenedModels, on_disk: dict[tuple[str, str, str], Any]
+) -> list[tuple[str, str]]:
     """Registry rows vs the files: every registered file exists with the sha256 its manifest has,
     every model folder is registered, active versions and thresholds agree."""
     store, registry = opened.store, opened.registry
     problems = []
-    states = {(state.role_id, state.roi_id): state for state in registry.states()}
+    states = {(state.recipe_id, state.role_id, state.roi_id): state for state in registry.states()}
     for key, folder in on_disk.items():
         state = states.get(key)
         if state is None:
-            problems.append((" / ".join(key), "the folder is not in the registry; run `bdi models reindex`"))
+            problems.append((model_label(*key), "the folder is not in the registry; run `bdi models reindex`"))
             continue
         if state.active_version != folder.active_version:
-            problems.append((" / ".join(key), (f"the registry says version {state.active_version} is active, "
-                                               f"the files say {folder.active_version}; run `bdi models reindex`")))
+            problems.append((model_label(*key), (f"the registry says version {state.active_version} is active, "
+                                                 f"the files say {folder.active_version}; run `bdi models reindex`")))
         calib = store.read_calibration(folder.path)
         registered = state.calibration.values["threshold"] if state.calibration is not None else None
         if (calib or {}).get("threshold") != registered:
-            problems.append((" / ".join(key), (f"calib.json's threshold is {as_text((calib or {}).get('threshold'))}, "
-                                               f"the registry's latest calibration says {as_text(registered)}")))
+            problems.append((model_label(*key), (f"calib.json's threshold is {as_text((calib or {}).get('threshold'))}, "
+                                                 f"the registry's latest calibration says {as_text(registered)}")))
     for key, state in states.items():
         if key not in on_disk:
-            problems.append((" / ".join(key), (f"registered, but its folder {state.folder} is gone; "
-                                               "run `bdi models reindex`")))
+            problems.append((model_label(*key), (f"registered, but its folder {state.folder} is gone; "
+                                                 "run `bdi models reindex`")))
     for row in registry.registered_versions():
-        label = f"{row.role_id} / {row.roi_id}"
+        label = model_label(row.recipe_id, row.role_id, row.roi_id)
         try:
             manifest = store.version_files(store.root / row.folder, row.version).manifest
         except (OSError, ValueError):
@@ -295,12 +313,13 @@ def reindex(models_dir: Path | None) -> None:
         registry.upgrade()
     dropped = registry.remove_missing(store)
     folders = [folder for folder in (registry.resync(store, found.path) for found in store.scan()) if folder is not None]
+    registry.sync_recipes(store)
     versions = sum(len(folder.versions) for folder in folders)
     calibrations = sum(len(folder.calibrations) for folder in folders)
     console.print(
         f"Reindexed {len(folders)} model(s) ({versions} version(s), {calibrations} calibration(s)) from {store.root}"
         + (f"; dropped {len(dropped)} model(s) whose folders are gone: "
-           + ", ".join(f"{role} / {roi}" for role, roi in dropped) if dropped else "") + "."
+           + ", ".join(model_label(*key) for key in dropped) if dropped else "") + "."
     )
 
 
@@ -333,8 +352,8 @@ def migrate_models(
         return
     print_table(
         f"Legacy models in {opened.store.root}" + (" (dry run: nothing changed)" if dry_run else ""),
-        ("legacy", "layout", "role", "roi", "action", "version", "notes"),
-        ((a.legacy.name, a.legacy.layout, a.legacy.role_id, a.legacy.roi_id, a.outcome, a.version,
+        ("legacy", "layout", "recipe", "role", "roi", "action", "version", "notes"),
+        ((a.legacy.name, a.legacy.layout, a.legacy.recipe_id, a.legacy.role_id, a.legacy.roi_id, a.outcome, a.version,
           "; ".join(filter(None, (a.detail, a.legacy.note)))) for a in actions),
     )
     if any(action.outcome == FAILED for action in actions):

@@ -23,6 +23,8 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "parse_shape": "masks",
     "shape_mask": "masks",
     "decode_image": "images",
+    "image_format": "images",
     "Letterbox": "letterbox",
     "calibrate": "calibration",
+    "percentile_value": "calibration",
 })

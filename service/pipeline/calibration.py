@@ -34,7 +34,7 @@ def calibrate(
     if ok.size == 0:
         raise BadRequest("ok_scores is empty; send the scores of at least one OK image.")
     ng = _scores("ng_scores", ng_scores if ng_scores is not None else [])
-    percentile = _percentile(score_percentile)
+    percentile = percentile_value(score_percentile)
     validate_mm_per_px(mm_per_px)
     if not math.isfinite(area_mm2_thr) or area_mm2_thr < 0:
         raise BadRequest(f"area_mm2_thr must be a finite number >= 0, got {area_mm2_thr}.")
@@ -74,7 +74,7 @@ def _scores(name: str, values: Sequence[float]) -> np.ndarray:
     return array
 
 
-def _percentile(value: int) -> int:
+def percentile_value(value: int) -> int:
     """``score_percentile`` as an int in 1..100 (a whole float such as 99.0 is accepted)."""
     try:
         number = float(value)

@@ -43,6 +43,16 @@ def image_size_from_header(data: bytes, filename: str) -> tuple[int, int]:
     return width, height
 
 
+def image_format(data: bytes) -> str | None:
+    """Pillow's name of the file's format (``PNG``, ``JPEG``, ``BMP``, ``TIFF``, ...) from its header; None
+    when no header is recognised."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.format
+    except Exception:  # noqa: BLE001 - Pillow raises many types for garbage; all mean "no known header"
+        return None
+
+
 def decode_image(data: bytes, filename: str, max_pixels: int) -> np.ndarray:
     """HxWx3 uint8 BGR exactly as the old backend decoded it (alpha dropped, grey -> 3 channels,
     16-bit -> 8-bit); only ``BadRequest`` or ``PayloadTooLarge`` escape, whatever the bytes."""

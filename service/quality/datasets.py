@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+from ..storage.datasets import SAMPLE_SUFFIXES, sidecar_mm_per_px, sidecar_shape, split_holdout
+
+__all__ = [  # split_holdout is the store's: one holdout rule for dataset folders and /fit_ok use_dataset
+    "DEFAULT_MM_PER_PX", "Dataset", "DatasetError", "MmPerPx", "Sample", "SeenSplit", "file_sha256", "fit_provenance",
+    "load_dataset", "relative_name", "split_holdout", "split_seen",
+]
+
 OK_FOLDERS = ("ok",)
 NG_FOLDERS = ("ng", "ko")
 MASK_SUFFIX = "_mask"
@@ -131,17 +136,11 @@ def _sample(path: Path, label: str, mask: Path | None) -> Sample:
             raise DatasetError(f"Sidecar {sidecar} is not readable JSON ({exc}); fix or remove it.") from None
         if not isinstance(data, dict):
             raise DatasetError(f"Sidecar {sidecar} must hold a JSON object.")
-    mm_per_px = data.get("mm_per_px")
-    if mm_per_px is not None:
-        try:
-            mm_per_px = float(mm_per_px)
-        except (TypeError, ValueError):
-            mm_per_px = math.nan
-        if not math.isfinite(mm_per_px) or mm_per_px <= 0:
-            raise DatasetError(f"Sidecar {sidecar} has mm_per_px={data['mm_per_px']!r}; use a number > 0.")
-    shape = data.get("shape_json", data.get("shape"))
-    if shape is not None and not isinstance(shape, str):
-        shape = json.dumps(shape)
+    try:
+        mm_per_px = sidecar_mm_per_px(data)
+    except ValueError as exc:
+        raise DatasetError(f"Sidecar {sidecar} {exc}.") from None
+    shape = sidecar_shape(data)
     ids = [None if data.get(key) is None else str(data[key]) for key in ("role_id", "roi_id")]
     return Sample(path, label, mm_per_px, shape, mask, *ids)
 
@@ -157,17 +156,6 @@ def _other_model(sample: Sample, role_id: str | None, roi_id: str | None) -> str
 def relative_name(sample: Sample, root: Path) -> str:
     """How a sample is recorded in a fit's provenance: its path under the dataset root, with ``/``."""
     return sample.path.relative_to(root).as_posix()
-
-
-def split_holdout(samples: list[Sample], rate: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """(fit, held out): a seeded ``rate`` of the samples kept out of the memory, at least one on each
-    side when there are two or more. Sorted by path first, so the split ignores listing order."""
-    ordered = sorted(samples, key=lambda sample: sample.path.as_posix())
-    if rate <= 0 or len(ordered) < 2:
-        return ordered, []
-    count = min(max(1, round(len(ordered) * rate)), len(ordered) - 1)
-    chosen = set(np.random.default_rng(seed).choice(len(ordered), size=count, replace=False).tolist())
-    return ([s for i, s in enumerate(ordered) if i not in chosen], [s for i, s in enumerate(ordered) if i in chosen])
 
 
 # ---- what a fit recorded -----------------------------------------------------------------------------

@@ -166,7 +166,7 @@ def evaluate(
     service: InspectionService, role_id: str, roi_id: str, samples: Sequence[Sample], out_dir: Path, *,
     fitted: Collection[Path] = (), include_fitted: bool = False, seen_note: str | None = None,
     mm_per_px: MmPerPx | None = None, overlay_scale: str = "report",
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, recipe_id: str | None = None,
 ) -> dict[str, Any]:
     """Infer the samples through ``service``, write the report into ``out_dir``, return the summary.
 
@@ -203,7 +203,7 @@ def evaluate(
         is_fitted = sample.path in fitted
         value = mm_per_px.value(sample)
         inspection = service.inspect(role_id, roi_id, value, Upload(sample.path.name, sample.path.read_bytes()),
-                                     sample.shape)
+                                     sample.shape, recipe_id=recipe_id)
         result, amap, roi = inspection.response, inspection.anomaly_map, inspection.mask
         threshold = result["threshold"]
         truth = _read_truth(sample.mask, amap.shape) if sample.label == "ng" and sample.mask else None

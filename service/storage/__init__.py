@@ -1,7 +1,24 @@
 """What lasts: the model artifacts on disk (the source of truth), the registry that indexes them
-(SQLAlchemy + Alembic) and the import of what earlier backends wrote."""
+(SQLAlchemy + Alembic), the recipes' mm_per_px locks, the dataset store of uploaded samples and the
+import of what earlier backends wrote."""
 
 from .artifacts import ModelFolder, ModelStore, VersionFiles, utc_now
+from .datasets import (
+    LABELS,
+    MEDIA_TYPES,
+    DatasetFolder,
+    DatasetStore,
+    NewSample,
+    StoredSample,
+    normalize_label,
+    prepare_sample,
+    prepare_upload,
+    sample_name,
+    sidecar_mm_per_px,
+    sidecar_shape,
+    split_holdout,
+    store_samples,
+)
 from .legacy import (
     ADOPTED,
     ALREADY_MIGRATED,
@@ -15,10 +32,14 @@ from .legacy import (
     remove_files,
 )
 from .locks import FileLocks, Locks
+from .recipes import check_mm_per_px, claim_mm_per_px
 from .registry import CalibrationInfo, ModelState, Registry, VersionInfo, open_storage
 
 __all__ = [
-    "ADOPTED", "ALREADY_MIGRATED", "FAILED", "IMPORTED", "WOULD", "CalibrationInfo", "FileLocks", "LegacyError", "Locks",
-    "MigrationAction", "ModelFolder", "ModelState", "ModelStore", "Registry", "VersionFiles", "VersionInfo", "migrate",
-    "open_storage", "recorded_files", "remove_files", "utc_now",
+    "ADOPTED", "ALREADY_MIGRATED", "FAILED", "IMPORTED", "LABELS", "MEDIA_TYPES", "WOULD", "CalibrationInfo",
+    "DatasetFolder", "DatasetStore", "FileLocks", "LegacyError", "Locks", "MigrationAction", "ModelFolder", "ModelState",
+    "ModelStore", "NewSample", "Registry", "StoredSample", "VersionFiles", "VersionInfo", "check_mm_per_px",
+    "claim_mm_per_px", "migrate", "normalize_label", "open_storage", "prepare_sample", "prepare_upload",
+    "recorded_files", "remove_files", "sample_name", "sidecar_mm_per_px", "sidecar_shape", "split_holdout",
+    "store_samples", "utc_now",
 ]

@@ -22,6 +22,12 @@ Folder names: the id itself when it is short and plain (``[A-Za-z0-9_-][A-Za-z0-
 Windows reserved name, no trailing dot) and no other entry of the parent differs from it only in
 case; otherwise ``@`` + sha256 of the id. ``@`` never starts a plain name, so the two kinds can't
 collide, and ``id.json`` makes the mapping reversible on any file system.
+
+Recipes (the newer GUI's namespaces): the default namespace is the layout above, exactly as old tools
+read it. A named recipe's models live under ``<models_dir>/@recipes/<recipe folder>/`` in the same
+layout, every id.json there carrying ``recipe_id`` too, with the recipe's ``recipe.json`` (its locked
+mm_per_px). ``@recipes`` (like ``@datasets``, the sample store) can't be a role folder (those are plain
+names or ``@`` + 32 hex) nor the old backend's ``recipes/`` folder, which the legacy import reads.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ import numpy as np
 
 from ..errors import InsufficientStorage
 from ..pipeline import patchcore
+from ..validation import DEFAULT_RECIPE
 from .locks import MODEL_LOCK_FILE, FileLocks, Locks
 
 logger = logging.getLogger(__name__)
@@ -60,6 +67,10 @@ MIGRATED_FILE = "migrated.jsonl"
 VERSION_FILE = "version.json"
 VERSIONS_DIR = "versions"
 TMP_PREFIX = ".tmp-"
+RECIPES_DIR = "@recipes"
+DATASETS_DIR = "@datasets"
+RECIPE_FILE = "recipe.json"
+RESERVED_DIRS = (RECIPES_DIR, DATASETS_DIR)  # top-level folders of the models dir that hold no role
 STALE_TEMP_S = 3600  # a temp entry outside a model folder this old belongs to no write in progress
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -173,6 +184,24 @@ def hashed_name(identifier: str) -> str:
     return "@" + hashlib.sha256(identifier.encode("utf-8")).hexdigest()[:32]
 
 
+def namespace_ids(recipe_id: str, **ids: str) -> dict[str, str]:
+    """What an id.json holds: the ids, plus ``recipe_id`` outside the default namespace (whose id.json files
+    stay exactly what old tools read)."""
+    return ids if recipe_id == DEFAULT_RECIPE else {"recipe_id": recipe_id, **ids}
+
+
+def id_children(parent: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(folder, its id.json) of every sub-folder of ``parent`` that has a readable id.json object."""
+    for entry in sorted(parent.iterdir()) if parent.is_dir() else []:
+        if entry.is_dir() and not entry.name.startswith("."):
+            try:
+                ids = read_json(entry / ID_FILE)
+            except (OSError, ValueError):
+                continue
+            if isinstance(ids, dict):
+                yield entry, ids
+
+
 @dataclasses.dataclass(frozen=True)
 class VersionFiles:
     """One stored memory version: its manifest (``version.json``) and where its files are."""
@@ -209,6 +238,7 @@ class ModelFolder:
     active_version: int | None
     versions: list[VersionFiles]
     calibrations: list[dict[str, Any]]
+    recipe_id: str = DEFAULT_RECIPE
 
 
 class ModelStore:
@@ -225,8 +255,9 @@ class ModelStore:
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
-    def _child(self, parent: Path, identifier: str, ids: dict[str, str], create: bool) -> Path | None:
-        """The folder of ``identifier`` under ``parent`` (created when asked), identified by id.json."""
+    def child(self, parent: Path, identifier: str, ids: dict[str, str], create: bool) -> Path | None:
+        """The folder of ``identifier`` under ``parent`` (created when asked), identified by id.json: a role,
+        a model, a recipe, a dataset's folders."""
         plain = is_plain_name(identifier)
         candidates = ([identifier] if plain else []) + [hashed_name(identifier)]
         try:
@@ -246,7 +277,9 @@ class ModelStore:
         tmp = parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
         with reporting_full_disk(f"the folder of {identifier!r}", self.root):
             try:
-                if parent == self.root:  # a role folder that vanished meanwhile is not re-created without its id.json
+                # The models dir and its @recipes/@datasets are made as needed; a role folder that vanished
+                # meanwhile is not re-created without its id.json.
+                if parent == self.root or (parent.parent == self.root and parent.name in RESERVED_DIRS):
                     parent.mkdir(parents=True, exist_ok=True)
                 tmp.mkdir()
                 write_json_atomic(tmp / ID_FILE, ids)
@@ -269,11 +302,22 @@ class ModelStore:
         except (OSError, ValueError):
             return False
 
-    def model_dir(self, role_id: str, roi_id: str, create: bool = False) -> Path | None:
-        role_dir = self._child(self.root, role_id, {"role_id": role_id}, create)
+    def namespace_dir(self, recipe_id: str = DEFAULT_RECIPE, create: bool = False) -> Path | None:
+        """Where a recipe's models live: the models dir itself for the default namespace."""
+        if recipe_id == DEFAULT_RECIPE:
+            return self.root
+        return self.child(self.root / RECIPES_DIR, recipe_id, {"recipe_id": recipe_id}, create)
+
+    def model_dir(
+        self, role_id: str, roi_id: str, create: bool = False, *, recipe_id: str = DEFAULT_RECIPE
+    ) -> Path | None:
+        namespace = self.namespace_dir(recipe_id, create)
+        if namespace is None:
+            return None
+        role_dir = self.child(namespace, role_id, namespace_ids(recipe_id, role_id=role_id), create)
         if role_dir is None:
             return None
-        return self._child(role_dir, roi_id, {"role_id": role_id, "roi_id": roi_id}, create)
+        return self.child(role_dir, roi_id, namespace_ids(recipe_id, role_id=role_id, roi_id=roi_id), create)
 
     def claim(self, folder: Path, ids: dict[str, str]) -> bool:
         """Give an existing folder without id.json (an earlier backend's) the ids it is the plain name of.
@@ -292,13 +336,14 @@ class ModelStore:
             write_json_atomic(folder / ID_FILE, ids)
         return True
 
-    def delete_model(self, role_id: str, roi_id: str) -> Path | None:
-        """Remove a model's folder, and its role folder when no other model is left in it.
+    def delete_model(self, role_id: str, roi_id: str, *, recipe_id: str = DEFAULT_RECIPE) -> Path | None:
+        """Remove a model's folder, and its role folder when no other model is left in it (a recipe's
+        folder stays: its recipe.json holds the locked mm_per_px).
 
         Each folder is renamed to a temp name first: readers see the model or nothing, and a crash
         mid-delete leaves a temp folder that start-up removes.
         """
-        folder = self.model_dir(role_id, roi_id)
+        folder = self.model_dir(role_id, roi_id, recipe_id=recipe_id)
         if folder is None:
             return None
         with self.locked(folder):
@@ -317,7 +362,7 @@ class ModelStore:
         return self.locks.model(self.relative(folder))
 
     @contextlib.contextmanager
-    def writing(self, role_id: str, roi_id: str) -> Iterator[Path]:
+    def writing(self, role_id: str, roi_id: str, *, recipe_id: str = DEFAULT_RECIPE) -> Iterator[Path]:
         """The model's folder (created when new), locked, for one write of its files and registry rows.
 
         When the block fails (a full disk, a registry that refused the rows, anything), the folder is put
@@ -326,10 +371,10 @@ class ModelStore:
         previous version stays served, the registry (rolled back by its own transaction) still matches
         the files, and a failed first write leaves no model behind.
         """
-        ids = {"role_id": role_id, "roi_id": roi_id}
+        ids = namespace_ids(recipe_id, role_id=role_id, roi_id=roi_id)
         for attempt in range(10):
             try:
-                folder = self.model_dir(role_id, roi_id, create=True)
+                folder = self.model_dir(role_id, roi_id, create=True, recipe_id=recipe_id)
                 assert folder is not None
                 lock = contextlib.ExitStack()
                 lock.enter_context(self.locked(folder))
@@ -338,7 +383,9 @@ class ModelStore:
                     raise
                 continue  # a failed first write removed the folder while this one waited: create it again
             except BaseException:
-                role_dir = self._child(self.root, role_id, {"role_id": role_id}, create=False)
+                namespace = self.namespace_dir(recipe_id)
+                role_ids = namespace_ids(recipe_id, role_id=role_id)
+                role_dir = None if namespace is None else self.child(namespace, role_id, role_ids, create=False)
                 if role_dir is not None:
                     self._drop_empty_role(role_dir)
                 raise
@@ -359,8 +406,8 @@ class ModelStore:
                 self._undo.pop(folder, None)
                 undo.commit()
                 return
-        raise RuntimeError(f"The folder of role_id={role_id!r} roi_id={roi_id!r} was removed by other failed writes "
-                           "10 times in a row; try again.")
+        raise RuntimeError(f"The folder of recipe_id={recipe_id!r} role_id={role_id!r} roi_id={roi_id!r} was removed by "
+                           "other failed writes 10 times in a row; try again.")
 
     # ---- memory versions ----------------------------------------------------------------------
     def versions(self, folder: Path) -> list[VersionFiles]:
@@ -573,23 +620,46 @@ class ModelStore:
             problems.append(f"{CALIB_FILE} can't be read")
         return problems
 
+    # ---- recipes --------------------------------------------------------------------------------
+    def recipes(self) -> Iterator[tuple[str, Path]]:
+        """(recipe_id, folder) of every named recipe on disk."""
+        for folder, ids in id_children(self.root / RECIPES_DIR):
+            recipe_id = ids.get("recipe_id")
+            if isinstance(recipe_id, str) and set(ids) == {"recipe_id"}:
+                yield recipe_id, folder
+
+    def read_recipe(self, folder: Path) -> dict[str, Any]:
+        """A recipe's recipe.json (``{"recipe_id", "mm_per_px", "created_at_utc", ...}``), empty when absent."""
+        try:
+            data = read_json(folder / RECIPE_FILE)
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def write_recipe(self, folder: Path, payload: dict[str, Any]) -> None:
+        with reporting_full_disk(f"the recipe's {RECIPE_FILE}", self.root):
+            write_json_atomic(folder / RECIPE_FILE, payload)
+
     # ---- whole-tree operations ----------------------------------------------------------------
     def scan(self) -> Iterator[ModelFolder]:
-        """Every model folder of the canonical layout, as its files describe it."""
-        for role_dir in sorted(self.root.iterdir()) if self.root.is_dir() else []:
-            if not role_dir.is_dir() or not (role_dir / ID_FILE).is_file():
-                continue
-            for model_dir in sorted(role_dir.iterdir()):
-                if model_dir.is_dir():
-                    folder = self.describe(model_dir)
-                    if folder is not None:
-                        yield folder
+        """Every model folder of the canonical layout, default namespace first, then each recipe's."""
+        namespaces = [(DEFAULT_RECIPE, self.root), *self.recipes()] if self.root.is_dir() else []
+        for recipe_id, namespace in namespaces:
+            for role_dir, role_ids in id_children(namespace):
+                if role_ids != namespace_ids(recipe_id, role_id=role_ids.get("role_id")):
+                    continue
+                for model_dir in sorted(role_dir.iterdir()):
+                    if model_dir.is_dir():
+                        folder = self.describe(model_dir)
+                        if folder is not None and folder.recipe_id == recipe_id:
+                            yield folder
 
     def describe(self, model_dir: Path) -> ModelFolder | None:
         try:
             ids = read_json(model_dir / ID_FILE)
             role_id, roi_id = ids["role_id"], ids["roi_id"]
-        except (OSError, ValueError, KeyError, TypeError):
+            recipe_id = ids.get("recipe_id", DEFAULT_RECIPE)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
         calibrations = self.calibration_history(model_dir)
         if not calibrations:
@@ -597,7 +667,8 @@ class ModelStore:
             if legacy is not None:
                 calibrations = [{"source": "legacy", "calibration": legacy}]
         return ModelFolder(
-            role_id, roi_id, model_dir, self.active_version(model_dir), self.versions(model_dir), calibrations
+            role_id, roi_id, model_dir, self.active_version(model_dir), self.versions(model_dir), calibrations,
+            recipe_id,
         )
 
     def cleanup_leftovers(self) -> int:

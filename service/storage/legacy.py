@@ -8,8 +8,17 @@ Layouts (``san(x)``: each char not alnum/``-``/``_`` -> ``_``; ``b64(x)``: urlsa
 - ``flat``: ``<san(role)>_<san(roi)>.npz`` + ``_index.faiss`` + ``_calib.json``. Sanitising lost
   information: the name is split at the first ``_`` and the report says so.
 - ``flat-b64``: ``<b64(role)>__<b64(roi)>.npz`` + ...
-- ``recipe``: ``recipes/<recipe>/<model_key>/<b64(role)>__<b64(roi)>.npz`` + ... (recipe and key are
-  no part of a model's identity any more; they stay in the recorded legacy path).
+- ``recipe`` (the newer GUI's backend): ``recipes/<recipe>/<model_key>/<b64(role)>__<b64(roi)>.npz`` + ...,
+  imported into that recipe (the model key is no part of a model's identity: it stays in the recorded
+  legacy path). Its ``_calib.json`` may carry only the threshold and a few more keys: the contract's
+  calib.json keys are filled in (unknown statistics null, mm_per_px from the recipe's meta).
+- ``recipe-meta``: ``recipes/<recipe>/recipe_meta.json`` (``{"mm_per_px", "created_at_utc"}``): the
+  recipe's mm_per_px lock, taken when the recipe has none yet.
+- ``recipe-dataset``: ``recipes/<recipe>/datasets/<b64(role)>__<b64(roi)>/{ok,ng}/<stamp><ext>`` with
+  ``.json`` sidecars: copied into the recipe's dataset store under new stored names (the sidecar keeps
+  the old name as ``client_filename`` and the path as ``legacy_path``); a file that is not an image, or
+  whose sidecar is unusable, is skipped and reported. Each sample is journaled (path + sha256) in the
+  store's ``imported.jsonl``, so a sample deleted afterwards is not brought back.
 
 ``_`` is in the urlsafe alphabet, so a ``__`` is taken as the base64 split only when both halves
 decode to valid ids and re-encode to exactly the same text; otherwise the name is a sanitised one.
@@ -41,7 +50,7 @@ import numpy as np
 
 from ..errors import BadRequest
 from ..pipeline.patchcore import MemoryIndex
-from ..validation import validate_id
+from ..validation import DEFAULT_RECIPE, normalize_recipe, validate_id
 from .artifacts import (
     ACTIVE_FILE,
     CALIB_FILE,
@@ -49,17 +58,26 @@ from .artifacts import (
     ID_FILE,
     INDEX_FILE,
     MEMORY_FILE,
+    RESERVED_DIRS,
     ModelStore,
     is_plain_name,
     read_json,
     sha256_file,
     utc_now,
 )
+from .datasets import LABELS, SAMPLE_SUFFIXES, SIDECAR_SUFFIX, DatasetStore, NewSample, prepare_sample
 from .locks import LEGACY_IMPORT
+from .recipes import claim_mm_per_px
 from .registry import Registry
+from .registry.database import CALIBRATION_KEYS
 
 FOLDER, FLAT, FLAT_B64, RECIPE = "folder", "flat", "flat-b64", "recipe"
+RECIPE_META, RECIPE_DATASET = "recipe-meta", "recipe-dataset"
+MODEL_LAYOUTS = (FOLDER, FLAT, FLAT_B64, RECIPE)
 RECIPES_DIR = "recipes"
+RECIPE_META_FILE = "recipe_meta.json"
+RECIPE_DATASETS_DIR = "datasets"
+MAX_IMAGE_PIXELS = 100_000_000  # the setting's default: a legacy sample larger than that is skipped
 UNKNOWN_EXTRACTOR = {"model": "unknown"}
 
 IMPORTED, ADOPTED, ALREADY_MIGRATED, SUPERSEDED, SKIPPED, FAILED = (
@@ -84,6 +102,8 @@ class LegacyModel:
     index: Path | None
     calib: Path | None
     note: str | None = None  # why the ids may differ from the originals
+    recipe_id: str | None = DEFAULT_RECIPE  # None: the recipe folder's name is no valid recipe id
+    path: Path | None = None  # recipe-meta: the file; recipe-dataset: the folder
 
     @property
     def files(self) -> list[Path]:
@@ -100,8 +120,12 @@ class MigrationAction:
     version: int | None = None
 
     def describe(self) -> str:
-        ids = f"role_id={self.legacy.role_id!r} roi_id={self.legacy.roi_id!r}"
-        return "; ".join(part for part in (f"{self.outcome} as {ids}", self.detail, self.legacy.note) if part)
+        legacy = self.legacy
+        ids = [f"recipe_id={legacy.recipe_id!r}"] if legacy.recipe_id != DEFAULT_RECIPE else []
+        if legacy.layout != RECIPE_META:
+            ids += [f"role_id={legacy.role_id!r}", f"roi_id={legacy.roi_id!r}"]
+        head = f"{self.outcome} as {' '.join(ids)}" if ids else self.outcome
+        return "; ".join(part for part in (head, self.detail, legacy.note) if part)
 
 
 # ---- discovery ---------------------------------------------------------------------------------
@@ -113,10 +137,36 @@ def find_legacy(store: ModelStore) -> list[LegacyModel]:
     found = _folder_models(store) + _flat_models(store, root, FLAT)
     recipes = root / RECIPES_DIR
     if recipes.is_dir() and not (recipes / ID_FILE).exists():  # else a canonical role named "recipes"
-        for model_key_dir in sorted(recipes.glob("*/*")):
-            if model_key_dir.is_dir() and not model_key_dir.name.startswith("."):
-                found += _flat_models(store, model_key_dir, RECIPE)
+        for recipe_dir in sorted(recipes.iterdir()):
+            if recipe_dir.is_dir() and not recipe_dir.name.startswith("."):
+                found += _recipe_models(store, recipe_dir)
     return sorted(found, key=lambda model: model.name)
+
+
+def _recipe_models(store: ModelStore, recipe_dir: Path) -> list[LegacyModel]:
+    """What the newer backend kept of one recipe: models per model key, its meta and its datasets."""
+    try:
+        recipe_id: str | None = normalize_recipe(recipe_dir.name)
+    except BadRequest:
+        recipe_id = None
+    note = None if recipe_id is not None else f"{recipe_dir.name!r} is no valid recipe id"
+    found = []
+    meta = recipe_dir / RECIPE_META_FILE
+    if meta.is_file():
+        found.append(LegacyModel(store.relative(meta), RECIPE_META, None, None, None, None, None, note, recipe_id, meta))
+    for entry in sorted(recipe_dir.iterdir()):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        if entry.name != RECIPE_DATASETS_DIR:
+            found += [dataclasses.replace(model, recipe_id=recipe_id, note=model.note or note)
+                      for model in _flat_models(store, entry, RECIPE)]
+            continue
+        for dataset in sorted(entry.iterdir()):
+            if dataset.is_dir() and not dataset.name.startswith("."):
+                role_id, roi_id, _, stem_note = _parse_stem(dataset.name)
+                found.append(LegacyModel(store.relative(dataset), RECIPE_DATASET, role_id, roi_id, None, None, None,
+                                         stem_note or note, recipe_id, dataset))
+    return found
 
 
 def _folder_models(store: ModelStore) -> list[LegacyModel]:
@@ -124,7 +174,9 @@ def _folder_models(store: ModelStore) -> list[LegacyModel]:
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
-        dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
+        # @recipes and @datasets hold this service's own named-recipe models and samples, never legacy files
+        skip = RESERVED_DIRS if here == root else ()
+        dirnames[:] = sorted(name for name in dirnames if not name.startswith(".") and name not in skip)
         names = set(filenames)
         files = {name: here / name if name in names else None for name in (MEMORY_FILE, INDEX_FILE, CALIB_FILE)}
         ids = _model_ids(here) if ID_FILE in names else None
@@ -227,9 +279,9 @@ def _valid_id(value: str | None) -> bool:
 # ---- import ------------------------------------------------------------------------------------
 def migrate(
     store: ModelStore, registry: Registry, *, dry_run: bool = False, remove_legacy: bool = False,
-    mapping: Mapping[str, tuple[str, str]] | None = None,
+    mapping: Mapping[str, tuple[str, str]] | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS,
 ) -> list[MigrationAction]:
-    """Import every legacy model under the store's root; one action per legacy model found.
+    """Import every legacy model (and recipe meta and dataset) under the store's root; one action each.
 
     ``mapping``: legacy name (as reported; a file's bare stem also works) -> (role_id, roi_id).
     ``remove_legacy``: delete a legacy model's files once everything in them is in the canonical layout.
@@ -241,25 +293,32 @@ def migrate(
         return []
     lock = contextlib.nullcontext() if dry_run else store.locks.named(LEGACY_IMPORT)
     with lock:  # several workers start at once; the first imports, the others find it done
-        candidates = [_mapped(model, mapping) for model in find_legacy(store)]
+        found = find_legacy(store)
+        candidates = [_mapped(model, mapping) for model in found if model.layout in MODEL_LAYOUTS]
         unused = sorted(set(mapping) - {key for model in candidates for key in _map_keys(model)})
         if unused:
             names = ", ".join(model.name for model in candidates)
             raise LegacyError(f"--map {unused[0]} names no legacy model; the legacy names are: {names}.")
-        actions: list[MigrationAction] = []
-        groups: dict[tuple[str, str], list[tuple[float, LegacyModel, dict[str, Any] | None]]] = {}
+        # The recipes' meta first: a recipe's lock is its old value, not that of a sample imported before it.
+        actions = [_migrate_recipe_meta(store, registry, model, dry_run) for model in found if model.layout == RECIPE_META]
+        groups: dict[tuple[str, str, str], list[tuple[float, LegacyModel, dict[str, Any] | None]]] = {}
         for model in candidates:
-            if not (_valid_id(model.role_id) and _valid_id(model.roi_id)):
+            if model.recipe_id is None:
+                actions.append(MigrationAction(model, SKIPPED, "its recipe folder's name is no valid recipe id"))
+            elif not (_valid_id(model.role_id) and _valid_id(model.roi_id)):
                 actions.append(MigrationAction(model, SKIPPED, "its name gives no valid role and roi ids"))
             elif model.memory is None and model.calib is None:
                 actions.append(MigrationAction(model, SKIPPED, "an index without its memory; nothing to import"))
             else:
                 try:
                     calib = _read_calib(model.calib) if model.calib is not None else None
+                    if calib is not None and model.layout == RECIPE:
+                        calib = _fill_calib(calib, _recipe_mm_per_px(model))
                 except LegacyError as exc:
                     actions.append(MigrationAction(model, FAILED, str(exc)))
                     continue
-                groups.setdefault((model.role_id, model.roi_id), []).append((_created(model, calib), model, calib))
+                key = (model.recipe_id, model.role_id, model.roi_id)
+                groups.setdefault(key, []).append((_created(model, calib), model, calib))
         for entries in groups.values():
             entries.sort(key=lambda entry: entry[0], reverse=True)
             (_, winner, calib), *older = entries
@@ -267,12 +326,130 @@ def migrate(
             for _, model, _ in older:
                 detail = f"{winner.name} is newer; left on disk, not imported"
                 actions.append(MigrationAction(model, SUPERSEDED, detail))
+        for model in found:
+            if model.layout == RECIPE_DATASET:
+                actions.append(_migrate_dataset(store, model, dry_run, remove_legacy, max_image_pixels))
         return sorted(actions, key=lambda action: action.legacy.name)
 
 
 def _map_keys(model: LegacyModel) -> set[str]:
     """Names --map may use: the full legacy name, and for files also their bare stem."""
     return {model.name} if model.layout == FOLDER else {model.name, model.name.rsplit("/", 1)[-1]}
+
+
+def _recipe_mm_per_px(model: LegacyModel) -> float | None:
+    """The mm_per_px in the recipe_meta.json next to a recipe-layout model, if any."""
+    if model.layout != RECIPE or model.memory is None and model.calib is None:
+        return None
+    path = next(path for path in (model.memory, model.calib) if path is not None)
+    try:
+        value = read_json(path.parents[1] / RECIPE_META_FILE).get("mm_per_px")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if _positive_number(value) else None
+
+
+def _positive_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _migrate_recipe_meta(store: ModelStore, registry: Registry, model: LegacyModel, dry_run: bool) -> MigrationAction:
+    """A recipe's old mm_per_px becomes its lock, unless it has one already (then that one stays)."""
+    assert model.path is not None
+    if model.recipe_id is None:
+        return MigrationAction(model, SKIPPED, "its recipe folder's name is no valid recipe id")
+    if model.recipe_id == DEFAULT_RECIPE:
+        return MigrationAction(model, SKIPPED, "the default namespace locks no mm_per_px")
+    try:
+        value = read_json(model.path).get("mm_per_px")
+    except (OSError, ValueError, AttributeError):
+        return MigrationAction(model, FAILED, f"{model.path.name} is not a readable JSON object")
+    if not _positive_number(value):
+        return MigrationAction(model, SKIPPED, f"its mm_per_px {value!r} is no number > 0")
+    locked = registry.recipe_mm_per_px(model.recipe_id)
+    if locked is not None:
+        same = abs(locked - value) <= 1e-6 * abs(locked)
+        return MigrationAction(model, ALREADY_MIGRATED if same else SKIPPED,
+                               "" if same else f"the recipe already locks mm_per_px {locked}; {value} not taken")
+    if dry_run:
+        return MigrationAction(model, WOULD[IMPORTED], f"mm_per_px {value} locked")
+    claim_mm_per_px(store, registry, model.recipe_id, float(value))
+    return MigrationAction(model, IMPORTED, f"mm_per_px {value} locked")
+
+
+def _migrate_dataset(
+    store: ModelStore, model: LegacyModel, dry_run: bool, remove_legacy: bool, max_pixels: int
+) -> MigrationAction:
+    """Copy a recipe dataset's samples the journal does not list into the dataset store."""
+    assert model.path is not None
+    if model.recipe_id is None:
+        return MigrationAction(model, SKIPPED, "its recipe folder's name is no valid recipe id")
+    if not (_valid_id(model.role_id) and _valid_id(model.roi_id)):
+        return MigrationAction(model, SKIPPED, "its name gives no valid role and roi ids")
+    recipe_id, role_id, roi_id = model.recipe_id, str(model.role_id), str(model.roi_id)
+    datasets = DatasetStore(store)
+    target = datasets.folder(recipe_id, role_id, roi_id)
+    done = datasets.imported(target)
+    hashed = [(label, path, sha256_file(path)) for label, path in _legacy_samples(model.path)]
+    todo = [(label, path, sha) for label, path, sha in hashed if (store.relative(path), sha) not in done]
+    removed = remove_legacy and not dry_run and not todo and remove_files(
+        store.root, _with_sidecars([path for _, path, _ in hashed])
+    )
+    if not todo:
+        return MigrationAction(model, ALREADY_MIGRATED, "legacy files removed" if removed else "")
+    if dry_run:
+        counts = {label: sum(item[0] == label for item in todo) for label in LABELS}
+        return MigrationAction(model, WOULD[IMPORTED], f"{counts['ok']} OK and {counts['ng']} NG sample(s)")
+    target = datasets.folder(recipe_id, role_id, roi_id, create=True)
+    assert target is not None
+    skipped = []
+    counts = dict.fromkeys(LABELS, 0)
+    for label, path, sha in todo:
+        relative = store.relative(path)
+        entry: dict[str, Any] = {"legacy_path": relative, "sha256": sha, "label": label, "imported_at": utc_now()}
+        try:
+            sample = _legacy_sample(path, max_pixels)
+        except BadRequest as exc:
+            skipped.append(f"{path.name}: {exc.message}")
+            entry["skipped"] = exc.message
+        else:
+            created = sample.meta.get("created_at_utc")
+            extra = {"legacy_path": relative,
+                     "created_at_utc": created if isinstance(created, str) else _iso(path.stat().st_mtime)}
+            entry["stored"] = datasets.add(recipe_id, role_id, roi_id, label, [sample], [extra])[0]
+            counts[label] += 1
+        datasets.record_import(target, entry)
+    detail = f"{counts['ok']} OK and {counts['ng']} NG sample(s)"
+    if skipped:
+        detail += f"; {len(skipped)} skipped ({'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''})"
+    if remove_legacy and remove_files(store.root, _with_sidecars([path for _, path, _ in hashed])):
+        detail += "; legacy files removed"
+    return MigrationAction(model, IMPORTED, detail)
+
+
+def _legacy_samples(folder: Path) -> list[tuple[str, Path]]:
+    """(label, image) of a legacy dataset folder, oldest name first."""
+    return [(label, path) for label in LABELS if (folder / label).is_dir()
+            for path in sorted((folder / label).iterdir())
+            if path.is_file() and path.suffix.lower() in SAMPLE_SUFFIXES]
+
+
+def _with_sidecars(paths: list[Path]) -> list[Path]:
+    return paths + [path.with_suffix(SIDECAR_SUFFIX) for path in paths]
+
+
+def _legacy_sample(path: Path, max_pixels: int) -> NewSample:
+    """A legacy sample, checked like an upload; a null mm_per_px (the old backend stored one) is dropped."""
+    sidecar_path = path.with_suffix(SIDECAR_SUFFIX)
+    try:
+        sidecar = read_json(sidecar_path) if sidecar_path.is_file() else {}
+    except (OSError, ValueError):
+        raise BadRequest(f"its sidecar {sidecar_path.name} is not readable JSON") from None
+    if not isinstance(sidecar, dict):
+        raise BadRequest(f"its sidecar {sidecar_path.name} is not a JSON object")
+    meta = {key: value for key, value in sidecar.items() if not (key == "mm_per_px" and value is None)}
+    meta.setdefault("filename", path.name)
+    return prepare_sample(path.name, path.read_bytes(), meta, max_pixels, path.name)
 
 
 def _mapped(model: LegacyModel, mapping: Mapping[str, tuple[str, str]]) -> LegacyModel:
@@ -287,8 +464,8 @@ def _migrate_one(
     store: ModelStore, registry: Registry, model: LegacyModel, calib: dict[str, Any] | None,
     dry_run: bool, remove_legacy: bool,
 ) -> MigrationAction:
-    role_id, roi_id = str(model.role_id), str(model.roi_id)
-    folder = store.model_dir(role_id, roi_id)
+    role_id, roi_id, recipe_id = str(model.role_id), str(model.roi_id), str(model.recipe_id)
+    folder = store.model_dir(role_id, roi_id, recipe_id=recipe_id)
     memory_sha = sha256_file(model.memory) if model.memory is not None else None
     calib_sha = sha256_file(model.calib) if model.calib is not None else None
     done = [entry for entry in store.legacy_imports(folder) if entry.get("legacy_path") == model.name] if folder else []
@@ -316,16 +493,19 @@ def _migrate_one(
         return MigrationAction(model, FAILED, str(exc))
     legacy_dir = model.files[0].parent
     plain = is_plain_name(role_id) and is_plain_name(roi_id)
-    in_place = model.layout == FOLDER and legacy_dir == (folder or (store.root / role_id / roi_id if plain else None))
+    in_place = model.layout == FOLDER and recipe_id == DEFAULT_RECIPE and legacy_dir == (
+        folder or (store.root / role_id / roi_id if plain else None)
+    )
     parts = " and ".join(part for part, take in (("memory", take_memory), ("calibration", take_calib)) if take)
     detail = "; ".join(filter(None, [parts, kept]))
     if dry_run:
         return MigrationAction(model, WOULD[ADOPTED if in_place else IMPORTED], detail)
-    store.claim(store.root / role_id, {"role_id": role_id})
+    if recipe_id == DEFAULT_RECIPE:
+        store.claim(store.root / role_id, {"role_id": role_id})
     if in_place:
         store.claim(legacy_dir, {"role_id": role_id, "roi_id": roi_id})
     version = None
-    with store.writing(role_id, roi_id) as folder:
+    with store.writing(role_id, roi_id, recipe_id=recipe_id) as folder:
         in_place = folder == legacy_dir
         if memory is not None:
             embeddings, grid, metadata, index_bytes = memory
@@ -371,6 +551,15 @@ def _read_calib(path: Path) -> dict[str, Any]:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise LegacyError(f"{path.name} has no numeric threshold")
     return data
+
+
+def _fill_calib(calib: dict[str, Any], mm_per_px: float | None) -> dict[str, Any]:
+    """The newer backend's /calibrate_dataset wrote only a few keys: the contract's keys first, in their order
+    (a statistic it did not keep is null, mm_per_px the recipe's), then the file's own extra keys."""
+    filled = {key: calib.get(key) for key in CALIBRATION_KEYS}
+    if filled["mm_per_px"] is None:
+        filled["mm_per_px"] = mm_per_px
+    return {**filled, **{key: value for key, value in calib.items() if key not in filled or value is not None}}
 
 
 def _read_memory(model: LegacyModel) -> tuple[np.ndarray, tuple[int, int], dict[str, Any], bytes | None]:

@@ -15,7 +15,7 @@ from litestar import Request, Response, Router, get
 from litestar.datastructures import ResponseHeader
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Example, OpenAPI, Schema
+from litestar.openapi.spec import Example, OpenAPI, OpenAPIFormat, Schema
 from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
 
@@ -42,6 +42,14 @@ that finds the disk full answers 507 and stores nothing.
 An `X-Correlation-Id` or `X-Request-Id` request header is echoed on the response (a new id otherwise) and
 marks the server's log lines of that request.
 
+The newer GUI's flow adds recipes and samples kept by the service: **POST /datasets/ok/upload** and
+**/datasets/ng/upload** (samples with their metas) → **GET /datasets/list** → **POST /fit_ok** with
+`use_dataset=true` → **POST /calibrate_dataset** → **POST /infer**. A recipe (`recipe_id` field or query,
+else the `X-Recipe-Id` header) is a namespace of its own models, calibrations and samples; without one,
+requests use the default namespace, the models old GUIs use. Requests that identify as the newer GUI
+(an `X-Request-Id` or `X-Recipe-Id` header, or a field only it sends) get `request_id` and `recipe_id`
+in the answers of the old routes too; other clients get exactly the old keys.
+
 This document is at `/openapi.json` and `/schema/openapi.json`; a viewer is at `/docs`.
 """
 
@@ -66,6 +74,9 @@ CORRELATION_HEADER = ResponseHeader(
 
 _ERROR_MESSAGES = {
     400: "role_id is empty; send the name of the role (1 to 128 characters).",
+    404: "file not found: no ok sample '20261201T153458123456Z-000042.png' for (Inspection, inspection-1) in recipe "
+    "'default'; GET /datasets/list names the stored files.",
+    409: "mm_per_px mismatch for recipe 'line2-disc': expected 0.2, got 0.25",
     405: "GET is not allowed on /fit_ok; see the API document at /docs.",
     413: "The request body is over the limit of 1024 MB (BDI_MAX_BODY_MB); send fewer or smaller images.",
     422: "Invalid request (roi_id: Field required). Fix the listed fields and send it again.",
@@ -123,7 +134,13 @@ def error_responses(when: dict[int, str | None] | None = None) -> dict[int, Resp
 def finish_document(openapi: OpenAPI) -> None:
     """Add what Litestar leaves out of the component schemas of our Structs: the docstring as the
     description and the ``example`` class variable; also unwrap the one-member ``oneOf`` that an
-    ``X | UnsetType`` field becomes, which some generators reject."""
+    ``X | UnsetType`` field becomes, which some generators reject, and mark raw (non-JSON) bodies as binary."""
+    for item in (openapi.paths or {}).values():
+        for operation in (item.get, item.delete, item.post):
+            for response in (operation.responses or {}).values() if operation is not None else ():
+                for media_type, content in (getattr(response, "content", None) or {}).items():
+                    if media_type != "application/json" and isinstance(content.schema, Schema):
+                        content.schema.format = OpenAPIFormat.BINARY
     for name, schema in (openapi.components.schemas or {}).items():
         model = getattr(schemas, name, None)
         if model is None:
@@ -142,7 +159,7 @@ def openapi_30(document: dict[str, Any]) -> dict[str, Any]:
 
     Litestar writes 3.1 only. The 3.1 parts of this document become: a ``oneOf`` with ``{"type": "null"}``
     → ``nullable: true``, schema ``examples`` → ``example``; ``contentMediaType`` is dropped (``format:
-    binary`` already marks files).
+    binary`` already marks files), and so is an empty ``required`` list.
     """
 
     def walk(node: Any) -> Any:
@@ -165,6 +182,8 @@ def _schema_30(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {key: value for key, value in schema.items() if key not in ("contentMediaType", "examples")}
+    if out.get("required") == []:  # 3.0 wants at least one name there
+        del out["required"]
     if schema.get("examples"):
         out["example"] = schema["examples"][0]
     if "properties" in out:

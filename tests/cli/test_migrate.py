@@ -16,6 +16,7 @@ import pytest
 from service.inspection import Upload
 from service.pipeline.patchcore import MemoryIndex
 from service.storage.artifacts import ModelStore
+from service.storage.datasets import DatasetStore
 from service.storage.legacy import _parse_stem, find_legacy, migrate
 from service.storage.registry import Registry
 from tests.cli.support import as_json, bdi, make_service, uploads
@@ -84,23 +85,27 @@ def legacy(tmp_path: Path, reference: dict) -> Path:
     write_memory(root / f"{B64_NAME}.npz", reference)
     (root / f"{B64_NAME}_index.faiss").write_bytes(MemoryIndex.build(reference["emb"][:2]).to_bytes())
     write_json(root / f"{B64_NAME}_calib.json", {**CALIB, "threshold": 0.44})
-    # recipes: the same model in two recipes, the newer calibration wins
-    for recipe, threshold, stamp in (("R1", 0.55, "2024-01-01T00:00:00Z"), ("R2", 0.66, "2024-03-01T00:00:00+00:00")):
-        folder = root / "recipes" / recipe / "key-1"
+    # recipes: the same model under two model keys of recipe R1 (the newer calibration wins) and in recipe R2
+    for recipe, key, threshold, stamp in (("R1", "key-1", 0.55, "2024-01-01T00:00:00Z"),
+                                          ("R1", "key-2", 0.66, "2024-03-01T00:00:00+00:00"),
+                                          ("R2", "key-1", 0.77, "2024-02-01T00:00:00Z")):
+        folder = root / "recipes" / recipe / key
         write_memory(folder / f"{RECIPE_NAME}.npz", reference)
         write_json(folder / f"{RECIPE_NAME}_calib.json", {**CALIB, "threshold": threshold, "created_at_utc": stamp})
     return root
 
 
 EXPECTED = {
-    # legacy name: (layout, role, roi, threshold)
-    "Master1/inspection-1": ("folder", "Master1", "inspection-1", 0.11),
-    "Inspection/Zona A/1": ("folder", "Inspection", "Zona A/1", 0.22),
-    "Master2_Zona_B": ("flat", "Master2", "Zona_B", 0.33),
-    B64_NAME: ("flat-b64", "Prüfung ü", "Zona A/1", 0.44),
-    f"recipes/R1/key-1/{RECIPE_NAME}": ("recipe", "ÿ?", "roi/ñ", 0.55),
-    f"recipes/R2/key-1/{RECIPE_NAME}": ("recipe", "ÿ?", "roi/ñ", 0.66),
+    # legacy name: (layout, role, roi, threshold, recipe)
+    "Master1/inspection-1": ("folder", "Master1", "inspection-1", 0.11, "default"),
+    "Inspection/Zona A/1": ("folder", "Inspection", "Zona A/1", 0.22, "default"),
+    "Master2_Zona_B": ("flat", "Master2", "Zona_B", 0.33, "default"),
+    B64_NAME: ("flat-b64", "Prüfung ü", "Zona A/1", 0.44, "default"),
+    f"recipes/R1/key-1/{RECIPE_NAME}": ("recipe", "ÿ?", "roi/ñ", 0.55, "r1"),
+    f"recipes/R1/key-2/{RECIPE_NAME}": ("recipe", "ÿ?", "roi/ñ", 0.66, "r1"),
+    f"recipes/R2/key-1/{RECIPE_NAME}": ("recipe", "ÿ?", "roi/ñ", 0.77, "r2"),
 }
+SUPERSEDED = f"recipes/R1/key-1/{RECIPE_NAME}"
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -125,8 +130,8 @@ def test_base64_names_split_only_where_both_halves_round_trip():
 
 def test_find_legacy_sees_every_layout(legacy):
     found = {model.name: model for model in find_legacy(ModelStore(legacy))}
-    assert {name: (m.layout, m.role_id, m.roi_id) for name, m in found.items()} == {
-        name: expected[:3] for name, expected in EXPECTED.items()
+    assert {name: (m.layout, m.role_id, m.roi_id, m.recipe_id) for name, m in found.items()} == {
+        name: (*expected[:3], expected[4]) for name, expected in EXPECTED.items()
     }
     assert "nested folders" in found["Inspection/Zona A/1"].note
     assert found[B64_NAME].note is None and found["Master2_Zona_B"].index is None
@@ -137,16 +142,16 @@ def test_migrate_imports_every_layout_without_loss(legacy, reference, database_u
     result = bdi(legacy, "models", "migrate")
     assert result.exit_code == 0, result.output
     assert "superseded" in result.stdout and "lossy" in result.stdout
-    rows = {(r["role_id"], r["roi_id"]): r for r in as_json(bdi(legacy, "models", "list", "--json"))}
-    winners = {name: e for name, e in EXPECTED.items() if not name.startswith("recipes/R1")}
-    assert set(rows) == {(role, roi) for _, role, roi, _ in winners.values()}
+    rows = {(r["recipe_id"], r["role_id"], r["roi_id"]): r for r in as_json(bdi(legacy, "models", "list", "--json"))}
+    winners = {name: e for name, e in EXPECTED.items() if name != SUPERSEDED}
+    assert set(rows) == {(recipe, role, roi) for _, role, roi, _, recipe in winners.values()}
     store = ModelStore(legacy)
-    for name, (_, role, roi, threshold) in winners.items():
-        assert rows[role, roi]["threshold"] == pytest.approx(threshold), name
-        assert rows[role, roi]["calib_source"] == "legacy"
-        shown = as_json(bdi(legacy, "models", "show", role, roi, "--json"))
+    for name, (_, role, roi, threshold, recipe) in winners.items():
+        assert rows[recipe, role, roi]["threshold"] == pytest.approx(threshold), name
+        assert rows[recipe, role, roi]["calib_source"] == "legacy"
+        shown = as_json(bdi(legacy, "models", "show", role, roi, "--recipe", recipe, "--json"))
         assert shown["active"]["source"] == "migrated" and shown["active"]["legacy_path"] == name
-        folder = store.model_dir(role, roi)
+        folder = store.model_dir(role, roi, recipe_id=recipe)
         loaded = store.load_memory(folder, 1)
         np.testing.assert_array_equal(loaded.embeddings, reference["emb"])
         assert loaded.token_grid == reference["grid"] and loaded.index_bytes is not None  # rebuilt where missing
@@ -170,8 +175,9 @@ def test_migrated_models_score_like_the_original(legacy, reference, extractor_11
     assert bdi(legacy, "models", "migrate").exit_code == 0
     service = make_service(legacy, extractor_112)
     try:
-        for _, role, roi, _ in EXPECTED.values():
-            assert service.infer(role, roi, 0.2, PROBE)["score"] == pytest.approx(reference["score"], abs=1e-6)
+        for _, role, roi, _, recipe in EXPECTED.values():
+            score = service.infer(role, roi, 0.2, PROBE, recipe_id=recipe)["score"]
+            assert score == pytest.approx(reference["score"], abs=1e-6)
     finally:
         service.close()
 
@@ -183,7 +189,7 @@ def test_second_run_changes_nothing(legacy, database_url):
     again = bdi(legacy, "models", "migrate")
     assert again.exit_code == 0
     assert tree(legacy) == before
-    assert again.stdout.count("already migrated") == 4 and again.stdout.count("superseded") == 1
+    assert again.stdout.count("already migrated") == 5 and again.stdout.count("superseded") == 1
 
 
 def test_dry_run_changes_nothing(legacy):
@@ -236,7 +242,7 @@ def test_unreadable_legacy_files_fail_and_are_reported(legacy):
     assert result.exit_code == 1
     assert "Broken_npz.npz can't be read as a memory bank" in result.stdout
     assert "Bad_calib_calib.json has no numeric threshold" in result.stdout
-    assert len(as_json(bdi(legacy, "models", "list", "--json"))) == 5  # the rest is imported
+    assert len(as_json(bdi(legacy, "models", "list", "--json"))) == 6  # the rest is imported
 
 
 def test_start_imports_legacy_models_so_the_gui_works_at_once(legacy, reference, extractor_112):
@@ -274,9 +280,9 @@ def test_workers_starting_together_import_each_model_once(legacy, database_url):
     for thread in threads:
         thread.join()
     registry.dispose()
-    assert sorted(outcome for outcomes in results for outcome in outcomes).count("imported") == 4
-    for _, role, roi, _ in EXPECTED.values():
-        assert [v.version for v in store.versions(store.model_dir(role, roi))] == [1]
+    assert sorted(outcome for outcomes in results for outcome in outcomes).count("imported") == 5
+    for _, role, roi, _, recipe in EXPECTED.values():
+        assert [v.version for v in store.versions(store.model_dir(role, roi, recipe_id=recipe))] == [1]
 
 
 def test_ids_that_differ_only_in_case_stay_two_models(tmp_path, reference):
@@ -289,3 +295,80 @@ def test_ids_that_differ_only_in_case_stay_two_models(tmp_path, reference):
     assert all(folder.parent.name.startswith("@") for folder in folders)  # never adopted by the case twin
     assert folders[0] != folders[1]
     assert len(as_json(bdi(root, "models", "list", "--json"))) == 2
+
+
+# ---- the newer GUI's backend: recipes with model keys, recipe meta, datasets ----------------------------------
+STEM = f"{b64('Inspection')}__{b64('inspection-1')}"
+LEGACY_SAMPLES = {  # legacy path under recipes/line2-disc/datasets/<STEM>/: (seed or None for garbage, sidecar)
+    "ok/20250501_101500.png": (1, {"filename": "roi_0001.png", "mm_per_px": 0.25, "timestamp": None, "angle": None,
+                                   "shape_json": '{"kind": "circle", "cx": 30, "cy": 25, "r": 20}'}),
+    "ok/20250501_101501.png": (2, {"filename": "roi_0002.png", "mm_per_px": None}),
+    "ok/20250501_101502.png": (None, {"filename": "broken.png"}),
+    "ng/20250501_101600.png": (3, None),
+}
+
+
+@pytest.fixture
+def newer_backend(tmp_path: Path, reference: dict) -> Path:
+    """A models dir as the newer GUI's old backend left it (CONTRACT-GUI2.md, last section)."""
+    root = tmp_path / "models"
+    recipe = root / "recipes" / "line2-disc"
+    write_json(recipe / "recipe_meta.json", {"mm_per_px": 0.25, "created_at_utc": "2025-05-01T10:00:00Z"})
+    write_memory(recipe / "inspection-1" / f"{STEM}.npz", reference)
+    (recipe / "inspection-1" / f"{STEM}_index.faiss").write_bytes(reference["index"])
+    write_json(recipe / "inspection-1" / f"{STEM}_calib.json", {
+        "threshold": 0.5, "score_percentile": 99, "area_mm2_thr": 1.0, "recipe_id": "line2-disc",
+        "role_id": "Inspection", "roi_id": "inspection-1", "model_key": "inspection-1",
+        "created_at_utc": "2025-05-02T10:00:00Z"})
+    for name, (seed, sidecar) in LEGACY_SAMPLES.items():
+        path = recipe / "datasets" / STEM / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png_bytes(synthetic_roi(60, 50, seed)) if seed is not None else b"not an image")
+        if sidecar is not None:
+            write_json(path.with_suffix(".json"), sidecar)
+    return root
+
+
+def test_newer_backend_models_and_datasets_go_into_their_recipe(newer_backend, extractor_112):
+    root = newer_backend
+    registry = Registry(f"sqlite:///{root / 'registry.sqlite3'}", root)
+    registry.upgrade()
+    actions = {action.legacy.layout: action for action in migrate(ModelStore(root), registry)}
+    assert set(actions) == {"recipe", "recipe-meta", "recipe-dataset"}
+    assert all(action.outcome == "imported" for action in actions.values())
+    assert actions["recipe-meta"].detail == "mm_per_px 0.25 locked"
+    skipped = actions["recipe-dataset"].detail
+    assert skipped.startswith("2 OK and 1 NG sample(s); 1 skipped (20250501_101502.png: File '20250501_101502.png' is")
+    assert registry.recipes() == {"line2-disc": 0.25}
+    registry.dispose()
+    rows = as_json(bdi(root, "models", "list", "--json"))
+    assert [(r["recipe_id"], r["role_id"], r["roi_id"], r["threshold"], r["calib_source"]) for r in rows] == [
+        ("line2-disc", "Inspection", "inspection-1", 0.5, "legacy")]
+    store = ModelStore(root)
+    calib = json.loads((store.model_dir("Inspection", "inspection-1", recipe_id="line2-disc") / "calib.json").read_text())
+    assert list(calib)[:8] == list(CALIB) and calib["mm_per_px"] == 0.25 and calib["ok_mean"] is None
+    assert calib["model_key"] == "inspection-1" and calib["threshold"] == 0.5
+
+    listed = as_json(bdi(root, "datasets", "list", "--json"))
+    assert [(r["recipe_id"], r["role_id"], r["roi_id"], r["ok"], r["ng"]) for r in listed] == [
+        ("line2-disc", "Inspection", "inspection-1", 2, 1)]
+    datasets = DatasetStore(store)
+    folder = datasets.folder("line2-disc", "Inspection", "inspection-1")
+    first, second = datasets.samples(folder, "ok")
+    meta = datasets.read_meta(first)
+    assert meta["filename"] == first.name and meta["client_filename"] == "roi_0001.png"
+    assert meta["legacy_path"].endswith("ok/20250501_101500.png") and meta["mm_per_px"] == 0.25
+    assert "mm_per_px" not in datasets.read_meta(second)  # a null mm_per_px is dropped, never served as null
+    assert first.path.read_bytes() == png_bytes(synthetic_roi(60, 50, 1))
+
+    service = make_service(root, extractor_112)
+    try:
+        assert service.state("Inspection", "inspection-1", recipe_id="line2-disc")["calib_present"] is True
+        assert service.state("Inspection", "inspection-1")["fitted"] is False  # nothing in the default namespace
+    finally:
+        service.close()
+    before = tree(root)
+    assert "already migrated" in bdi(root, "models", "migrate").stdout and tree(root) == before
+    assert datasets.delete(folder, first)
+    assert bdi(root, "models", "migrate").exit_code == 0
+    assert [s.name for s in datasets.samples(folder, "ok")] == [second.name]  # a deleted sample stays deleted

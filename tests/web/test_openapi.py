@@ -40,6 +40,13 @@ OPERATIONS = {
     ("/calibrate_ng", "post"): "calibrate_ng_calibrate_ng_post",
     ("/infer", "post"): "infer_infer_post",
     ("/state", "get"): "state_state_get",
+    ("/datasets/ok/upload", "post"): "upload_ok_datasets_ok_upload_post",
+    ("/datasets/ng/upload", "post"): "upload_ng_datasets_ng_upload_post",
+    ("/datasets/list", "get"): "list_datasets_list_get",
+    ("/datasets/file", "get"): "get_file_datasets_file_get",
+    ("/datasets/file", "delete"): "delete_file_datasets_file_delete",
+    ("/datasets/meta", "get"): "get_meta_datasets_meta_get",
+    ("/calibrate_dataset", "post"): "calibrate_dataset_calibrate_dataset_post",
 }
 ROLE, ROI = "Master1", "inspection-1"
 OK_IMAGES = [synthetic_roi(96, 80, seed) for seed in range(3)]
@@ -109,7 +116,11 @@ def test_every_operation_documents_its_success_and_error_bodies(document):
         operation = document["paths"][path][method]
         assert operation["summary"] and operation["description"]
         responses = operation["responses"]
-        assert responses["200"]["content"]["application/json"]["schema"]["$ref"].startswith("#/components/schemas/")
+        if (path, method) == ("/datasets/file", "get"):  # the stored image itself
+            assert responses["200"]["content"]["application/octet-stream"]["schema"] == {"type": "string",
+                                                                                          "format": "binary"}
+        else:
+            assert responses["200"]["content"]["application/json"]["schema"]["$ref"].startswith("#/components/schemas/")
         assert {"405", "500"} <= set(responses)
         for status, response in responses.items():
             if status != "200":
@@ -171,6 +182,28 @@ def _disk_full(request: Any) -> httpx.Response:
     with pytest.MonkeyPatch.context() as patch:
         FullDisk(patch).allow(0)
         return request()
+def _locked(client, then: Any):
+    """Lock recipe 'r' at mm_per_px 0.2 (an upload with a meta), then send ``then``."""
+    meta = json.dumps({"mm_per_px": 0.2})
+    assert client.post("/datasets/ok/upload", data={"role_id": ROLE, "roi_id": ROI, "recipe_id": "r", "metas": meta},
+                       files=[("images", ("a.png", png_bytes(OK_IMAGES[0]), "image/png"))]).status_code == 200
+    return then(client)
+
+
+def _upload(label: str, images: int = 1, **fields: Any) -> Any:
+    files = [("images", (f"{i}.png", png_bytes(OK_IMAGES[0]), "image/png")) for i in range(images)]
+    return lambda c: c.post(f"/datasets/{label}/upload", data={"role_id": ROLE, "roi_id": ROI, **fields}, files=files)
+
+
+def _with_samples(client, then: Any):
+    """Store an OK and an NG sample of the fitted model, then send ``then``."""
+    for label in ("ok", "ng"):
+        assert _upload(label)(client).status_code == 200
+    return then()
+
+
+def _sample(**params: str) -> dict[str, str]:
+    return {"role_id": ROLE, "roi_id": ROI, "label": "ok", "filename": "x.png", **params}
 
 
 # One request per documented (path, method, status) that must answer it.
@@ -202,6 +235,61 @@ TRIGGERS = {
     ("/calibrate_ng", "post", "503"): lambda c: registry_down(c).post("/calibrate_ng", json=_calibration()),
     ("/infer", "post", "503"): lambda c: registry_down(c).post("/infer", data=_form(), files=_image()),
     ("/state", "get", "503"): lambda c: registry_down(c).get("/state", params={"role_id": ROLE, "roi_id": ROI}),
+    ("/fit_ok", "post", "409"): lambda c: _locked(c, lambda c: fit(c, ROLE, ROI, OK_IMAGES[:1], mm_per_px="0.3",
+                                                                    recipe_id="r")),
+    ("/infer", "post", "409"): lambda c: _locked(c, lambda c: c.post("/infer", data=_form(mm_per_px="0.3"),
+                                                                     files=_image(), headers={"X-Recipe-Id": "r"})),
+    **{
+        trigger: request
+        for label in ("ok", "ng")
+        for trigger, request in {
+            (f"/datasets/{label}/upload", "post", "400"): lambda c, label=label: c.post(
+                f"/datasets/{label}/upload", data={"role_id": ROLE, "roi_id": ROI},
+                files=[("images", ("notes.png", b"not an image", "image/png"))]),
+            (f"/datasets/{label}/upload", "post", "405"): lambda c, label=label: c.get(f"/datasets/{label}/upload"),
+            (f"/datasets/{label}/upload", "post", "409"): lambda c, label=label: _locked(
+                c, _upload(label, recipe_id="r", metas=json.dumps({"mm_per_px": 0.3}))),
+            (f"/datasets/{label}/upload", "post", "413"): _upload(label, images=3),
+            (f"/datasets/{label}/upload", "post", "422"): lambda c, label=label: c.post(
+                f"/datasets/{label}/upload", data={"role_id": ROLE, "roi_id": ROI, "images": "text"},
+                files=[("note", ("n.txt", b"x", "text/plain"))]),
+            (f"/datasets/{label}/upload", "post", "500"): lambda c, label=label: _upload(label)(_boom(c, "dataset_upload")),
+            (f"/datasets/{label}/upload", "post", "503"): lambda c, label=label: _upload(label, recipe_id="r")(
+                registry_down(c)),
+            (f"/datasets/{label}/upload", "post", "507"): lambda c, label=label: _disk_full(lambda: _upload(label)(c)),
+        }.items()
+    },
+    ("/datasets/list", "get", "400"): lambda c: c.get("/datasets/list", params={"role_id": ROLE, "roi_id": " "}),
+    ("/datasets/list", "get", "405"): lambda c: c.post("/datasets/list"),
+    ("/datasets/list", "get", "422"): lambda c: c.get("/datasets/list", params={"role_id": ROLE}),
+    ("/datasets/list", "get", "500"): lambda c: _boom(c, "dataset_list").get(
+        "/datasets/list", params={"role_id": ROLE, "roi_id": ROI}),
+    ("/datasets/file", "get", "400"): lambda c: c.get("/datasets/file", params=_sample(label="maybe")),
+    ("/datasets/file", "get", "404"): lambda c: c.get("/datasets/file", params=_sample()),
+    ("/datasets/file", "get", "405"): lambda c: c.put("/datasets/file"),
+    ("/datasets/file", "get", "422"): lambda c: c.get("/datasets/file", params={"role_id": ROLE, "roi_id": ROI}),
+    ("/datasets/file", "get", "500"): lambda c: _boom(c, "dataset_file").get("/datasets/file", params=_sample()),
+    ("/datasets/file", "delete", "400"): lambda c: c.delete("/datasets/file", params=_sample(label="maybe")),
+    ("/datasets/file", "delete", "405"): lambda c: c.post("/datasets/file"),
+    ("/datasets/file", "delete", "422"): lambda c: c.delete("/datasets/file", params={"role_id": ROLE}),
+    ("/datasets/file", "delete", "500"): lambda c: _boom(c, "dataset_delete").delete("/datasets/file", params=_sample()),
+    ("/datasets/meta", "get", "400"): lambda c: c.get("/datasets/meta", params=_sample(label="maybe")),
+    ("/datasets/meta", "get", "404"): lambda c: c.get("/datasets/meta", params=_sample()),
+    ("/datasets/meta", "get", "405"): lambda c: c.post("/datasets/meta"),
+    ("/datasets/meta", "get", "422"): lambda c: c.get("/datasets/meta", params={"role_id": ROLE, "roi_id": ROI}),
+    ("/datasets/meta", "get", "500"): lambda c: _boom(c, "dataset_meta").get("/datasets/meta", params=_sample()),
+    ("/calibrate_dataset", "post", "400"): lambda c: c.post("/calibrate_dataset", json={"roi_id": ROI}),
+    ("/calibrate_dataset", "post", "405"): lambda c: c.get("/calibrate_dataset"),
+    ("/calibrate_dataset", "post", "413"): lambda c: c.post("/calibrate_dataset", json={"role_id": ROLE, "roi_id": ROI,
+                                                                                       "pad": "x" * 60000}),
+    ("/calibrate_dataset", "post", "422"): lambda c: c.post("/calibrate_dataset", json={"role_id": ROLE, "roi_id": ROI,
+                                                                                       "require_ng": "maybe"}),
+    ("/calibrate_dataset", "post", "500"): lambda c: _boom(c, "calibrate_dataset").post(
+        "/calibrate_dataset", json={"role_id": ROLE, "roi_id": ROI}),
+    ("/calibrate_dataset", "post", "503"): lambda c: registry_down(c).post(
+        "/calibrate_dataset", json={"role_id": ROLE, "roi_id": ROI}),
+    ("/calibrate_dataset", "post", "507"): lambda c: _with_samples(c, lambda: _disk_full(lambda: c.post(
+        "/calibrate_dataset", json={"role_id": ROLE, "roi_id": ROI}))),
 }
 
 

@@ -23,10 +23,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ...settings import Settings
+from ...validation import DEFAULT_RECIPE
 from ..artifacts import ModelFolder, ModelStore, VersionFiles, utc_now
 from ..locks import MIGRATIONS
 from .engine import is_sqlite, make_engine, make_locks, unavailable_as_503
-from .tables import Calibration, MemoryVersion, Model
+from .tables import Calibration, MemoryVersion, Model, Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class ModelState:
     active_version: int | None
     active: VersionInfo | None
     calibration: CalibrationInfo | None
+    recipe_id: str = DEFAULT_RECIPE
 
     @property
     def calib_stale(self) -> bool:
@@ -97,6 +99,7 @@ class RegisteredVersion:
     memory_sha256: str
     index_path: str | None
     index_sha256: str | None
+    recipe_id: str = DEFAULT_RECIPE
 
 
 def migrations_dir() -> Path:
@@ -201,14 +204,25 @@ class Registry:
             yield session
 
     # ---- reads ----------------------------------------------------------------------------------
-    def state(self, role_id: str, roi_id: str) -> ModelState | None:
+    @staticmethod
+    def _find(session: Session, recipe_id: str, role_id: str, roi_id: str) -> Model | None:
+        """The one model of (recipe, role, roi): never another recipe's."""
+        return session.scalar(
+            select(Model).where(Model.recipe_id == recipe_id, Model.role_id == role_id, Model.roi_id == roi_id)
+        )
+
+    def state(self, role_id: str, roi_id: str, *, recipe_id: str = DEFAULT_RECIPE) -> ModelState | None:
         with self._read() as session, session.begin():
-            model = session.scalar(select(Model).where(Model.role_id == role_id, Model.roi_id == roi_id))
+            model = self._find(session, recipe_id, role_id, roi_id)
             return self._snapshot(session, model) if model is not None else None
 
-    def states(self) -> Iterator[ModelState]:
+    def states(self, recipe_id: str | None = None) -> Iterator[ModelState]:
+        """Every model (of one recipe when given), the default namespace first, then by recipe, role, roi."""
+        query = select(Model).order_by(Model.recipe_id != DEFAULT_RECIPE, Model.recipe_id, Model.role_id, Model.roi_id)
+        if recipe_id is not None:
+            query = query.where(Model.recipe_id == recipe_id)
         with self._read() as session, session.begin():
-            for model in session.scalars(select(Model).order_by(Model.role_id, Model.roi_id)).all():
+            for model in session.scalars(query).all():
                 yield self._snapshot(session, model)
 
     def _snapshot(self, session: Session, model: Model) -> ModelState:
@@ -225,13 +239,15 @@ class Registry:
         )
         return ModelState(
             model.id, model.role_id, model.roi_id, model.folder, model.active_version, active,
-            _calibration_info(calibration) if calibration is not None else None,
+            _calibration_info(calibration) if calibration is not None else None, model.recipe_id,
         )
 
-    def history(self, role_id: str, roi_id: str) -> tuple[list[VersionInfo], list[CalibrationInfo]]:
+    def history(
+        self, role_id: str, roi_id: str, *, recipe_id: str = DEFAULT_RECIPE
+    ) -> tuple[list[VersionInfo], list[CalibrationInfo]]:
         """Memory versions and calibrations, newest first."""
         with self._read() as session, session.begin():
-            model = session.scalar(select(Model).where(Model.role_id == role_id, Model.roi_id == roi_id))
+            model = self._find(session, recipe_id, role_id, roi_id)
             if model is None:
                 return [], []
             versions = session.scalars(
@@ -246,24 +262,26 @@ class Registry:
         with self._read() as session, session.begin():
             rows = session.execute(
                 select(Model, MemoryVersion).join(MemoryVersion, MemoryVersion.model_id == Model.id)
-                .order_by(Model.role_id, Model.roi_id, MemoryVersion.version)
+                .order_by(Model.recipe_id, Model.role_id, Model.roi_id, MemoryVersion.version)
             ).all()
             return [
                 RegisteredVersion(
                     model.role_id, model.roi_id, model.folder, row.version, row.memory_path, row.memory_sha256,
-                    row.index_path, row.index_sha256,
+                    row.index_path, row.index_sha256, model.recipe_id,
                 )
                 for model, row in rows
             ]
 
-    def state_or_import(self, store: ModelStore, role_id: str, roi_id: str) -> ModelState | None:
+    def state_or_import(
+        self, store: ModelStore, role_id: str, roi_id: str, *, recipe_id: str = DEFAULT_RECIPE
+    ) -> ModelState | None:
         """The registry's rows; a folder on disk the registry does not know is imported on first use."""
-        state = self.state(role_id, roi_id)
+        state = self.state(role_id, roi_id, recipe_id=recipe_id)
         if state is None:
-            folder = store.model_dir(role_id, roi_id)
+            folder = store.model_dir(role_id, roi_id, recipe_id=recipe_id)
             if folder is not None and self.resync(store, folder) is not None:
                 logger.info("Imported model folder %s into the registry", folder)
-                state = self.state(role_id, roi_id)
+                state = self.state(role_id, roi_id, recipe_id=recipe_id)
         return state
 
     def count_models(self) -> int:
@@ -283,7 +301,7 @@ class Registry:
     def sync_folder(self, store: ModelStore, folder: ModelFolder) -> None:
         """Make the rows of one model say exactly what its files say (import, repair, reindex)."""
         with self._write() as session, session.begin():
-            model = self._model_row(session, folder.role_id, folder.roi_id, store.relative(folder.path))
+            model = self._model_row(session, folder.recipe_id, folder.role_id, folder.roi_id, store.relative(folder.path))
             model.active_version = folder.active_version
             on_disk = {v.version: v for v in folder.versions}
             for row in session.scalars(select(MemoryVersion).where(MemoryVersion.model_id == model.id)).all():
@@ -301,11 +319,14 @@ class Registry:
                     known.add(uid)
             model.updated_at = utc_now()
 
-    def add_version(self, store: ModelStore, role_id: str, roi_id: str, folder: Path, files: VersionFiles) -> None:
+    def add_version(
+        self, store: ModelStore, role_id: str, roi_id: str, folder: Path, files: VersionFiles, *,
+        recipe_id: str = DEFAULT_RECIPE,
+    ) -> None:
         """Register a new active version. The version rows are matched to the kept version folders,
         so a version whose registration failed earlier (the database was down) is registered now."""
         with self._write() as session, session.begin():
-            model = self._model_row(session, role_id, roi_id, store.relative(folder))
+            model = self._model_row(session, recipe_id, role_id, roi_id, store.relative(folder))
             on_disk = {v.version: v for v in store.versions(folder)}
             session.execute(
                 delete(MemoryVersion).where(MemoryVersion.model_id == model.id, MemoryVersion.version.not_in(on_disk))
@@ -316,41 +337,78 @@ class Registry:
             model.active_version = files.version
             model.updated_at = utc_now()
 
-    def add_calibration(self, store: ModelStore, role_id: str, roi_id: str, folder: Path, entry: dict[str, Any]) -> None:
+    def add_calibration(
+        self, store: ModelStore, role_id: str, roi_id: str, folder: Path, entry: dict[str, Any], *,
+        recipe_id: str = DEFAULT_RECIPE,
+    ) -> None:
         with self._write() as session, session.begin():
-            model = self._model_row(session, role_id, roi_id, store.relative(folder))
+            model = self._model_row(session, recipe_id, role_id, roi_id, store.relative(folder))
             session.add(_calibration_row(model.id, calibration_uid(store.relative(folder), entry), entry))
             model.updated_at = utc_now()
 
-    def remove_missing(self, store: ModelStore) -> list[tuple[str, str]]:
-        """Drop the rows of models whose folder is gone from disk (the files are the truth)."""
+    def remove_missing(self, store: ModelStore) -> list[tuple[str, str, str]]:
+        """Drop the rows of models whose folder is gone from disk (the files are the truth); (recipe, role, roi)
+        of each."""
         removed = []
         with self._write() as session, session.begin():
             for model in session.scalars(select(Model)).all():
                 if not (store.root / model.folder / "id.json").is_file():
-                    removed.append((model.role_id, model.roi_id))
+                    removed.append((model.recipe_id, model.role_id, model.roi_id))
                     session.delete(model)
         return removed
 
-    def remove_model(self, role_id: str, roi_id: str) -> bool:
+    def remove_model(self, role_id: str, roi_id: str, *, recipe_id: str = DEFAULT_RECIPE) -> bool:
         """Drop one model's rows (versions and calibrations go with it); False when there were none."""
         with self._write() as session, session.begin():
-            model = session.scalar(select(Model).where(Model.role_id == role_id, Model.roi_id == roi_id))
+            model = self._find(session, recipe_id, role_id, roi_id)
             if model is None:
                 return False
             session.delete(model)
             return True
 
-    @staticmethod
-    def _model_row(session: Session, role_id: str, roi_id: str, folder: str) -> Model:
-        model = session.scalar(select(Model).where(Model.role_id == role_id, Model.roi_id == roi_id))
+    @classmethod
+    def _model_row(cls, session: Session, recipe_id: str, role_id: str, roi_id: str, folder: str) -> Model:
+        model = cls._find(session, recipe_id, role_id, roi_id)
         if model is None:
             now = utc_now()
-            model = Model(role_id=role_id, roi_id=roi_id, folder=folder, created_at=now, updated_at=now)
+            model = Model(
+                recipe_id=recipe_id, role_id=role_id, roi_id=roi_id, folder=folder, created_at=now, updated_at=now
+            )
             session.add(model)
             session.flush()
         model.folder = folder
         return model
+
+    # ---- recipes --------------------------------------------------------------------------------
+    def recipe_mm_per_px(self, recipe_id: str) -> float | None:
+        """A named recipe's locked mm_per_px; None while none is locked."""
+        with self._read() as session, session.begin():
+            return session.scalar(select(Recipe.mm_per_px).where(Recipe.recipe_id == recipe_id))
+
+    def recipes(self) -> dict[str, float | None]:
+        with self._read() as session, session.begin():
+            return dict(session.execute(select(Recipe.recipe_id, Recipe.mm_per_px).order_by(Recipe.recipe_id)).all())
+
+    def sync_recipe(self, recipe_id: str, mm_per_px: float | None, created_at: str) -> None:
+        """Make the row of one recipe say what its recipe.json says."""
+        with self._write() as session, session.begin():
+            row = session.get(Recipe, recipe_id)
+            if row is None:
+                session.add(Recipe(recipe_id=recipe_id, mm_per_px=mm_per_px, created_at=created_at))
+            else:
+                row.mm_per_px = mm_per_px
+
+    def sync_recipes(self, store: ModelStore) -> None:
+        """The recipes table rebuilt from the recipes' files (start-up, reindex)."""
+        on_disk = {recipe_id: store.read_recipe(folder) for recipe_id, folder in store.recipes()}
+        with self._write() as session, session.begin():
+            session.execute(delete(Recipe).where(Recipe.recipe_id.not_in(list(on_disk))))
+        for recipe_id, payload in on_disk.items():
+            mm_per_px = payload.get("mm_per_px")
+            self.sync_recipe(
+                recipe_id, float(mm_per_px) if isinstance(mm_per_px, (int, float)) else None,
+                str(payload.get("created_at_utc") or utc_now()),
+            )
 
 
 def calibration_uid(folder: str, entry: dict[str, Any]) -> str:

@@ -1,5 +1,6 @@
 """Registry tables. They index what is on disk (never the only copy of anything): a model per
-(role, roi), one row per memory version, one row per calibration (the history)."""
+(recipe, role, roi), one row per memory version, one row per calibration (the history), one row per
+named recipe (its locked mm_per_px, from the recipe's recipe.json)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ class Base(DeclarativeBase):
 
 class Model(Base):
     __tablename__ = "models"
-    __table_args__ = (UniqueConstraint("role_id", "roi_id", name="uq_models_role_roi"),)
+    __table_args__ = (UniqueConstraint("recipe_id", "role_id", "roi_id", name="uq_models_recipe_role_roi"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    recipe_id: Mapped[str] = mapped_column(
+        String(64), default="default", server_default="default", doc="namespace; 'default' for clients naming none"
+    )
     role_id: Mapped[str] = mapped_column(String(128))
     roi_id: Mapped[str] = mapped_column(String(128))
     folder: Mapped[str] = mapped_column(String(600), doc="model folder, relative to the models dir")
@@ -85,3 +89,13 @@ class Calibration(Base):
     created_at: Mapped[str | None] = mapped_column(String(40))
 
     model: Mapped[Model] = relationship(back_populates="calibrations")
+
+
+class Recipe(Base):
+    """A named recipe's mm_per_px lock (the first value a fit, infer or dataset upload sent)."""
+
+    __tablename__ = "recipes"
+
+    recipe_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mm_per_px: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[str] = mapped_column(String(40))

@@ -1,0 +1,62 @@
+"""The mm_per_px lock of a named recipe (CONTRACT-GUI2.md, "Recipes"): the first mm_per_px a fit, an infer
+or a dataset upload sends for a recipe is stored in its ``recipe.json`` (and the registry's ``recipes``
+row); a later one that differs by more than 1e-6 relative is a 409. The default namespace has no lock:
+old GUIs change mm/px freely.
+
+Checking and claiming are two steps, so that a request checks every value it carries before it writes
+anything, and claims the lock only right before its own write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..errors import Conflict
+from ..validation import DEFAULT_RECIPE
+from .artifacts import ModelStore, utc_now
+from .registry import Registry
+
+RELATIVE_TOLERANCE = 1e-6
+
+
+def _mismatch(recipe_id: str, expected: float, got: float) -> Conflict | None:
+    if abs(got - expected) <= RELATIVE_TOLERANCE * abs(expected):
+        return None
+    return Conflict(f"mm_per_px mismatch for recipe '{recipe_id}': expected {expected}, got {got}")
+
+
+def check_mm_per_px(registry: Registry, recipe_id: str, values: Iterable[float]) -> None:
+    """Raise the contract's 409 when any of ``values`` differs from the recipe's lock, or, with no lock yet,
+    from the first of them (they would lock it). Writes nothing."""
+    if recipe_id == DEFAULT_RECIPE:
+        return
+    expected = registry.recipe_mm_per_px(recipe_id)
+    for value in values:
+        if expected is None:
+            expected = value
+        elif (conflict := _mismatch(recipe_id, expected, value)) is not None:
+            raise conflict
+
+
+def claim_mm_per_px(store: ModelStore, registry: Registry, recipe_id: str, mm_per_px: float) -> None:
+    """Lock ``mm_per_px`` for a named recipe that has none yet; 409 when the lock holds another value."""
+    if recipe_id == DEFAULT_RECIPE:
+        return
+    expected = registry.recipe_mm_per_px(recipe_id)
+    if expected is None:
+        folder = store.namespace_dir(recipe_id, create=True)
+        assert folder is not None
+        with store.locked(folder):  # two first requests of a new recipe: one locks, the other compares
+            recorded = store.read_recipe(folder)
+            if not isinstance(recorded.get("mm_per_px"), (int, float)):
+                recorded = {
+                    "recipe_id": recipe_id,
+                    "mm_per_px": float(mm_per_px),
+                    "created_at_utc": recorded.get("created_at_utc") or utc_now(),
+                    "locked_at_utc": utc_now(),
+                }
+                store.write_recipe(folder, recorded)
+            expected = float(recorded["mm_per_px"])
+            registry.sync_recipe(recipe_id, expected, str(recorded["created_at_utc"]))
+    if (conflict := _mismatch(recipe_id, expected, mm_per_px)) is not None:
+        raise conflict
