@@ -86,9 +86,11 @@ def _recipe(given: Any, header: str | None) -> str:
 
 
 def _newer_gui(request: Request[Any, Any, Any], *fields: Any) -> bool:
-    """Whether the request comes from the newer GUI: it sends X-Request-Id or X-Recipe-Id, or one of the fields
-    only it sends (``fields``: the values of recipe_id, model_key, use_dataset, include_heatmap; UNSET or None when
-    absent). Only then do the old routes add ``request_id``, ``recipe_id`` (and ``model_key``) to their answers."""
+    """Whether the request comes from the newer GUI: it sends an X-Request-Id (a new GUID on every request) or
+    X-Recipe-Id header, or a field CONTRACT.md does not know (``fields``: the values of recipe_id, use_dataset,
+    include_heatmap; UNSET or None when absent). Only then do the old routes add ``request_id``, ``recipe_id`` (and
+    ``model_key``) to their answers. ``model_key`` alone does not count: CONTRACT.md lists it, so a client of that
+    contract may send it and must get exactly its keys."""
     return any(name in request.headers for name in NEWER_GUI_HEADERS) or any(
         field is not msgspec.UNSET and field is not None for field in fields
     )
@@ -174,7 +176,7 @@ _FORM_422 = ("A required field is missing or has the wrong type (`detail` lists 
              "number written with a decimal comma, `0,2`, is one: `error` then says to use a dot); a text "
              "field is sent as a file part or more than once")
 _NEWER_GUI = (" Requests of the newer GUI (an `X-Request-Id` or `X-Recipe-Id` header, or a field only it sends: "
-              "`recipe_id`, `model_key`, `use_dataset`, `include_heatmap`) also get `request_id` and `recipe_id` in "
+              "`recipe_id`, `use_dataset`, `include_heatmap`) also get `request_id` and `recipe_id` in "
               "the answer; other clients get exactly the keys listed.")
 _MM_409 = ("In a named recipe, `mm_per_px` differs from the recipe's locked value (the first one it saw) by more than "
            "1e-6 relative: `mm_per_px mismatch for recipe '<r>': expected <e>, got <g>`. Nothing is stored.")
@@ -254,14 +256,14 @@ async def fit_ok(
         if not data.images:  # required unless use_dataset=true: the 422 the field's absence always gave
             raise ValidationException(
                 "Invalid form fields",
-                extra=[{"key": "images", "message": "Object missing required field `images`", "source": "body"}],
+                extra=[{"key": "data", "message": "Object missing required field `images`", "source": "body"}],
             )
         uploads = [Upload(f.filename or f"images[{i}]", await f.read()) for i, f in enumerate(data.images)]
         result = await _off_loop(
             service.append if data.append else service.fit, data.role_id, data.roi_id, data.mm_per_px, uploads,
             data.memory_fit, _context(request), recipe_id=recipe,
         )
-    if _newer_gui(request, data.recipe_id, data.model_key, data.use_dataset):
+    if _newer_gui(request, data.recipe_id, data.use_dataset):
         result = {**result, "request_id": correlation_id.get(), "recipe_id": recipe}
     return _as(FitResponse, result)
 
@@ -344,7 +346,7 @@ async def infer(
         service.infer, data.role_id, data.roi_id, data.mm_per_px, upload, _given(data.shape), _context(request),
         recipe_id=recipe, include_heatmap=data.include_heatmap is not False,
     )
-    if _newer_gui(request, data.recipe_id, data.model_key, data.include_heatmap):
+    if _newer_gui(request, data.recipe_id, data.include_heatmap):
         result = {**result, "request_id": correlation_id.get(), "recipe_id": recipe}
     return _as(InferResponse, result)
 
@@ -386,7 +388,7 @@ async def state(
 ) -> StateResponse:
     recipe = _recipe(recipe_id, recipe_header)
     result = await _off_loop(service.state, role_id, roi_id, recipe_id=recipe)
-    if _newer_gui(request, recipe_id, model_key):
+    if _newer_gui(request, recipe_id):
         result = {**result, "request_id": correlation_id.get(), "recipe_id": recipe, "model_key": model_key or roi_id}
     return _as(StateResponse, result)
 

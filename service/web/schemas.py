@@ -73,7 +73,7 @@ RecipeIdField = Annotated[
 ]
 NEWER_GUI_KEYS = (
     "Present only when the request comes from the newer GUI: it sends an `X-Request-Id` or `X-Recipe-Id` header, "
-    "or a field only the newer GUI sends (`recipe_id`, `model_key`, `use_dataset`, `include_heatmap`). Old GUIs "
+    "or a field only the newer GUI sends (`recipe_id`, `use_dataset`, `include_heatmap`). Old GUIs "
     "get exactly the keys above."
 )
 RequestIdKey = Annotated[str, Meta(description="The request's id (the echoed X-Request-Id). " + NEWER_GUI_KEYS)]

@@ -182,9 +182,9 @@ def test_same_role_and_roi_in_two_recipes_and_the_default_are_three_models(train
 
 
 def _old_gui_session(client) -> list[bytes]:
-    """The old GUI's requests (no new header or field): every answer's bytes."""
+    """The old GUI's requests (no new header or field; model_key is CONTRACT.md's): every answer's bytes."""
     images = [synthetic_roi(SIZE, SIZE, seed) for seed in (0, 1, 2)]
-    answers = [fit(client, ROLE, ROI, images).content]
+    answers = [fit(client, ROLE, ROI, images, model_key=ROI).content]
     answers.append(client.get("/state", params={"role_id": ROLE, "roi_id": ROI}).content)
     first = infer(client, ROLE, ROI, synthetic_roi(SIZE, SIZE, 10), shape=SHAPE)
     answers.append(first.content)
