@@ -26,7 +26,7 @@ def test_bench_reports_every_measure_and_checks_the_concurrent_answers(tmp_path)
     run_tool("bench.py", "--input-size", "112", "--roi", "90x70", "--fit-images", "3", "--infers", "3",
              "--clients", "2", "--repeats", "1", "--coreset-n", "2000", "--rss-rois", "2", "--append-images", "2",
              "--search-rows", "100,300",
-             "--infer-batch-size", "2", "--precision", "bf16", "--json", str(out))
+             "--infer-batch-size", "2", "--precision", "bf16", "--dataset-samples", "4", "--json", str(out))
     results = json.loads(out.read_text())
     assert results["fit"]["token_shape"] == [8, 8]
     assert results["concurrent"]["score_mismatches"] == 0
@@ -39,7 +39,9 @@ def test_bench_reports_every_measure_and_checks_the_concurrent_answers(tmp_path)
     assert [row["rows"] for row in results["search"]] == [100, 300]
     assert set(results["ratios"]) == {"infer_p50_over_forward", "fit_over_n_forwards", "concurrent_rps_times_forward",
                                       "append_over_n_forwards", "refit_over_n_forwards",
-                                      "append_per_image_over_refit_per_image"}
+                                      "append_per_image_over_refit_per_image",
+                                      "calibrate_dataset_over_n_forwards"}
+    assert results["calibrate_dataset"]["samples"] == 4 and results["calibrate_dataset"]["samples_in_120_s"] > 0
     assert all(value > 0 for value in results["ratios"].values())
 
 

@@ -2,10 +2,11 @@
 
 Starts ``bdi serve`` on loopback (or uses ``--url``), then measures: one bare forward, /fit_ok of N
 ROIs, sequential /infer, concurrent /infer, an append of M ROIs (``append=true``) beside the refit of
-all N + M, the coreset alone, the nearest-neighbour search of one image against memories of growing
-size, and the server's peak RSS. Prints a table and writes JSON with absolute times and the ratios the
-speed targets are stated in. The bare forward is re-measured around each phase, so each ratio compares
-the service with the machine as it was during that phase.
+all N + M, /calibrate_dataset over stored samples (the newer GUI waits 120 s for it), the coreset alone,
+the nearest-neighbour search of one image against memories of growing size, and the server's peak RSS.
+Prints a table and writes JSON with absolute times and the ratios the speed targets are stated in. The
+bare forward is re-measured around each phase, so each ratio compares the service with the machine as
+it was during that phase.
 
     .venv/bin/python tools/bench.py --weights random --json bench.json
     .venv/bin/python tools/bench.py --device cuda --precision bf16 --infer-batch-size 8
@@ -192,6 +193,8 @@ def main() -> None:
     parser.add_argument("--search-rows", default="2000,10000,50000",
                         help="memory sizes (rows) the search of one image is timed against")
     parser.add_argument("--rss-rois", type=int, default=10, help="ROIs fitted and served before peak RSS is read")
+    parser.add_argument("--dataset-samples", type=int, default=40,
+                        help="samples stored (3/4 OK, 1/4 NG) and scored by one /calibrate_dataset")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     width, height = map(int, args.roi.lower().split("x"))
@@ -201,7 +204,8 @@ def main() -> None:
     bare = BareForward(args, images[0], args.precision)
     env = {"BDI_WEIGHTS": args.weights, "BDI_INPUT_SIZE": str(args.input_size), "BDI_DEVICE": args.device,
            "BDI_MODELS_DIR": tempfile.mkdtemp(prefix="bdi-bench-"), "BDI_CORESET_RATE": str(args.fit_rate),
-           "BDI_INFER_BATCH_SIZE": args.infer_batch_size, "BDI_PRECISION": args.precision, "BDI_LOG_LEVEL": "WARNING"}
+           "BDI_INFER_BATCH_SIZE": args.infer_batch_size, "BDI_PRECISION": args.precision, "BDI_LOG_LEVEL": "WARNING",
+           "BDI_MIN_OK_SAMPLES": "1"}
     process, url = (None, args.url) if args.url else start_server(env)
     try:
         client = httpx.Client(base_url=url, timeout=600)
@@ -252,6 +256,23 @@ def main() -> None:
         post_fit("grow", base)  # the memory the append grows (not timed)
         (append_seconds, append_body), append_forward = bare.around(lambda: post_fit("grow", lit, append="true"))
         (refit_seconds, refit_body), refit_forward = bare.around(lambda: post_fit("refit", base + lit))
+        dataset = {**fields, "roi_id": "dataset"}
+        n_ng = max(1, args.dataset_samples // 4)
+        for label, count in (("ok", max(1, args.dataset_samples - n_ng)), ("ng", n_ng)):
+            files = [("images", (f"{label}{i}.png", images[i % len(images)], "image/png")) for i in range(count)]
+            metas = [json.dumps({"mm_per_px": 0.2})] * count
+            client.post(f"/datasets/{label}/upload", data={**dataset, "metas": metas}, files=files).raise_for_status()
+        text_parts = [(name, (None, value)) for name, value in {**dataset, "use_dataset": "true"}.items()]
+        client.post("/fit_ok", files=text_parts).raise_for_status()  # multipart with no file part, as the GUI sends
+
+        def calibrate_dataset() -> tuple[float, dict]:
+            begin = time.perf_counter()
+            reply = client.post("/calibrate_dataset", json={"role_id": "bench", "roi_id": "dataset"})
+            reply.raise_for_status()
+            return time.perf_counter() - begin, reply.json()
+
+        (calibrate_seconds, calibrate_body), calibrate_forward = bare.around(calibrate_dataset)
+        scored = calibrate_body["n_ok"] + calibrate_body["n_ng"]
         for roi in range(1, args.rss_rois):  # the memory target: a server that fitted N ROIs and served them all
             roi_fields = {**fields, "roi_id": f"roi-{roi}"}
             files = [("images", (f"{i}.png", images[(i + roi) % len(images)], "image/png")) for i in range(args.fit_images)]
@@ -274,7 +295,8 @@ def main() -> None:
         "input_size": args.input_size, "roi": args.roi, "weights": args.weights, "device": args.device,
         "bare_forward_s": forward,
         "bare_forward_around_s": {"fit": fit_forward, "infer": infer_forward, "concurrent": concurrent_forward,
-                                  "append": append_forward, "refit": refit_forward},
+                                  "append": append_forward, "refit": refit_forward,
+                                  "calibrate_dataset": calibrate_forward},
         "fit": {"images": args.fit_images, "rate": args.fit_rate, "seconds": fit_seconds, **fit_body},
         "append": {"images": args.append_images, "onto_images": args.fit_images, "seconds": append_seconds,
                    **append_body},
@@ -284,6 +306,8 @@ def main() -> None:
         "concurrent": {"clients": args.clients, "requests": total, "rps": concurrent_rps,
                        "score_mismatches": mismatches, "infer_batch_size": args.infer_batch_size,
                        "forwards_by_batch_size": batches},
+        "calibrate_dataset": {"samples": scored, "seconds": calibrate_seconds, "samples_per_s": scored / calibrate_seconds,
+                              "samples_in_120_s": int(120 * scored / calibrate_seconds)},
         "coreset": coreset,
         "server_peak_rss_mb": rss,
         "precision": precision or {"precision": args.precision},
@@ -297,6 +321,7 @@ def main() -> None:
             # the same server's time per image both ways: unaffected by how this process's forward fares
             "append_per_image_over_refit_per_image": (append_seconds / args.append_images)
             / (refit_seconds / (args.fit_images + args.append_images)),
+            "calibrate_dataset_over_n_forwards": calibrate_seconds / (scored * calibrate_forward),
         },
     }
     rows = [
@@ -316,6 +341,10 @@ def main() -> None:
          (f"{results['ratios']['refit_over_n_forwards']:.2f} x {args.fit_images + args.append_images} forwards; "
           f"an appended image costs {results['ratios']['append_per_image_over_refit_per_image']:.2f} x a refit "
           "image")),
+        (f"/calibrate_dataset {scored} samples", f"{calibrate_seconds:.2f} s",
+         f"{results['calibrate_dataset']['samples_per_s']:.2f} samples/s = "
+         f"{results['ratios']['calibrate_dataset_over_n_forwards']:.2f} x {scored} forwards; "
+         f"{results['calibrate_dataset']['samples_in_120_s']} samples fit in the GUI's 120 s"),
         (f"coreset {coreset['n']}x1152 @ 0.02", f"{coreset['seconds']:.2f} s",
          f"peak extra {coreset['peak_extra_mb']:.0f} MB of {coreset['input_mb']:.0f} MB input (target <= 30 s, <= 2x)"),
         *((f"search of one image, {row['rows']} rows", f"{row['search_s'] * 1000:.0f} ms",

@@ -28,7 +28,10 @@ from service.web import create_app  # noqa: E402
 from tests.support import make_settings, png_bytes, synthetic_roi  # noqa: E402
 
 ROLE, ROI = "fuzz role", "roi/1"
-OPERATIONS = [("/health", "GET"), ("/fit_ok", "POST"), ("/calibrate_ng", "POST"), ("/infer", "POST"), ("/state", "GET")]
+OPERATIONS = [("/health", "GET"), ("/fit_ok", "POST"), ("/calibrate_ng", "POST"), ("/infer", "POST"), ("/state", "GET"),
+              ("/datasets/ok/upload", "POST"), ("/datasets/ng/upload", "POST"), ("/datasets/list", "GET"),
+              ("/datasets/file", "GET"), ("/datasets/file", "DELETE"), ("/datasets/meta", "GET"),
+              ("/calibrate_dataset", "POST")]
 # Every check but positive_data_acceptance: schema-valid input is refused by design when its content is bad
 # (an image that does not decode, a shape that covers no pixel), with a documented 4xx.
 CONFIG = {"checks": {"positive_data_acceptance": {"enabled": False}}}
@@ -68,8 +71,16 @@ def _on_the_fitted_model(path: str) -> st.SearchStrategy[dict[str, Any]] | None:
     if path == "/fit_ok":
         return st.fixed_dictionaries(
             {**fields, "images": st.lists(st.sampled_from(IMAGES), min_size=1, max_size=3)},
-            optional={"memory_fit": st.booleans()},
+            optional={"memory_fit": st.booleans(), "use_dataset": st.booleans()},
         )
+    if path.startswith("/datasets/") and path.endswith("/upload"):
+        metas = st.fixed_dictionaries({}, optional={"mm_per_px": NUMBERS, "shape_json": SHAPES,
+                                                    "timestamp": st.none() | st.text(max_size=20)}).map(json.dumps)
+        return st.integers(1, 3).flatmap(lambda n: st.fixed_dictionaries({
+            "role_id": st.just(ROLE), "roi_id": st.just(ROI),
+            "images": st.lists(st.sampled_from(IMAGES), min_size=n, max_size=n),
+            "metas": st.one_of(st.just([]), st.lists(metas, min_size=n, max_size=n), st.lists(metas, max_size=4)),
+        }))
     return None
 
 
