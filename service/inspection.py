@@ -526,8 +526,9 @@ class InspectionService:
         provenance = self._provenance(state)
         from_here = folder is not None and provenance.get("dataset") == str(folder.resolve())
         seen = set(provenance.get("fit_files") or []) if from_here else set()
-        if seen and provenance.get("holdout_files"):  # fitted with a holdout: the threshold from unseen OK only
-            ok = [sample for sample in ok if f"ok/{sample.name}" not in seen]
+        unseen = [sample for sample in ok if f"ok/{sample.name}" not in seen]
+        if provenance.get("holdout_files") and unseen:  # fitted with a holdout: the OK side from unseen samples only
+            ok = unseen
         index = self._memory_index(state)
         scores, skipped, mm_values = self._score_stored(index, ok + ng, percentile)
         ok_scores = [scores[sample.path] for sample in ok if sample.path in scores]

@@ -40,8 +40,8 @@ def create_app(settings: Settings | None = None, service: InspectionService | No
         guards=[require_api_key],
         cors_config=CORSConfig(
             allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Content-Type", "X-API-Key", "X-Correlation-Id", "X-Request-Id"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Content-Type", "X-API-Key", "X-Correlation-Id", "X-Request-Id", "X-Recipe-Id"],
             expose_headers=["X-Correlation-Id", "X-Request-Id"],
         ) if settings.cors_origins else None,
         before_send=[echo_correlation_id],

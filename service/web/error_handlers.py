@@ -83,8 +83,8 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
     status = exc.status_code
     if status == 404:
         message = (
-            f"No route {request.url.path}; the service answers /health, /fit_ok, /calibrate_ng, /infer, /state "
-            "(API document: /openapi.json, viewer: /docs)."
+            f"No route {request.url.path}; the service answers /health, /fit_ok, /calibrate_ng, /infer, /state, "
+            "/datasets/... and /calibrate_dataset (API document: /openapi.json, viewer: /docs)."
         )
     elif status == 405:
         message = f"{request.method} is not allowed on {request.url.path}; see the API document at /docs."
