@@ -454,12 +454,14 @@ class InspectionService:
         assert folder is not None
         fit_samples, held_out = split_holdout(stored, self.settings.dataset_holdout, HOLDOUT_SEED)
         uploads = [Upload(sample.name, sample.path.read_bytes()) for sample in fit_samples]
-        provenance = {
+        provenance = {  # the shape `bdi fit` records (service.quality.fit_provenance), so both read each other's
             "dataset": str(folder.resolve()),
             "holdout_rate": self.settings.dataset_holdout,
             "seed": HOLDOUT_SEED,
             "fit_files": [f"ok/{sample.name}" for sample in fit_samples],
             "holdout_files": [f"ok/{sample.name}" for sample in held_out],
+            "fit_sha256": [hashlib.sha256(upload.data).hexdigest() for upload in uploads],
+            "holdout_sha256": [_sha256(sample.path) for sample in held_out],
         }
         return self.fit(role_id, roi_id, mm_per_px, uploads, memory_fit, context, provenance, recipe_id=recipe)
 
@@ -524,9 +526,8 @@ class InspectionService:
         folder = self.datasets.folder(recipe, role_id, roi_id)
         ok, ng = self.datasets.samples(folder, "ok"), self.datasets.samples(folder, "ng")
         provenance = self._provenance(state)
-        from_here = folder is not None and provenance.get("dataset") == str(folder.resolve())
-        seen = set(provenance.get("fit_files") or []) if from_here else set()
-        unseen = [sample for sample in ok if f"ok/{sample.name}" not in seen]
+        seen = _fitted_on(ok, folder, provenance)
+        unseen = [sample for sample in ok if sample.path not in seen]
         if provenance.get("holdout_files") and unseen:  # fitted with a holdout: the OK side from unseen samples only
             ok = unseen
         index = self._memory_index(state)
@@ -544,7 +545,7 @@ class InspectionService:
             area_mm2_thr=self.settings.area_mm2_thr if area_mm2_thr is None else area_mm2_thr,
         )
         self._save_calibration(recipe, role_id, roi_id, values, dataclasses.replace(context, source="dataset"))
-        biased = sum(f"ok/{sample.name}" in seen for sample in ok if sample.path in scores)
+        biased = sum(sample.path in seen for sample in ok if sample.path in scores)
         warning = None
         if biased:
             warning = (
@@ -613,11 +614,14 @@ class InspectionService:
     def infer(
         self, role_id: str, roi_id: str, mm_per_px: float, image: Upload, shape: str | None = None,
         context: RequestContext = RequestContext(), *, recipe_id: str | None = None, include_heatmap: bool = True,
+        require_calibration: bool | None = None,
     ) -> dict[str, Any]:
-        """The /infer answer (CONTRACT.md keys); with BDI_REQUIRE_CALIBRATION an uncalibrated model is a 400."""
+        """The /infer answer (CONTRACT.md keys). An uncalibrated model is a 400 when ``require_calibration`` (None:
+        BDI_REQUIRE_CALIBRATION); scoring samples to calibrate passes False."""
+        required = self.settings.require_calibration if require_calibration is None else require_calibration
         return self.inspect(
             role_id, roi_id, mm_per_px, image, shape, context, recipe_id=recipe_id, include_heatmap=include_heatmap,
-            require_calibration=self.settings.require_calibration,
+            require_calibration=required,
         ).response
 
     def inspect(
@@ -862,3 +866,19 @@ class InspectionService:
             index = MemoryIndex.build(loaded.embeddings)
         self.cache.put(key, index)
         return index
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _fitted_on(samples: list[StoredSample], folder: Path | None, provenance: dict[str, Any]) -> set[Path]:
+    """The stored samples the active memory was fitted on, per its version's provenance: by content when it
+    recorded sha256s (as `bdi fit` and /fit_ok use_dataset=true do), else by name under the same folder."""
+    if provenance.get("fit_sha256") is not None:
+        fitted = set(provenance["fit_sha256"])
+        return {sample.path for sample in samples if _sha256(sample.path) in fitted}
+    if folder is None or provenance.get("dataset") != str(folder.resolve()):
+        return set()
+    names = set(provenance.get("fit_files") or [])
+    return {sample.path for sample in samples if f"ok/{sample.name}" in names}

@@ -179,8 +179,8 @@ def calibrate(role_id: str, roi_id: str, dataset_dir: Path | None, mm_per_px: fl
     with _progress() as progress:
         for sample in progress.track(ok + ng, description="Scoring samples"):
             try:
-                result = service.inspect(role_id, roi_id, rule.value(sample), _upload(sample), shape=sample.shape,
-                                         context=context, recipe_id=recipe_id).response
+                result = service.infer(role_id, roi_id, rule.value(sample), _upload(sample), shape=sample.shape,
+                                       context=context, recipe_id=recipe_id, require_calibration=False)
             except ServiceError as exc:
                 raise CliError(f"{sample.path}: {exc.message}") from None
             scores[sample.label].append(result["score"])

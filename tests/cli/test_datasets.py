@@ -56,10 +56,10 @@ def test_fit_calibrate_eval_from_the_stored_samples(stored, tmp_path, shared_bac
     assert fitted.exit_code == 0, fitted.output
     assert "line2: Inspection / inspection-1" in fitted.stdout
     calibrated = bdi(stored, "calibrate", ROLE, ROI, "--recipe", "line2")
-    assert calibrated.exit_code == 0 and "Scoring the 2 OK sample(s) held out of the fit" in calibrated.stderr
+    assert calibrated.exit_code == 0 and "Scoring the 2 OK sample(s) not used to fit this memory" in calibrated.stderr
     report = tmp_path / "report"
     assert bdi(stored, "eval", ROLE, ROI, "--recipe", "line2", "--report", str(report)).exit_code == 0
-    assert json.loads((report / "summary.json").read_text())["n_ok"] == 6
+    assert json.loads((report / "summary.json").read_text())["n_ok"] == 2  # the unseen OK samples
     rows = as_json(bdi(stored, "models", "list", "--json"))
     assert [(r["recipe_id"], r["role_id"], r["calib_source"]) for r in rows] == [("line2", ROLE, "cli")]
     assert "line2" in bdi(stored, "models", "list").stdout
