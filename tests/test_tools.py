@@ -40,7 +40,7 @@ def test_bench_reports_every_measure_and_checks_the_concurrent_answers(tmp_path)
     assert set(results["ratios"]) == {"infer_p50_over_forward", "fit_over_n_forwards", "concurrent_rps_times_forward",
                                       "append_over_n_forwards", "refit_over_n_forwards",
                                       "append_per_image_over_refit_per_image",
-                                      "calibrate_dataset_over_n_forwards"}
+                                      "calibrate_dataset_over_n_forwards", "calibrate_dataset_per_sample_over_infer_p50"}
     assert results["calibrate_dataset"]["samples"] == 4 and results["calibrate_dataset"]["samples_in_120_s"] > 0
     assert all(value > 0 for value in results["ratios"].values())
 

@@ -39,9 +39,11 @@ def datasets() -> None:
 @models_dir_option
 @json_option
 def list_datasets(recipe_id: str | None, models_dir: Path | None, as_json: bool) -> None:
-    """Every (recipe, role, roi) with stored samples: how many OK and NG, and the newest name."""
+    """Every (recipe, role, roi) with stored samples: how many OK and NG, the newest name and the recipe's locked
+    mm/px (none in the default namespace)."""
     opened = open_models(models_dir)
     store = DatasetStore(opened.store)
+    locks = opened.registry.recipes()
     rows = []
     for folder in store.scan():
         if recipe_id not in (None, folder.recipe_id):
@@ -50,14 +52,15 @@ def list_datasets(recipe_id: str | None, models_dir: Path | None, as_json: bool)
         names = [sample.name for label in LABELS for sample in samples[label]]
         rows.append({"recipe_id": folder.recipe_id, "role_id": folder.role_id, "roi_id": folder.roi_id,
                      "ok": len(samples["ok"]), "ng": len(samples["ng"]), "newest": max(names, default=None),
-                     "folder": opened.store.relative(folder.path)})
+                     "mm_per_px_lock": locks.get(folder.recipe_id), "folder": opened.store.relative(folder.path)})
     if as_json:
         echo_json(rows)
     elif not rows:
         rich_console().print(f"No stored samples in {opened.settings.models_dir}.")
     else:
-        print_table(None, ("recipe", "role", "roi", "ok", "ng", "newest"),
-                    ([row[key] for key in ("recipe_id", "role_id", "roi_id", "ok", "ng", "newest")] for row in rows))
+        columns = ("recipe_id", "role_id", "roi_id", "ok", "ng", "newest", "mm_per_px_lock")
+        print_table(None, ("recipe", "role", "roi", "ok", "ng", "newest", "mm/px lock"),
+                    ([row[key] for key in columns] for row in rows))
 
 
 @datasets.command("export")

@@ -393,7 +393,7 @@ async def state(
     return _as(StateResponse, result)
 
 
-def _with_ids(request: Request[Any, Any, Any], recipe: str, result: dict[str, Any]) -> dict[str, Any]:
+def _with_ids(recipe: str, result: dict[str, Any]) -> dict[str, Any]:
     """The new routes' answers always carry the request's id and recipe."""
     return {**result, "request_id": correlation_id.get(), "recipe_id": recipe}
 
@@ -423,7 +423,7 @@ async def _upload(
         service.dataset_upload, label, data.role_id, data.roi_id, uploads, data.metas, _context(request),
         recipe_id=recipe,
     )
-    return _as(DatasetUploadResponse, _with_ids(request, recipe, result))
+    return _as(DatasetUploadResponse, _with_ids(recipe, result))
 
 
 _UPLOAD_DESCRIPTION = (
@@ -493,7 +493,7 @@ async def list_datasets(
 ) -> DatasetListResponse:
     recipe = _recipe(recipe_id, recipe_header)
     result = await _off_loop(service.dataset_list, role_id, roi_id, recipe_id=recipe)
-    return _as(DatasetListResponse, _with_ids(request, recipe, result))
+    return _as(DatasetListResponse, _with_ids(recipe, result))
 
 
 _SAMPLE_400 = f"`label` is not `ok` or `ng`. {_IDS_400} {_RECIPE_400}"
@@ -554,7 +554,7 @@ async def delete_file(
     result = await _off_loop(
         service.dataset_delete, role_id, roi_id, label, filename, _context(request), recipe_id=recipe
     )
-    return _as(DatasetDeleteResponse, _with_ids(request, recipe, result))
+    return _as(DatasetDeleteResponse, _with_ids(recipe, result))
 
 
 @get(
@@ -621,7 +621,7 @@ async def calibrate_dataset(
         service.calibrate_dataset, data.role_id, data.roi_id, data.default_mm_per_px, data.score_percentile,
         data.area_mm2_thr, data.require_ng, _context(request), recipe_id=recipe,
     )
-    result = {**_with_ids(request, recipe, result), "model_key": data.model_key or data.roi_id}
+    result = {**_with_ids(recipe, result), "model_key": data.model_key or data.roi_id}
     return _as(CalibrateDatasetResponse, result)
 
 

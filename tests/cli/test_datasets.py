@@ -31,7 +31,8 @@ def stored(tmp_path: Path, extractor_112) -> Path:
 
 def test_list_export_and_import_round_trip(stored, tmp_path):
     rows = as_json(bdi(stored, "datasets", "list", "--json"))
-    assert [(r["recipe_id"], r["role_id"], r["roi_id"], r["ok"], r["ng"]) for r in rows] == [("line2", ROLE, ROI, 6, 2)]
+    assert [(r["recipe_id"], r["role_id"], r["roi_id"], r["ok"], r["ng"], r["mm_per_px_lock"]) for r in rows] == [
+        ("line2", ROLE, ROI, 6, 2, 0.2)]
     assert as_json(bdi(stored, "datasets", "list", "--recipe", "default", "--json")) == []
     out = tmp_path / "export"
     exported = bdi(stored, "datasets", "export", ROLE, ROI, "--recipe", "line2", "--output", str(out))
