@@ -311,3 +311,14 @@ def test_heatmap_on_request_and_required_calibration(make_client, tmp_path):
                         [("image", "roi.png", OK[1])])
     assert decode_png(base64.b64decode(with_map.json()["heatmap_png_base64"])).shape == (SIZE, SIZE)
     assert with_map.json()["score"] == without.json()["score"]
+
+
+def test_a_holdout_keeps_the_calibration_off_the_fitted_samples(make_client, tmp_path):
+    client = make_client(tmp_path / "holdout", BDI_DATASET_HOLDOUT="0.3")
+    gui = NewerGui(client)
+    upload_samples(gui)
+    assert fit_from_store(gui).json()["n_embeddings"] == 7 * 16 * 16  # 3 of the 10 OK samples held out
+    values = gui.post_json("/calibrate_dataset", {"role_id": ROLE, "roi_id": ROI}).json()
+    assert (values["n_ok"], values["n_ng"]) == (3, 2) and "warning" not in values
+    gui.upload("ok", ROLE, ROI, [("late.png", png_bytes(synthetic_roi(SIZE, SIZE, 77)))], [meta("ok", 11)])
+    assert gui.post_json("/calibrate_dataset", {"role_id": ROLE, "roi_id": ROI}).json()["n_ok"] == 4  # and the new one
