@@ -88,7 +88,7 @@ def test_tree_operations_see_named_recipes_and_samples_without_misreading_them(t
     (named / f"{TMP_PREFIX}half-written").mkdir()
     (named / "memory.npz").unlink()  # a crash between the pointer switch and the canonical copy
     assert store.cleanup_leftovers() == 1 and (named / "memory.npz").is_file()
-    registry = Registry(f"sqlite:///{tmp_path / 'registry.sqlite3'}", tmp_path / ".registry.lock")
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.sqlite3'}", tmp_path)
     registry.upgrade()
     try:
         for folder in store.scan():

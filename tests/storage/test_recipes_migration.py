@@ -1,11 +1,7 @@
-"""Alembic revision 0002 (recipes) on a registry that already holds models, on SQLite and, when a server is
-reachable, on PostgreSQL: existing models become the default namespace, (recipe, role, roi) is unique."""
+"""Alembic revision 0002 (recipes) on a registry that already holds models, on SQLite and on PostgreSQL (with
+BDI_TEST_DATABASE_URL): existing models become the default namespace, (recipe, role, roi) is unique."""
 
 from __future__ import annotations
-
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -13,32 +9,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.exc import IntegrityError
 
-from service.storage.registry.database import make_engine, migrations_dir
-
-POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database; the PostgreSQL one is created for the test and dropped after it."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'registry.sqlite3'}"
-        return
-    pytest.importorskip("psycopg", reason="PostgreSQL needs the postgres extra (psycopg)")
-    admin = sa.create_engine(f"{POSTGRES_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    name = f"bdi_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"no PostgreSQL server at {POSTGRES_SERVER} ({str(exc.orig).splitlines()[0]})")
-    try:
-        yield f"{POSTGRES_SERVER}/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+from service.storage.registry.database import migrations_dir
+from service.storage.registry.engine import make_engine
+from tests.support import both_registries
 
 
 def _migrate(engine: sa.Engine, revision: str, down: bool = False) -> None:
@@ -55,8 +28,9 @@ def _insert_model(connection: sa.Connection, role: str, roi: str, recipe: str | 
                        {"role": role, "roi": roi, "folder": f"{role}/{roi}", "recipe": recipe})
 
 
-def test_0002_puts_existing_models_in_the_default_namespace(database_url):
-    engine = make_engine(database_url)
+@both_registries
+def test_0002_puts_existing_models_in_the_default_namespace(database_url, tmp_path):
+    engine = make_engine(database_url or f"sqlite:///{tmp_path / 'registry.sqlite3'}", statement_timeout=None)
     try:
         _migrate(engine, "0001")
         with engine.begin() as connection:

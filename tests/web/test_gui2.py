@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import NewerGui, decode_png, fit, infer, png_bytes, synthetic_roi
+from tests.support import NewerGui, both_registries, decode_png, fit, infer, png_bytes, synthetic_roi
 
 ROLE, ROI = "Inspection", "inspection-1"
 SIZE = 64
@@ -57,6 +57,7 @@ def gui_infer(gui: NewerGui, image: bytes):
                                ("model_key", ROI)], [("image", "roi.png", image)])
 
 
+@both_registries
 @pytest.mark.parametrize("layout, recipe", [(None, "default"), ("Line2-Disc", "line2-disc")])
 def test_the_newer_gui_workflow(client, layout, recipe):
     gui = NewerGui(client, layout)
@@ -144,6 +145,7 @@ def trained(client):
     return client
 
 
+@both_registries
 def test_same_role_and_roi_in_two_recipes_and_the_default_are_three_models(trained):
     client = trained
     r1, r2 = NewerGui(client, "R1"), NewerGui(client, "r2")
