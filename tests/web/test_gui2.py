@@ -178,6 +178,10 @@ def test_same_role_and_roi_in_two_recipes_and_the_default_are_three_models(train
     assert NewerGui(client).get("/datasets/list", role_id=ROLE, roi_id=ROI).json()["classes"]["ok"]["count"] == 10
     rows = {(state.recipe_id, state.role_id, state.roi_id) for state in client.app.state.service.registry.states()}
     assert rows == {("default", ROLE, ROI), ("r1", ROLE, ROI), ("r2", ROLE, ROI)}
+    # an append grows r2's memory only
+    assert fit(client, ROLE, ROI, [synthetic_roi(SIZE, SIZE, 71)], recipe_id="r2", append="true").status_code == 200
+    versions = [r.get("/state", role_id=ROLE, roi_id=ROI).json()["version"] for r in (NewerGui(client), r1, r2)]
+    assert versions == [1, 1, 2]
     # recipe_id in the query beats the header, and "default" is the default namespace
     assert r1.get("/state", role_id=ROLE, roi_id=ROI, recipe_id="R2").json()["recipe_id"] == "r2"
     assert r1.get("/state", role_id=ROLE, roi_id=ROI, recipe_id="default").json()["calib_present"] is False
