@@ -72,7 +72,8 @@ def _size(n_bytes: int) -> str:
 
 _UNITS = ("bytes", "KB", "MB", "GB", "TB")
 class NotFound(ServiceError):
-    """A stored thing the request names (a dataset sample, its sidecar) does not exist (404)."""
+    """A stored thing the request names (a dataset sample, its sidecar, an inspection record or its kept image)
+    does not exist (404)."""
 
     status_code = 404
 

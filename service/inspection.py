@@ -13,16 +13,19 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import datetime as dt
+import functools
 import hashlib
 import logging
 import os
+import re
 import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -37,6 +40,8 @@ from .errors import (
     ServiceError,
     TokenGridMismatch,
 )
+from .logs import model_context
+from .metrics import Metrics
 from .pipeline import (
     PROJECTION_DIM,
     FeatureExtractor,
@@ -63,12 +68,18 @@ from .storage import (
     IMPORTED,
     MEDIA_TYPES,
     DatasetStore,
+    InspectionRecord,
     MigrationAction,
     ModelState,
+    PendingRecord,
+    RecordFilter,
+    RecordStore,
+    RecordWriter,
     StoredSample,
     check_mm_per_px,
     claim_mm_per_px,
     migrate,
+    new_record_id,
     normalize_label,
     open_storage,
     prepare_upload,
@@ -85,6 +96,8 @@ logger = logging.getLogger(__name__)
 
 CORESET_SEED = 0
 HOLDOUT_SEED = 0
+MAX_PAGE = 1000
+RECORD_ID = re.compile(r"[0-9a-f]{32}")
 MIN_FREE_DISK_BYTES = 256 * 1024 * 1024
 DEFAULT_MM_PER_PX = 0.2  # /calibrate_ng's default, and /calibrate_dataset's for samples without one
 
@@ -121,11 +134,14 @@ class Growth:
 
 @dataclasses.dataclass(frozen=True)
 class RequestContext:
-    """Who asked: recorded with each calibration (audit) and in the logs."""
+    """Who asked: recorded with each calibration and inspection (audit) and in the logs. ``record``: this
+    inspection goes into the records (every /infer; the CLI's scoring only with --record)."""
 
     correlation_id: str | None = None
     client: str | None = None
     source: str = "api"
+    part_id: str | None = None
+    record: bool = False
 
 
 class MemoryCache:
@@ -155,6 +171,20 @@ class MemoryCache:
                 self._items.popitem(last=False)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _about_model(method: F) -> F:
+    """Log lines written inside a method of (role_id, roi_id) carry the two ids (JSON log fields)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, role_id: str, roi_id: str, *args: Any, **kwargs: Any) -> Any:
+        with model_context(role_id, roi_id):
+            return method(self, role_id, roi_id, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 class InspectionService:
     def __init__(self, settings: Settings, extractor: FeatureExtractor | None = None) -> None:
         self.settings = settings
@@ -166,13 +196,20 @@ class InspectionService:
             raise ValueError("The extractor's input size differs from settings.input_size.")
         if self.extractor.precision != settings.precision:
             raise ValueError("The extractor's precision differs from settings.precision.")
+        self.metrics = Metrics()
         self.store, self.registry = open_storage(settings)
+        self.metrics.watch_engine(self.registry.engine)
         self.datasets = DatasetStore(self.store)
         self.cache = MemoryCache(settings.cache_size)
         batch = settings.infer_batch_size
         if batch == "auto":  # a CPU forward already keeps every core busy: batching gains nothing there
             batch = 1 if self.extractor.device.type == "cpu" else 8
-        self.batcher = MicroBatcher(self.extractor, int(batch))
+        self.batcher = MicroBatcher(self.extractor, int(batch), on_forward=self.metrics.observe_forward)
+        self.records = RecordStore(self.registry.engine, settings.models_dir)
+        self.recorder = RecordWriter(
+            self.records, self.metrics, settings.record_queue_size, int(settings.record_max_mb * 1024 * 1024),
+            settings.record_retention_days,
+        )
 
     # ---- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -206,6 +243,8 @@ class InspectionService:
 
     def close(self) -> None:
         self.batcher.close()
+        self.recorder.close()
+        self.metrics.close()
         self.registry.dispose()
 
     # ---- ids ------------------------------------------------------------------------------------
@@ -217,6 +256,7 @@ class InspectionService:
         return normalize_recipe(recipe_id)
 
     # ---- fit ------------------------------------------------------------------------------------
+    @_about_model
     def fit(
         self, role_id: str, roi_id: str, mm_per_px: float, images: list[Upload], memory_fit: bool = False,
         context: RequestContext = RequestContext(), provenance: dict[str, Any] | None = None,
@@ -262,6 +302,8 @@ class InspectionService:
         state = self.registry.state(role_id, roi_id, recipe_id=recipe)
         if state is not None:
             self.cache.put(self._cache_key(state), index)
+        self.metrics.fits.labels("fit").inc()
+        self.metrics.fit_seconds.labels("fit").observe(time.perf_counter() - started)
         logger.info(
             "fit recipe=%r role=%r roi=%r images=%d patches=%d coreset=%d version=%d extract=%.2fs "
             "coreset+index=%.2fs write=%.2fs total=%.2fs",
@@ -288,6 +330,7 @@ class InspectionService:
         return [decode_image(u.data, u.filename, self.settings.max_image_pixels) for u in images]
 
     # ---- append ---------------------------------------------------------------------------------
+    @_about_model
     def append(
         self, role_id: str, roi_id: str, mm_per_px: float, images: list[Upload], memory_fit: bool = False,
         context: RequestContext = RequestContext(), progress: Callable[[int, int], None] | None = None, *,
@@ -364,6 +407,8 @@ class InspectionService:
         fresh = self.registry.state(role_id, roi_id, recipe_id=recipe)
         if fresh is not None and fresh.active_version == files.version:
             self.cache.put(self._cache_key(fresh), index)
+        self.metrics.fits.labels("append").inc()
+        self.metrics.fit_seconds.labels("append").observe(time.perf_counter() - started)
         logger.info(
             "append recipe=%r role=%r roi=%r images=%d patches=%d admitted=%d added=%d rows=%d parent=%d version=%d "
             "radius=%.4f (parent %.4f, %s) extract=%.2fs total=%.2fs",
@@ -466,6 +511,7 @@ class InspectionService:
         return self.fit(role_id, roi_id, mm_per_px, uploads, memory_fit, context, provenance, recipe_id=recipe)
 
     # ---- calibrate ------------------------------------------------------------------------------
+    @_about_model
     def calibrate(
         self, role_id: str, roi_id: str, ok_scores: list[float], ng_scores: list[float] | None = None,
         mm_per_px: float = DEFAULT_MM_PER_PX, area_mm2_thr: float | None = None, score_percentile: int | None = None,
@@ -479,7 +525,7 @@ class InspectionService:
             mm_per_px=mm_per_px,
             area_mm2_thr=self.settings.area_mm2_thr if area_mm2_thr is None else area_mm2_thr,
         )
-        self._save_calibration(recipe, role_id, roi_id, values, context)
+        self._save_calibration(recipe, role_id, roi_id, values, context, ok_scores, ng_scores)
         logger.info(
             "calibrate recipe=%r role=%r roi=%r n_ok=%d n_ng=%d threshold=%.6f percentile=%s",
             recipe, role_id, roi_id, len(ok_scores), len(ng_scores or []), values["threshold"],
@@ -488,9 +534,11 @@ class InspectionService:
         return values
 
     def _save_calibration(
-        self, recipe: str, role_id: str, roi_id: str, values: dict[str, Any], context: RequestContext
+        self, recipe: str, role_id: str, roi_id: str, values: dict[str, Any], context: RequestContext,
+        ok_scores: list[float], ng_scores: list[float] | None,
     ) -> None:
-        """calib.json and the history (files first), then the registry; ``context.source`` says who."""
+        """calib.json and the history (files first), then the registry; ``context.source`` says who. The history
+        entry keeps the scores (what drift compares recent OK scores with); calib.json the contract's keys only."""
         with self.store.writing(role_id, roi_id, recipe_id=recipe) as folder:
             entry = {
                 "uid": uuid.uuid4().hex,
@@ -499,6 +547,8 @@ class InspectionService:
                 "memory_version": self.store.active_version(folder),
                 "correlation_id": context.correlation_id,
                 "client": context.client,
+                "ok_scores": [float(score) for score in ok_scores],
+                "ng_scores": [float(score) for score in ng_scores or []],
             }
             self.store.write_calibration(folder, values, entry)
             self.registry.add_calibration(
@@ -544,7 +594,8 @@ class InspectionService:
             ok_scores, ng_scores or None, score_percentile=percentile, mm_per_px=mm_per_px,
             area_mm2_thr=self.settings.area_mm2_thr if area_mm2_thr is None else area_mm2_thr,
         )
-        self._save_calibration(recipe, role_id, roi_id, values, dataclasses.replace(context, source="dataset"))
+        self._save_calibration(recipe, role_id, roi_id, values, dataclasses.replace(context, source="dataset"),
+                               ok_scores, ng_scores)
         biased = sum(sample.path in seen for sample in ok if sample.path in scores)
         warning = None
         if biased:
@@ -624,15 +675,19 @@ class InspectionService:
             require_calibration=required,
         ).response
 
+    @_about_model
     def inspect(
         self, role_id: str, roi_id: str, mm_per_px: float, image: Upload, shape: str | None = None,
         context: RequestContext = RequestContext(), *, recipe_id: str | None = None, include_heatmap: bool = True,
         require_calibration: bool = False,
     ) -> Inspection:
         """/infer's whole computation, also handing back the decoded image, the raw map and the mask
-        (evaluation needs them: the heatmap PNG is stretched per image)."""
+        (evaluation needs them: the heatmap PNG is stretched per image). With ``context.record`` the
+        inspection is queued for the records (never waited for, never failing the answer)."""
         recipe = self._ids(role_id, roi_id, recipe_id)
         validate_mm_per_px(mm_per_px)
+        if context.part_id is not None:
+            validate_id("part_id", context.part_id)
         check_mm_per_px(self.registry, recipe, [mm_per_px])
         parsed_shape = parse_shape(shape)
         started = time.perf_counter()
@@ -649,7 +704,11 @@ class InspectionService:
         claim_mm_per_px(self.store, self.registry, recipe, mm_per_px)
         index = self._memory_index(state)
         loaded = time.perf_counter()
-        features = self.batcher.extract(bgr)
+        self.metrics.queue_depth.inc()
+        try:
+            features = self.batcher.extract(bgr)
+        finally:
+            self.metrics.queue_depth.dec()
         extracted = time.perf_counter()
         amap = self._anomaly_map(index, features, width, height)
         calibration = state.calibration.values if state.calibration is not None else None
@@ -661,13 +720,18 @@ class InspectionService:
             area_thr = calibration.get("area_mm2_thr")
             area_thr = self.settings.area_mm2_thr if area_thr is None else area_thr
             regions = find_regions(amap, mask, threshold, mm_per_px, area_thr)
-        heatmap = base64.b64encode(heatmap_png(amap, mask)).decode("ascii") if include_heatmap else None
         decision = None if threshold is None else ("ng" if score >= threshold else "ok")
+        recording = context.record and self.settings.record
+        keep = recording and (self.settings.record_images == "all"
+                              or (self.settings.record_images == "ng" and decision == "ng"))
+        heatmap_bytes = heatmap_png(amap, mask) if include_heatmap or keep else None
+        heatmap = base64.b64encode(heatmap_bytes).decode("ascii") if include_heatmap else None
+        finished = time.perf_counter()
         logger.info(
             "infer recipe=%r role=%r roi=%r image=%dx%d version=%d score=%.6f decision=%s regions=%d load=%.3fs "
             "extract=%.3fs total=%.3fs",
             recipe, role_id, roi_id, width, height, state.active_version, score, decision, len(regions),
-            loaded - started, extracted - loaded, time.perf_counter() - started,
+            loaded - started, extracted - loaded, finished - started,
         )
         response = {
             "score": score,
@@ -677,6 +741,23 @@ class InspectionService:
             "heatmap_png_base64": heatmap,
             "regions": regions,
         }
+        self.metrics.inspections.labels(recipe, role_id, roi_id, decision or "none").inc()
+        if recording:
+            record = InspectionRecord(
+                id=new_record_id(), created_at=dt.datetime.now(dt.timezone.utc), recipe_id=recipe,
+                role_id=role_id, roi_id=roi_id, version=state.active_version, memory_sha256=state.active.memory_sha256,
+                model=MODEL_NAME, weights_sha256=self.extractor.fingerprint.get("weights_sha256"),
+                calibration_id=state.calibration.uid if state.calibration is not None else None,
+                score=score, threshold=threshold, decision=decision, score_percentile=int(percentile),
+                n_regions=len(regions), largest_area_mm2=max((r["area_mm2"] for r in regions), default=0.0),
+                total_area_mm2=float(sum(r["area_mm2"] for r in regions)), image_width=width, image_height=height,
+                image_sha256=hashlib.sha256(image.data).hexdigest(),
+                shape_kind=parsed_shape.kind if parsed_shape is not None else None, mm_per_px=mm_per_px,
+                correlation_id=context.correlation_id, client=context.client, part_id=context.part_id,
+                source=context.source, load_ms=1000 * (loaded - started), forward_ms=1000 * (extracted - loaded),
+                total_ms=1000 * (finished - started),
+            )
+            self.recorder.submit(PendingRecord(record, image.data if keep else None, heatmap_bytes if keep else None))
         return Inspection(response, bgr, amap, mask)
 
     def _anomaly_map(self, index: MemoryIndex, features: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -684,6 +765,45 @@ class InspectionService:
         /calibrate_dataset, so both score alike)."""
         distances = index.nearest_distances(features)
         return anomaly_map(distances, self.extractor.grid, Letterbox.fit(width, height, self.settings.input_size))
+
+    # ---- records --------------------------------------------------------------------------------
+    def inspections(self, where: RecordFilter, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+        """One page of records, newest first: ``{"items": [...], "next_cursor": str | None}``."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be 1 to {MAX_PAGE}, got {limit}; page through more with next_cursor.")
+        for name in ("role_id", "roi_id", "part_id"):
+            if getattr(where, name) is not None:
+                validate_id(name, getattr(where, name))
+        if where.recipe_id is not None:
+            where = dataclasses.replace(where, recipe_id=normalize_recipe(where.recipe_id))
+        items, next_cursor = self.records.page(where, limit, cursor)
+        return {"items": [item.as_dict() for item in items], "next_cursor": next_cursor}
+
+    def inspection(self, record_id: str) -> InspectionRecord:
+        if not RECORD_ID.fullmatch(record_id):
+            raise BadRequest(f"{record_id[:64]!r} is not an inspection record id (32 hexadecimal digits: the id "
+                             "GET /inspections lists).")
+        record = self.records.get(record_id)
+        if record is None:
+            raise NotFound(f"There is no inspection record {record_id[:64]!r}; GET /inspections lists the kept ones "
+                           f"(records older than BDI_RECORD_RETENTION_DAYS are deleted).")
+        return record
+
+    def inspection_file(self, record_id: str, kind: str) -> tuple[bytes, str]:
+        """(bytes, media type) of a kept ``image`` or ``heatmap``; 404 with the reason when not kept."""
+        record = self.inspection(record_id)
+        path = record.image_path if kind == "image" else record.heatmap_path
+        if path is None:
+            raise NotFound(
+                f"The {kind} of inspection {record_id} was not kept: images are kept per BDI_RECORD_IMAGES (now "
+                f"{self.settings.record_images!r}: none, ng or all) and the oldest are deleted past BDI_RECORD_MAX_MB."
+            )
+        try:
+            data = (self.settings.models_dir / path).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"The {kind} of inspection {record_id} is no longer on disk (pruned or removed by hand).") \
+                from None
+        return data, MEDIA_TYPES.get(Path(path).suffix.lower(), "application/octet-stream")
 
     # ---- state & health -------------------------------------------------------------------------
     def model_state(self, role_id: str, roi_id: str, *, recipe_id: str | None = None) -> ModelState | None:
@@ -840,7 +960,9 @@ class InspectionService:
         key = self._cache_key(state)
         index = self.cache.get(key)
         if index is not None:
+            self.metrics.cache_hits.inc()
             return index
+        self.metrics.cache_misses.inc()
         folder = self.store.root / state.folder
         try:
             loaded = self.store.load_memory(folder, state.active_version)

@@ -105,6 +105,27 @@ def _parse_batch_size(text: str) -> int | str:
     return value if value == "auto" else _parse_positive_int(value)
 
 
+def _parse_non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{text!r} is not an integer >= 0")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+RECORD_IMAGES = ("none", "ng", "all")
+LOG_FORMATS = ("text", "json")
+
+
 def _parse_origins(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
@@ -184,6 +205,30 @@ _FIELDS: dict[str, _Field] = {
     "cors_origins": _Field(("BDI_CORS_ORIGINS",), _parse_origins, (),
                            "comma-separated origins allowed by CORS; empty: CORS off"),
     "log_level": _Field(("BDI_LOG_LEVEL",), lambda t: t.strip().upper(), "INFO", "logging level"),
+    "log_format": _Field(("BDI_LOG_FORMAT",), _choice(*LOG_FORMATS), "text",
+                         "text, or json: one JSON object per line (time, level, logger, message, correlation_id, "
+                         "role_id, roi_id) for log shippers"),
+    "record": _Field(("BDI_RECORD",), _parse_bool, True,
+                     "keep a record of every answered /infer in the registry (audit trail, drift, bdi inspections)"),
+    "record_images": _Field(("BDI_RECORD_IMAGES",), _choice(*RECORD_IMAGES), "ng",
+                            "which inspections keep their uploaded image and heatmap under <models_dir>/@records: "
+                            "none, ng (NG decisions) or all"),
+    "record_max_mb": _Field(("BDI_RECORD_MAX_MB",), _parse_positive_float, 2048.0,
+                            "most MB of kept images and heatmaps; the oldest are deleted first"),
+    "record_retention_days": _Field(("BDI_RECORD_RETENTION_DAYS",), _parse_non_negative_int, 365,
+                                    "records (rows and images) older than this many days are deleted; 0: kept forever"),
+    "record_queue_size": _Field(("BDI_RECORD_QUEUE_SIZE",), _parse_positive_int, 10_000,
+                                "records waiting for the background writer; when full, new records are dropped "
+                                "(logged and counted), never the inspection"),
+    "drift_min_inspections": _Field(("BDI_DRIFT_MIN_INSPECTIONS",), _parse_positive_int, 30,
+                                    "bdi models drift: fewer OK-decided inspections in the window give the verdict "
+                                    "'too few inspections'"),
+    "drift_max_shift": _Field(("BDI_DRIFT_MAX_SHIFT",), _parse_positive_float, 0.25,
+                              "bdi models drift: 'drifting' when the median OK score moved by more than this "
+                              "fraction of the gap between the calibration's OK median and the threshold"),
+    "drift_max_near_increase": _Field(("BDI_DRIFT_MAX_NEAR_INCREASE",), _parse_rate, 0.10,
+                                      "bdi models drift: 'drifting' when the share of OK scores within 10% below the "
+                                      "threshold grew by more than this (0.10 = 10 points) over the calibration's"),
 }
 
 
@@ -219,6 +264,15 @@ class Settings:
     api_key: str
     cors_origins: tuple[str, ...]
     log_level: str
+    log_format: str
+    record: bool
+    record_images: str
+    record_max_mb: float
+    record_retention_days: int
+    record_queue_size: int
+    drift_min_inspections: int
+    drift_max_shift: float
+    drift_max_near_increase: float
 
     @property
     def token_grid(self) -> tuple[int, int]:

@@ -1,9 +1,11 @@
 """Helpers the tests share (not fixtures): synthetic ROIs, PNG bytes, settings over a temp models dir,
-the old GUI's two multipart requests and the newer GUI's requests as its .NET client writes them."""
+the old GUI's two multipart requests and the newer GUI's requests as its .NET client writes them, synthetic
+inspection records and parsed metrics."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import errno
 import json
 import os
@@ -18,10 +20,11 @@ import cv2
 import numpy as np
 import pytest
 from litestar.testing import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, make_url, text
 
 from service.settings import Settings
-from service.storage import Registry, artifacts
+from service.storage import InspectionRecord, Registry, artifacts
 
 TEST_INPUT_SIZE = 224
 BACKENDS = ["sqlite", "postgresql"]
@@ -86,12 +89,13 @@ def fit(client: TestClient[Any], role: str, roi: str, images: list[np.ndarray], 
 
 
 def infer(client: TestClient[Any], role: str, roi: str, image: np.ndarray | bytes, mm_per_px: str = "0.2",
-          filename: str = "roi.png", **fields: str):
+          filename: str = "roi.png", headers: dict[str, str] | None = None, **fields: str):
     data = image if isinstance(image, bytes) else png_bytes(image)
     return client.post(
         "/infer",
         data={"role_id": role, "roi_id": roi, "mm_per_px": mm_per_px, **fields},
         files={"image": (filename, data, "image/png")},
+        headers=headers,
     )
 
 
@@ -227,3 +231,25 @@ class NewerGui:
 
     def post_json(self, path: str, body: dict[str, Any]):
         return self.client.post(path, json=body, headers=self.headers())
+
+
+def make_record(created_at: dt.datetime, **fields: Any) -> InspectionRecord:
+    """An inspection record as the core would make it, for rows inserted straight into the registry."""
+    values: dict[str, Any] = {
+        "id": uuid.uuid4().hex, "created_at": created_at, "recipe_id": "default", "role_id": "R", "roi_id": "r",
+        "version": 1, "memory_sha256": "0" * 64, "model": "vit_small_patch14_dinov2.lvd142m", "weights_sha256": None,
+        "calibration_id": None, "score": 0.5, "threshold": 0.6, "decision": "ok", "score_percentile": 99,
+        "n_regions": 0, "largest_area_mm2": 0.0, "total_area_mm2": 0.0, "image_width": 64, "image_height": 48,
+        "image_sha256": "1" * 64, "shape_kind": None, "mm_per_px": 0.2, "correlation_id": None, "client": None,
+        "part_id": None, "source": "api", "load_ms": 1.0, "forward_ms": 10.0, "total_ms": 12.0,
+    }
+    return InspectionRecord(**{**values, **fields})
+
+
+def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a /metrics answer, parsed by prometheus-client: (name, sorted labels) -> value."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

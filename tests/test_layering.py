@@ -1,7 +1,7 @@
 """The package's layering, read from the imports themselves (README, "Layout"), so it can't rot.
 
 Wings, from the top: ``cli`` → ``web`` and ``quality`` → ``inspection`` → ``storage`` → ``pipeline`` →
-the shared modules (settings, errors, logs, validation, lazy). A module imports only from its own wing
+the shared modules (settings, errors, logs, metrics, validation, lazy). A module imports only from its own wing
 or from wings below it (skipping levels is fine); ``web`` and ``quality`` sit side by side and do not
 import each other. Litestar (and its multipart parser) is imported by ``web`` only, click and rich by
 ``cli`` only. Every import counts, also those inside functions or under ``TYPE_CHECKING``.
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "service"
-SHARED = {"__init__", "settings", "errors", "logs", "validation", "lazy"}
+SHARED = {"__init__", "settings", "errors", "logs", "metrics", "validation", "lazy"}
 LEVELS = {"shared": 0, "pipeline": 1, "storage": 2, "inspection": 3, "web": 4, "quality": 4, "cli": 5}
 OWNERS = {"litestar": "web", "multipart": "web", "click": "cli", "rich": "cli"}
 

@@ -4,10 +4,12 @@ dir without the backbone, and rich tables / JSON output."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import click
 from rich.console import Console
@@ -15,7 +17,7 @@ from rich.table import Table
 
 from ..errors import BadRequest
 from ..settings import Settings
-from ..storage import ModelState, ModelStore, Registry, open_storage
+from ..storage import ModelState, ModelStore, RecordStore, Registry, open_storage
 from ..validation import DEFAULT_RECIPE, normalize_recipe
 
 EXIT_PROBLEMS, EXIT_USAGE = 1, 2
@@ -80,6 +82,10 @@ class OpenedModels:
     store: ModelStore
     registry: Registry
 
+    @property
+    def records(self) -> RecordStore:
+        return RecordStore(self.registry.engine, self.settings.models_dir)
+
     def state(self, role_id: str, roi_id: str, recipe_id: str = DEFAULT_RECIPE) -> ModelState:
         state = self.registry.state_or_import(self.store, role_id, roi_id, recipe_id=recipe_id)
         if state is None:
@@ -108,6 +114,27 @@ def open_models(models_dir: Path | None, check_registry: bool = True) -> OpenedM
                 "`bdi models reindex` rebuilds it from the files."
             )
     return models
+
+
+class Moment(click.ParamType):
+    """A point in time: ISO 8601 (no offset means UTC) or an age such as ``7d``, ``12h``, ``30m``, ``2w``."""
+
+    name = "time"
+    _AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+    _SECONDS: ClassVar[dict[str, int]] = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.datetime:
+        if isinstance(value, dt.datetime):
+            return value
+        text = str(value).strip()
+        if age := self._AGE.fullmatch(text.lower()):
+            return dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=float(age[1]) * self._SECONDS[age[2]])
+        try:
+            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            self.fail(f"{text!r} is neither an ISO 8601 time (2026-12-01T08:00) nor an age (7d, 12h, 30m, 2w)",
+                      param, ctx)
+        return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment
 
 
 def rich_console(stderr: bool = False) -> Console:

@@ -5,8 +5,9 @@ stored in the service (``--recipe`` names its namespace)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -20,6 +21,8 @@ from .common import EXIT_USAGE, CliError, model_label, models_dir_option, print_
 if TYPE_CHECKING:  # the service pulls in torch; admin commands never import it
     from ..inspection import InspectionService, Upload
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 def _service(models_dir: Path | None) -> InspectionService:
     """The InspectionService of the current settings (loads the backbone), started like the app's."""
@@ -29,6 +32,14 @@ def _service(models_dir: Path | None) -> InspectionService:
     click.get_current_context().call_on_close(service.close)
     service.start()
     return service
+
+
+def record_option(command: F) -> F:
+    return click.option(
+        "--record", is_flag=True,
+        help="Keep each scored sample in the inspection records (source cli), as /infer does; off by default so "
+        "that test sets do not mix with production.",
+    )(command)
 
 
 def _progress() -> Progress:
@@ -160,9 +171,11 @@ def fit(role_id: str, roi_id: str, dataset_dir: Path | None, memory_fit: bool, m
 @click.option("--score-percentile", type=click.IntRange(1, 100), default=None,
               help="Percentile of the OK scores [BDI_SCORE_PERCENTILE].")
 @recipe_option
+@record_option
 @models_dir_option
 def calibrate(role_id: str, roi_id: str, dataset_dir: Path | None, mm_per_px: float | None,
-              area_mm2_thr: float | None, score_percentile: int | None, recipe_id: str, models_dir: Path | None) -> None:
+              area_mm2_thr: float | None, score_percentile: int | None, recipe_id: str, record: bool,
+              models_dir: Path | None) -> None:
     """Score every OK and NG sample of a dataset folder, then calibrate the threshold of ROLE_ID / ROI_ID."""
     from ..inspection import RequestContext
     from ..quality import overlap_warning
@@ -174,7 +187,7 @@ def calibrate(role_id: str, roi_id: str, dataset_dir: Path | None, mm_per_px: fl
     rule = _mm_per_px(service, state, mm_per_px)
     err = rich_console(stderr=True)
     err.print(f"{rule.describe(ok + ng)}; the calibration records {rule.common(ok + ng):g}.")
-    context = RequestContext(correlation_id=uuid.uuid4().hex, source="cli")
+    context = RequestContext(correlation_id=uuid.uuid4().hex, source="cli", record=record)
     scores: dict[str, list[float]] = {"ok": [], "ng": []}
     with _progress() as progress:
         for sample in progress.track(ok + ng, description="Scoring samples"):
@@ -232,11 +245,14 @@ def _calibration_samples(dataset: Dataset, provenance: dict[str, Any]) -> tuple[
               help="Overlay colours: one scale for the report, anchored at the threshold, or each image stretched "
                    "to itself.")
 @recipe_option
+@record_option
 @models_dir_option
 def evaluate_command(role_id: str, roi_id: str, dataset_dir: Path | None, report_dir: Path, mm_per_px: float | None,
-                     include_fitted: bool, overlay_scale: str, recipe_id: str, models_dir: Path | None) -> None:
+                     include_fitted: bool, overlay_scale: str, recipe_id: str, record: bool,
+                     models_dir: Path | None) -> None:
     """Score the samples of a labelled dataset like /infer and write a quality report; its figures are on the
     samples the memory was not fitted on."""
+    from ..inspection import RequestContext
     from ..quality import evaluate
 
     dataset = _dataset(dataset_dir, role_id, roi_id, recipe_id, models_dir)
@@ -256,7 +272,8 @@ def evaluate_command(role_id: str, roi_id: str, dataset_dir: Path | None, report
             summary = evaluate(service, role_id, roi_id, dataset.ok + dataset.ng, report_dir,
                                fitted={sample.path for sample in split.fitted}, include_fitted=include_fitted,
                                seen_note=split.describe(), mm_per_px=rule, overlay_scale=overlay_scale,
-                               progress=lambda done, _total: progress.update(task, completed=done), recipe_id=recipe_id)
+                               progress=lambda done, _total: progress.update(task, completed=done), recipe_id=recipe_id,
+                               context=RequestContext(correlation_id=uuid.uuid4().hex, source="cli", record=record))
         except ServiceError as exc:
             raise CliError(exc.message) from None
         except ValueError as exc:

@@ -1,5 +1,6 @@
 """``bdi``: the admin console script. Serve, administer the models on disk and the stored samples, fit and
-calibrate from the GUI's dataset folders (or the stored samples), write the OpenAPI document.
+calibrate from the GUI's dataset folders (or the stored samples), read the inspection records and their drift,
+write the OpenAPI document.
 
 Exit codes: 0 ok; 1 problems found or the operation failed; 2 usage errors (options, settings, dataset
 folders). A failure is one sentence on stderr; ``bdi --debug ...`` shows the traceback and the log.
@@ -21,6 +22,7 @@ from ..storage import LegacyError
 from .common import EXIT_USAGE, CliError
 from .datasets import datasets
 from .fitting import calibrate, evaluate_command, fit
+from .inspections import drift, inspections
 from .models import models
 from .openapi import openapi
 from .serve import serve
@@ -69,5 +71,6 @@ def main(debug: bool) -> None:
     configure_logging("INFO" if debug else "WARNING")
 
 
-for command in (serve, models, datasets, fit, calibrate, evaluate_command, openapi):
+models.add_command(drift)
+for command in (serve, models, datasets, inspections, fit, calibrate, evaluate_command, openapi):
     main.add_command(command)

@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -38,11 +39,15 @@ class _Job:
 class MicroBatcher:
     """``extract(bgr)`` from any number of threads; forwards batched by one worker thread."""
 
-    def __init__(self, extractor: FeatureExtractor, max_batch: int) -> None:
+    def __init__(
+        self, extractor: FeatureExtractor, max_batch: int, on_forward: Callable[[int, float], None] | None = None
+    ) -> None:
+        """``on_forward(batch size, seconds)`` is called after each forward (the core's metrics)."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.extractor = extractor
         self.max_batch = max_batch
+        self.on_forward = on_forward
         self._batch_sizes: collections.Counter[int] = collections.Counter()  # size -> forwards run
         self._stats_lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -111,9 +116,12 @@ class MicroBatcher:
                 job.error = exc
                 job.done.set()
             return
+        seconds = time.perf_counter() - started
         with self._stats_lock:
             self._batch_sizes[len(jobs)] += 1
-        logger.debug("forward batch=%d seconds=%.3f", len(jobs), time.perf_counter() - started)
+        if self.on_forward is not None:
+            self.on_forward(len(jobs), seconds)
+        logger.debug("forward batch=%d seconds=%.3f", len(jobs), seconds)
         for job, rows in zip(jobs, features):
             job.features = rows
             job.done.set()

@@ -1,6 +1,6 @@
-"""Quality of a model: the GUI's dataset folders, evaluation reports and the project's figures. Exported
-lazily: reading a dataset folder does not import the service core (and torch) that evaluation scores
-through, nor matplotlib."""
+"""Quality of a model: the GUI's dataset folders, evaluation reports, drift of the recorded scores and
+the project's figures. Exported lazily: reading a dataset folder or the records does not import the
+service core (and torch) that evaluation scores through, nor matplotlib."""
 
 from ..lazy import lazy_exports
 
@@ -22,4 +22,7 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "new_figure": "plots",
     "save_png": "plots",
     "score_histogram": "plots",
+    "DriftLimits": "drift",
+    "analyse_drift": "drift",
+    "plot_drift": "drift",
 })

@@ -32,7 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..inspection import InspectionService, Upload
+from ..inspection import InspectionService, RequestContext, Upload
 from ..pipeline import decode_image, parse_shape, shape_mask
 from .datasets import MmPerPx, Sample
 from .plots import HeatScale, save_png, score_histogram
@@ -167,6 +167,7 @@ def evaluate(
     fitted: Collection[Path] = (), include_fitted: bool = False, seen_note: str | None = None,
     mm_per_px: MmPerPx | None = None, overlay_scale: str = "report",
     progress: Callable[[int, int], None] | None = None, recipe_id: str | None = None,
+    context: RequestContext | None = None,
 ) -> dict[str, Any]:
     """Infer the samples through ``service``, write the report into ``out_dir``, return the summary.
 
@@ -178,8 +179,8 @@ def evaluate(
     ``out_dir`` gets ``summary.json`` (what this returns), ``scores.png`` (OK/NG histograms with the
     threshold), ``colour_scale.png`` (the overlays' shared scale), ``overlays/<stem>.png`` (heatmap,
     regions and the true defect outline on the sample) and ``README.md``. ``progress(done, total)``
-    after each scored sample. Errors of ``inspect`` (not fitted, unreadable image, bad shape) propagate:
-    they name what to fix.
+    after each scored sample. ``context`` goes with each inspection (``record=True``: into the inspection
+    records). Errors of ``inspect`` (not fitted, unreadable image, bad shape) propagate: they name what to fix.
     """
     if overlay_scale not in OVERLAY_SCALES:
         raise ValueError(f"overlay_scale {overlay_scale!r} is not one of {', '.join(OVERLAY_SCALES)}")
@@ -203,7 +204,7 @@ def evaluate(
         is_fitted = sample.path in fitted
         value = mm_per_px.value(sample)
         inspection = service.inspect(role_id, roi_id, value, Upload(sample.path.name, sample.path.read_bytes()),
-                                     sample.shape, recipe_id=recipe_id)
+                                     sample.shape, context or RequestContext(), recipe_id=recipe_id)
         result, amap, roi = inspection.response, inspection.anomaly_map, inspection.mask
         threshold = result["threshold"]
         truth = _read_truth(sample.mask, amap.shape) if sample.label == "ng" and sample.mask else None

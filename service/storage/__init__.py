@@ -1,6 +1,6 @@
 """What lasts: the model artifacts on disk (the source of truth), the registry that indexes them
-(SQLAlchemy + Alembic), the recipes' mm_per_px locks, the dataset store of uploaded samples and the
-import of what earlier backends wrote."""
+(SQLAlchemy + Alembic), the recipes' mm_per_px locks, the dataset store of uploaded samples, the
+import of what earlier backends wrote, and the inspection records."""
 
 from .artifacts import ModelFolder, ModelStore, VersionFiles, utc_now
 from .datasets import (
@@ -33,13 +33,23 @@ from .legacy import (
 )
 from .locks import FileLocks, Locks
 from .recipes import check_mm_per_px, claim_mm_per_px
+from .records import (
+    PUBLIC_FIELDS,
+    InspectionRecord,
+    PendingRecord,
+    RecordFilter,
+    RecordStore,
+    RecordWriter,
+    new_record_id,
+)
 from .registry import CalibrationInfo, ModelState, Registry, VersionInfo, open_storage
 
 __all__ = [
-    "ADOPTED", "ALREADY_MIGRATED", "FAILED", "IMPORTED", "LABELS", "MEDIA_TYPES", "WOULD", "CalibrationInfo",
-    "DatasetFolder", "DatasetStore", "FileLocks", "LegacyError", "Locks", "MigrationAction", "ModelFolder", "ModelState",
-    "ModelStore", "NewSample", "Registry", "StoredSample", "VersionFiles", "VersionInfo", "check_mm_per_px",
-    "claim_mm_per_px", "migrate", "normalize_label", "open_storage", "prepare_sample", "prepare_upload",
-    "recorded_files", "remove_files", "sample_name", "sidecar_mm_per_px", "sidecar_shape", "split_holdout",
-    "store_samples", "utc_now",
+    "ADOPTED", "ALREADY_MIGRATED", "FAILED", "IMPORTED", "LABELS", "MEDIA_TYPES", "PUBLIC_FIELDS", "WOULD",
+    "CalibrationInfo", "DatasetFolder", "DatasetStore", "FileLocks", "InspectionRecord", "LegacyError", "Locks",
+    "MigrationAction", "ModelFolder", "ModelState", "ModelStore", "NewSample", "PendingRecord", "RecordFilter",
+    "RecordStore", "RecordWriter", "Registry", "StoredSample", "VersionFiles", "VersionInfo", "check_mm_per_px",
+    "claim_mm_per_px", "migrate", "new_record_id", "normalize_label", "open_storage", "prepare_sample",
+    "prepare_upload", "recorded_files", "remove_files", "sample_name", "sidecar_mm_per_px", "sidecar_shape",
+    "split_holdout", "store_samples", "utc_now",
 ]

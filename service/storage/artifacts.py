@@ -70,7 +70,10 @@ TMP_PREFIX = ".tmp-"
 RECIPES_DIR = "@recipes"
 DATASETS_DIR = "@datasets"
 RECIPE_FILE = "recipe.json"
-RESERVED_DIRS = (RECIPES_DIR, DATASETS_DIR)  # top-level folders of the models dir that hold no role
+RECORDS_DIR = "@records"
+"""Kept inspection images (``service.storage.records``), beside the models, never inside a model folder; "@" and
+a name that is not hex can't be a model's (hashed) folder, and the tree walks below skip it."""
+RESERVED_DIRS = (RECIPES_DIR, DATASETS_DIR, RECORDS_DIR)  # top-level folders of the models dir that hold no role
 STALE_TEMP_S = 3600  # a temp entry outside a model folder this old belongs to no write in progress
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -683,7 +686,7 @@ class ModelStore:
         folders = [folder.path for folder in self.scan()]
         inside = {folder.resolve() for folder in folders}
         now = time.time()
-        for path in list(self.root.rglob(f"{TMP_PREFIX}*")) if self.root.is_dir() else []:
+        for path in _temp_entries(self.root):
             if inside.isdisjoint(path.resolve().parents) and _age(path, now) > STALE_TEMP_S:
                 removed += _remove_entry(path)
         for path in folders:
@@ -836,6 +839,19 @@ def _cut_back(path: Path, size: int | None) -> None:
         path.unlink(missing_ok=True)
     elif path.is_file() and path.stat().st_size != size:
         os.truncate(path, size)
+
+
+def _temp_entries(root: Path) -> list[Path]:
+    """Every temp file or folder under ``root`` (not what is inside a temp folder), skipping the kept inspection
+    images (possibly millions of files: the records writer removes its own temp files, and the pruner a day folder
+    past the retention as a whole)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root and RECORDS_DIR in dirnames:
+            dirnames.remove(RECORDS_DIR)
+        found += [Path(dirpath) / name for name in [*dirnames, *filenames] if name.startswith(TMP_PREFIX)]
+        dirnames[:] = [name for name in dirnames if not name.startswith(TMP_PREFIX)]
+    return found
 
 
 def _age(path: Path, now: float) -> float:

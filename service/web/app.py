@@ -13,6 +13,7 @@ from ..logs import configure_logging
 from ..settings import Settings
 from .error_handlers import EXCEPTION_HANDLERS
 from .middleware import CorrelationMiddleware, echo_correlation_id, require_api_key
+from .monitoring import MONITORING_ROUTES
 from .openapi import CORRELATION_HEADER, DOC_ROUTES, finish_document, openapi_config
 from .routes import ROUTES
 
@@ -23,7 +24,7 @@ def create_app(settings: Settings | None = None, service: InspectionService | No
     ``service`` lets tests share one loaded extractor between apps over different models dirs.
     """
     settings = settings or Settings.load()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     owned = service is None
     service = service or InspectionService(settings)
     service.start()
@@ -33,7 +34,7 @@ def create_app(settings: Settings | None = None, service: InspectionService | No
             service.close()
 
     app = Litestar(
-        route_handlers=[*ROUTES, *DOC_ROUTES],
+        route_handlers=[*ROUTES, *MONITORING_ROUTES, *DOC_ROUTES],
         dependencies={"service": Provide(lambda: service, use_cache=True, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[CorrelationMiddleware()],
@@ -41,7 +42,8 @@ def create_app(settings: Settings | None = None, service: InspectionService | No
         cors_config=CORSConfig(
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["Content-Type", "X-API-Key", "X-Correlation-Id", "X-Request-Id", "X-Recipe-Id"],
+            allow_headers=["Content-Type", "X-API-Key", "Authorization", "X-Correlation-Id", "X-Request-Id",
+                           "X-Recipe-Id", "X-Part-Id"],
             expose_headers=["X-Correlation-Id", "X-Request-Id"],
         ) if settings.cors_origins else None,
         before_send=[echo_correlation_id],

@@ -84,12 +84,13 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
     if status == 404:
         message = (
             f"No route {request.url.path}; the service answers /health, /fit_ok, /calibrate_ng, /infer, /state, "
-            "/datasets/... and /calibrate_dataset (API document: /openapi.json, viewer: /docs)."
+            "/datasets/..., /calibrate_dataset, /inspections, /metrics (API document: /openapi.json, viewer: /docs)."
         )
     elif status == 405:
         message = f"{request.method} is not allowed on {request.url.path}; see the API document at /docs."
     elif status == 401:
-        message = "This service needs an API key: send the header X-API-Key with the value of BDI_API_KEY."
+        message = ("This service needs an API key: send the header X-API-Key (or Authorization: Bearer) with the "
+                   "value of BDI_API_KEY.")
     elif status == 413:
         settings: Settings = request.app.state.settings
         message = (

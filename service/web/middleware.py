@@ -1,4 +1,5 @@
-"""Request middleware: the correlation id of each request (logged, echoed) and the optional API key."""
+"""Request middleware: the correlation id of each request (logged, echoed), the request metrics and the
+optional API key."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..logs import correlation_id
+from ..metrics import UNMATCHED_ROUTE
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,9 @@ def request_correlation_id(scope: Scope) -> str:
 
 
 class CorrelationMiddleware(ASGIMiddleware):
-    """Puts the correlation id into the logging context and logs one access line per request."""
+    """Puts the correlation id into the logging context, logs one access line per request and counts it
+    (``bdi_http_requests_total`` and the latency histogram, by route template). It runs for routed requests
+    only; ``echo_correlation_id`` counts the router's own 404 and 405 answers."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         token = correlation_id.set(request_correlation_id(scope))
@@ -51,16 +55,23 @@ class CorrelationMiddleware(ASGIMiddleware):
         try:
             await next_app(scope, receive, capture)
         finally:
+            seconds = time.perf_counter() - started
             logger.info(
-                "%s %s -> %s in %.1f ms", scope.get("method"), scope.get("path"), status.get("code", "?"),
-                (time.perf_counter() - started) * 1000,
+                "%s %s -> %s in %.1f ms", scope.get("method"), scope.get("path"), status.get("code", "?"), seconds * 1000,
+            )
+            scope["app"].state.service.metrics.observe_request(
+                scope.get("path_template") or UNMATCHED_ROUTE, scope.get("method", "?"), status.get("code", 500), seconds,
             )
             correlation_id.reset(token)
 
 
 async def echo_correlation_id(message: Message, scope: Scope) -> None:
-    """Every response, router 404/405 included, carries the request's id back."""
+    """Every response, router 404/405 included, carries the request's id back; those two are counted here,
+    since no route's middleware saw them."""
     if message["type"] == "http.response.start":
+        if "route_handler" not in scope:
+            scope["app"].state.service.metrics.observe_request(UNMATCHED_ROUTE, scope.get("method", "?"),
+                                                               message["status"], None)
         headers = MutableScopeHeaders.from_message(message)
         cid = request_correlation_id(scope)
         headers["X-Correlation-Id"] = cid
@@ -69,10 +80,12 @@ async def echo_correlation_id(message: Message, scope: Scope) -> None:
 
 
 def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
-    """With BDI_API_KEY set, every route but /health (and CORS preflights) needs ``X-API-Key``."""
+    """With BDI_API_KEY set, every route but /health (and CORS preflights) needs ``X-API-Key`` or, for clients
+    that can only send a bearer token (Prometheus' ``authorization`` scrape setting), ``Authorization: Bearer``."""
     expected = connection.app.state.settings.api_key
     if not expected or connection.scope["path"] == "/health" or connection.scope.get("method") == "OPTIONS":
         return
-    given = connection.headers.get("x-api-key", "")
+    scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+    given = connection.headers.get("x-api-key") or (token.strip() if scheme.lower() == "bearer" else "")
     if not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
         raise NotAuthorizedException("missing or wrong X-API-Key")

@@ -134,12 +134,14 @@ def error_responses(when: dict[int, str | None] | None = None) -> dict[int, Resp
 def finish_document(openapi: OpenAPI) -> None:
     """Add what Litestar leaves out of the component schemas of our Structs: the docstring as the
     description and the ``example`` class variable; also unwrap the one-member ``oneOf`` that an
-    ``X | UnsetType`` field becomes, which some generators reject, and mark raw (non-JSON) bodies as binary."""
+    ``X | UnsetType`` field becomes, which some generators reject, and mark raw (non-JSON, non-text) bodies as
+    binary."""
     for item in (openapi.paths or {}).values():
         for operation in (item.get, item.delete, item.post):
             for response in (operation.responses or {}).values() if operation is not None else ():
                 for media_type, content in (getattr(response, "content", None) or {}).items():
-                    if media_type != "application/json" and isinstance(content.schema, Schema):
+                    if media_type != "application/json" and not media_type.startswith("text/") \
+                            and isinstance(content.schema, Schema):
                         content.schema.format = OpenAPIFormat.BINARY
     for name, schema in (openapi.components.schemas or {}).items():
         model = getattr(schemas, name, None)
@@ -158,8 +160,9 @@ def openapi_30(document: dict[str, Any]) -> dict[str, Any]:
     """The document as OpenAPI 3.0.3, for generators that read only 3.0 (NSwag, openapi-generator).
 
     Litestar writes 3.1 only. The 3.1 parts of this document become: a ``oneOf`` with ``{"type": "null"}``
-    → ``nullable: true``, schema ``examples`` → ``example``; ``contentMediaType`` is dropped (``format:
-    binary`` already marks files), and so is an empty ``required`` list.
+    or a ``type`` list with ``"null"`` → ``nullable: true``, schema ``examples`` → ``example``;
+    ``contentMediaType`` is dropped (``format: binary`` already marks files), and so is an empty ``required``
+    list.
     """
 
     def walk(node: Any) -> Any:
@@ -194,6 +197,17 @@ def _schema_30(schema: Any) -> Any:
     for key in ("oneOf", "anyOf", "allOf"):
         if key in out:
             out[key] = [_schema_30(member) for member in out[key]]
+    if isinstance(out.get("type"), list):  # an optional enum parameter: type [..., "null"], null in the enum
+        types = [kind for kind in out["type"] if kind != "null"]
+        if len(types) < len(out["type"]):
+            out["nullable"] = True
+            if "enum" in out:
+                out["enum"] = [value for value in out["enum"] if value is not None]
+        if len(types) == 1:
+            out["type"] = types[0]
+        else:
+            del out["type"]
+            out["oneOf"] = [{"type": kind} for kind in types]
     if {"type": "null"} in out.get("oneOf", []):
         rest = [member for member in out.pop("oneOf") if member != {"type": "null"}]
         if len(rest) == 1 and "$ref" not in rest[0]:

@@ -11,6 +11,7 @@ keys; the new routes always carry them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Awaitable
 from typing import Annotated, Any, Callable, TypeVar
@@ -325,7 +326,8 @@ async def calibrate_ng(
         "`calibration_missing: run a calibration for (role, roi) first`. The image is empty or does not decode. "
         "`shape` is not valid JSON, has bad numbers or covers no pixel of the image. `mm_per_px` is not a finite "
         f"number > 0 and <= 1e6. {_IDS_400} Or the body is not readable multipart/form-data (a text field that is "
-        f"not UTF-8, a file part without a file name). {_RECIPE_400}",
+        f"not UTF-8, a file part without a file name). Or `part_id` (or X-Part-Id) is longer than 128 characters "
+        f"or contains control characters. {_RECIPE_400}",
         409: _MM_409,
         413: "The image is over BDI_MAX_IMAGE_PIXELS (default 100 000 000, read from its header), the body over "
         "BDI_MAX_BODY_MB (default 1024 MB) or the form has more than BDI_MAX_FIT_IMAGES + 64 parts.",
@@ -339,11 +341,18 @@ async def infer(
     request: Request[Any, Any, Any],
     service: NamedDependency[InspectionService],
     recipe_header: _RecipeHeader = None,
+    part_header: Annotated[
+        str | None,
+        HeaderParameter(name="X-Part-Id", required=False, description="Id of the inspected part, as the `part_id` "
+                        "field (which wins when both are sent)."),
+    ] = None,
 ) -> InferResponse:
     recipe = _recipe(data.recipe_id, recipe_header)
     upload = Upload(data.image.filename or "image", await data.image.read())
+    part_id = (None if data.part_id is msgspec.UNSET else data.part_id) or part_header or None
+    context = dataclasses.replace(_context(request), part_id=part_id, record=True)
     result = await _off_loop(
-        service.infer, data.role_id, data.roi_id, data.mm_per_px, upload, _given(data.shape), _context(request),
+        service.infer, data.role_id, data.roi_id, data.mm_per_px, upload, _given(data.shape), context,
         recipe_id=recipe, include_heatmap=data.include_heatmap is not False,
     )
     if _newer_gui(request, data.recipe_id, data.include_heatmap):

@@ -31,7 +31,9 @@ ROLE, ROI = "fuzz role", "roi/1"
 OPERATIONS = [("/health", "GET"), ("/fit_ok", "POST"), ("/calibrate_ng", "POST"), ("/infer", "POST"), ("/state", "GET"),
               ("/datasets/ok/upload", "POST"), ("/datasets/ng/upload", "POST"), ("/datasets/list", "GET"),
               ("/datasets/file", "GET"), ("/datasets/file", "DELETE"), ("/datasets/meta", "GET"),
-              ("/calibrate_dataset", "POST")]
+              ("/calibrate_dataset", "POST"),
+              ("/inspections", "GET"), ("/inspections/{inspection_id}", "GET"), ("/inspections/{inspection_id}/image", "GET"),
+              ("/metrics", "GET")]
 # Every check but positive_data_acceptance: schema-valid input is refused by design when its content is bad
 # (an image that does not decode, a shape that covers no pixel), with a documented 4xx.
 CONFIG = {"checks": {"positive_data_acceptance": {"enabled": False}}}

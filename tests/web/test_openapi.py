@@ -47,7 +47,14 @@ OPERATIONS = {
     ("/datasets/file", "delete"): "delete_file_datasets_file_delete",
     ("/datasets/meta", "get"): "get_meta_datasets_meta_get",
     ("/calibrate_dataset", "post"): "calibrate_dataset_calibrate_dataset_post",
+    ("/inspections", "get"): "list_inspections",
+    ("/inspections/{inspection_id}", "get"): "get_inspection",
+    ("/inspections/{inspection_id}/image", "get"): "get_inspection_image",
+    ("/inspections/{inspection_id}/heatmap", "get"): "get_inspection_heatmap",
+    ("/metrics", "get"): "metrics",
 }
+NOT_JSON = {"/inspections/{inspection_id}/image": "image/*", "/inspections/{inspection_id}/heatmap": "image/png",
+            "/metrics": "text/plain"}
 ROLE, ROI = "Master1", "inspection-1"
 OK_IMAGES = [synthetic_roi(96, 80, seed) for seed in range(3)]
 
@@ -116,9 +123,8 @@ def test_every_operation_documents_its_success_and_error_bodies(document):
         operation = document["paths"][path][method]
         assert operation["summary"] and operation["description"]
         responses = operation["responses"]
-        if (path, method) == ("/datasets/file", "get"):  # the stored image itself
-            assert responses["200"]["content"]["application/octet-stream"]["schema"] == {"type": "string",
-                                                                                          "format": "binary"}
+        if (path, method) == ("/datasets/file", "get") or path in NOT_JSON:  # raw bodies
+            assert list(responses["200"]["content"]) == [NOT_JSON.get(path, "application/octet-stream")]
         else:
             assert responses["200"]["content"]["application/json"]["schema"]["$ref"].startswith("#/components/schemas/")
         assert {"405", "500"} <= set(responses)
@@ -132,7 +138,11 @@ def test_every_operation_documents_its_success_and_error_bodies(document):
     assert fit_form["images"]["type"] == "array" and fit_form["images"]["items"]["format"] == "binary"
     assert infer_form["image"]["type"] == "string" and infer_form["image"]["format"] == "binary"
     assert {"type": "null"} in schemas["CalibrateRequest"]["properties"]["ng_scores"]["oneOf"]
-    for name in ("HealthResponse", "FitResponse", "CalibrateRequest", "CalibrationResponse", "InferResponse", "StateResponse"):
+    assert schemas["InferForm"]["properties"]["part_id"]["type"] == "string"
+    image = document["paths"]["/inspections/{inspection_id}/image"]["get"]["responses"]["200"]["content"]["image/*"]
+    assert image["schema"]["format"] == "binary"
+    for name in ("HealthResponse", "FitResponse", "CalibrateRequest", "CalibrationResponse", "InferResponse", "StateResponse",
+                 "InspectionItem", "InspectionPage"):
         assert schemas[name]["description"] and schemas[name]["examples"], name
 
 
@@ -155,13 +165,14 @@ def limited(make_client):
     return client
 
 
-def _boom(client, method: str):
-    """Make that service method fail unexpectedly (the service lives as long as this test's client)."""
+def _boom(client, method: str, owner: Any = None):
+    """Make that method of the service (or of ``owner``) fail unexpectedly (the service lives as long as this
+    test's client)."""
 
     def fail(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("disk on fire")
 
-    setattr(client.app.state.service, method, fail)
+    setattr(owner or client.app.state.service, method, fail)
     return client
 
 
@@ -290,6 +301,22 @@ TRIGGERS = {
         "/calibrate_dataset", json={"role_id": ROLE, "roi_id": ROI}),
     ("/calibrate_dataset", "post", "507"): lambda c: _with_samples(c, lambda: _disk_full(lambda: c.post(
         "/calibrate_dataset", json={"role_id": ROLE, "roi_id": ROI}))),
+    ("/inspections", "get", "400"): lambda c: c.get("/inspections", params={"limit": 0}),
+    ("/inspections", "get", "405"): lambda c: c.post("/inspections"),
+    ("/inspections", "get", "422"): lambda c: c.get("/inspections", params={"decision": "maybe"}),
+    ("/inspections", "get", "500"): lambda c: _boom(c, "inspections").get("/inspections"),
+    **{
+        (f"/inspections/{{inspection_id}}{tail}", "get", status): trigger
+        for tail, method in (("", "inspection"), ("/image", "inspection_file"), ("/heatmap", "inspection_file"))
+        for status, trigger in (
+            ("400", lambda c, tail=tail: c.get(f"/inspections/not-an-id{tail}")),
+            ("404", lambda c, tail=tail: c.get(f"/inspections/{'0' * 32}{tail}")),
+            ("405", lambda c, tail=tail: c.delete(f"/inspections/{'0' * 32}{tail}")),
+            ("500", lambda c, tail=tail, method=method: _boom(c, method).get(f"/inspections/{'0' * 32}{tail}")),
+        )
+    },
+    ("/metrics", "get", "405"): lambda c: c.post("/metrics"),
+    ("/metrics", "get", "500"): lambda c: _boom(c, "render", c.app.state.service.metrics).get("/metrics"),
 }
 
 
@@ -340,7 +367,9 @@ def generated_client(live_server: str, tmp_path: Path) -> Iterator[Any]:
     """Generate the client from the live server's /openapi.json (warnings fail) and import it."""
     pytest.importorskip("openapi_python_client", reason="needs the test extra: pip install -e '.[test]'")
     config = tmp_path / "generator.json"
-    config.write_text(json.dumps({"package_name_override": "bdi_client", "project_name_override": "bdi_client"}))
+    config.write_text(json.dumps({"package_name_override": "bdi_client", "project_name_override": "bdi_client",
+                                  "content_type_overrides": {"image/*": "application/octet-stream",
+                                                             "image/png": "application/octet-stream"}}))  # as README
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # its ruff hooks
     result = subprocess.run(
         [sys.executable, "-m", "openapi_python_client", "generate", "--url", f"{live_server}/openapi.json",

@@ -62,6 +62,7 @@ class CalibrationInfo:
     correlation_id: str | None
     client: str | None
     created_at: str | None
+    uid: str | None = None  # the history entry's id: inspection records name the calibration that judged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -486,4 +487,5 @@ def _version_info(row: MemoryVersion) -> VersionInfo:
 
 def _calibration_info(row: Calibration) -> CalibrationInfo:
     values = {key: getattr(row, key) for key in CALIBRATION_KEYS}
-    return CalibrationInfo(values, row.memory_version, row.source, row.correlation_id, row.client, row.created_at)
+    return CalibrationInfo(values, row.memory_version, row.source, row.correlation_id, row.client, row.created_at,
+                           row.uid)

@@ -1,12 +1,14 @@
 """Registry tables. They index what is on disk (never the only copy of anything): a model per
 (recipe, role, roi), one row per memory version, one row per calibration (the history), one row per
-named recipe (its locked mm_per_px, from the recipe's recipe.json)."""
+named recipe (its locked mm_per_px, from the recipe's recipe.json). Besides, the inspection records: audit data
+that lives only here (and in the kept images), bounded by retention settings."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -99,3 +101,50 @@ class Recipe(Base):
     recipe_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     mm_per_px: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[str] = mapped_column(String(40))
+
+
+class InspectionRow(Base):
+    """One answered /infer (audit data): what judged what, when, for whom. Written by the records writer
+    (``service.storage.records``), never read by the inspection path."""
+
+    __tablename__ = "inspections"
+    __table_args__ = (
+        # "this model, this time range", newest first, with (created_at, id) as the keyset of the pages; the
+        # recipe is a residual filter so that the common query without a recipe still walks the index in order
+        Index("ix_inspections_model_time", "role_id", "roi_id", "created_at", "id"),
+        Index("ix_inspections_time", "created_at", "id"),
+        Index("ix_inspections_part_id", "part_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    recipe_id: Mapped[str] = mapped_column(String(64), server_default="default")
+    role_id: Mapped[str] = mapped_column(String(128))
+    roi_id: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer, doc="memory version that judged")
+    memory_sha256: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128), doc="backbone")
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))
+    calibration_id: Mapped[str | None] = mapped_column(String(32), doc="uid of the calibration; null: uncalibrated")
+    score: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    decision: Mapped[str | None] = mapped_column(String(2), doc="ok | ng | null (uncalibrated)")
+    score_percentile: Mapped[int] = mapped_column(Integer)
+    n_regions: Mapped[int] = mapped_column(Integer)
+    largest_area_mm2: Mapped[float] = mapped_column(Float)
+    total_area_mm2: Mapped[float] = mapped_column(Float)
+    image_width: Mapped[int] = mapped_column(Integer)
+    image_height: Mapped[int] = mapped_column(Integer)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    shape_kind: Mapped[str | None] = mapped_column(String(16), doc="rect | circle | annulus | null (whole image)")
+    mm_per_px: Mapped[float] = mapped_column(Float)
+    correlation_id: Mapped[str | None] = mapped_column(String(128))
+    client: Mapped[str | None] = mapped_column(String(200))
+    part_id: Mapped[str | None] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(16), doc="api | cli")
+    load_ms: Mapped[float] = mapped_column(Float, doc="registry check, decoding and memory lookup")
+    forward_ms: Mapped[float] = mapped_column(Float, doc="waiting for and running the backbone forward")
+    total_ms: Mapped[float] = mapped_column(Float)
+    image_path: Mapped[str | None] = mapped_column(String(200), doc="kept upload, relative to the models dir")
+    heatmap_path: Mapped[str | None] = mapped_column(String(200))
+    image_bytes: Mapped[int | None] = mapped_column(Integer, doc="bytes of the kept upload and heatmap together")

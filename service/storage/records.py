@@ -1,0 +1,454 @@
+"""Inspection records: one registry row per answered /infer, and the kept images beside the models.
+
+The core builds an ``InspectionRecord``; ``RecordWriter.submit`` only puts it on a bounded queue, so
+recording never slows or fails an inspection. One background thread drains the queue in batches
+(images first, as temp file + rename, then one INSERT of the batch) and prunes by age and size every
+``PRUNE_INTERVAL_S``. What can be lost: the queue (at most ``BDI_RECORD_QUEUE_SIZE`` records) when the
+process dies; a batch the database refuses (locked past its busy timeout, unavailable, disk full); new
+records while the queue is full. Each loss is logged and counted (``bdi_record_write_failures_total``).
+
+Images: ``<models_dir>/@records/YYYY/MM/DD/<id>.<png|jpg|bmp|tif>`` (the uploaded bytes, so their sha256
+is the record's ``image_sha256``) and ``<id>.heatmap.png``. Reads page newest first on the keyset
+(created_at, id): a row is never returned twice or skipped, whatever arrives meanwhile.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime as dt
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, func, insert, or_, select, true, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..errors import BadRequest
+from ..metrics import Metrics
+from .artifacts import RECORDS_DIR, TMP_PREFIX
+from .registry.tables import InspectionRow
+
+logger = logging.getLogger(__name__)
+
+PRUNE_INTERVAL_S = 60.0
+BATCH_SIZE = 500
+EXPORT_CHUNK = 2000
+_LOG_EVERY_S = 10.0
+_TABLE = InspectionRow.__table__
+_IMAGE_TYPES = ((b"\x89PNG", "png"), (b"\xff\xd8", "jpg"), (b"BM", "bmp"), (b"II*\x00", "tif"), (b"MM\x00*", "tif"))
+
+
+def utc(value: dt.datetime) -> dt.datetime:
+    """An aware UTC datetime; a naive one is taken as UTC (SQLite hands them back naive)."""
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
+def iso(value: dt.datetime) -> str:
+    return utc(value).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclasses.dataclass(frozen=True)
+class InspectionRecord:
+    """What one inspection decided and from what; the row's columns, in their order."""
+
+    id: str
+    created_at: dt.datetime
+    recipe_id: str
+    role_id: str
+    roi_id: str
+    version: int
+    memory_sha256: str
+    model: str
+    weights_sha256: str | None
+    calibration_id: str | None
+    score: float
+    threshold: float | None
+    decision: str | None
+    score_percentile: int
+    n_regions: int
+    largest_area_mm2: float
+    total_area_mm2: float
+    image_width: int
+    image_height: int
+    image_sha256: str
+    shape_kind: str | None
+    mm_per_px: float
+    correlation_id: str | None
+    client: str | None
+    part_id: str | None
+    source: str
+    load_ms: float
+    forward_ms: float
+    total_ms: float
+    image_path: str | None = None
+    heatmap_path: str | None = None
+    image_bytes: int | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> InspectionRecord:
+        values = dict(row._mapping)
+        values["created_at"] = utc(values["created_at"])
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the time as ISO 8601 UTC, the kept files as ``image_kept``."""
+        values = dataclasses.asdict(self)
+        values["created_at"] = iso(self.created_at)
+        for key in ("image_path", "heatmap_path", "image_bytes"):
+            del values[key]
+        values["image_kept"] = self.image_path is not None
+        return values
+
+
+FIELDS = [field.name for field in dataclasses.fields(InspectionRecord)]
+PUBLIC_FIELDS = [name for name in FIELDS if name not in ("image_path", "heatmap_path", "image_bytes")] + ["image_kept"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingRecord:
+    """A record on its way to the writer, with the files to keep (None: not kept)."""
+
+    record: InspectionRecord
+    image: bytes | None = None
+    heatmap: bytes | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordFilter:
+    """Which records; every field None means any. ``decision`` "none" selects the uncalibrated ones."""
+
+    recipe_id: str | None = None
+    role_id: str | None = None
+    roi_id: str | None = None
+    decision: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    part_id: str | None = None
+    version: int | None = None
+
+    def clauses(self) -> list[Any]:
+        c = _TABLE.c
+        found = [column == value for column, value in (
+            (c.recipe_id, self.recipe_id), (c.role_id, self.role_id), (c.roi_id, self.roi_id),
+            (c.part_id, self.part_id), (c.version, self.version),
+        ) if value is not None]
+        if self.decision is not None:
+            found.append(c.decision.is_(None) if self.decision == "none" else c.decision == self.decision)
+        if self.since is not None:
+            found.append(c.created_at >= utc(self.since))
+        if self.until is not None:
+            found.append(c.created_at < utc(self.until))
+        return found
+
+
+def encode_cursor(record: InspectionRecord) -> str:
+    return base64.urlsafe_b64encode(f"{iso(record.created_at)} {record.id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, record_id = text.split(" ")
+        return utc(dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))), record_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadRequest(
+            f"cursor {cursor[:40]!r} is not one this service made; pass back the next_cursor of the previous page "
+            "unchanged, or leave it out for the first page."
+        ) from None
+
+
+def image_extension(data: bytes) -> str:
+    return next((ext for magic, ext in _IMAGE_TYPES if data.startswith(magic)), "bin")
+
+
+class RecordStore:
+    """The records table and the kept files: writes (batched), pages, exports, pruning."""
+
+    def __init__(self, engine: Engine, root: Path) -> None:
+        self.engine = engine
+        self._writer = engine.execution_options(sqlite_immediate=True)
+        self.root = Path(root)
+        self.images_dir = self.root / RECORDS_DIR
+
+    # ---- writes -------------------------------------------------------------------------------
+    def insert(self, records: list[InspectionRecord]) -> None:
+        with self._writer.begin() as connection:
+            connection.execute(insert(_TABLE), [dataclasses.asdict(record) for record in records])
+
+    def keep_files(self, record: InspectionRecord, image: bytes, heatmap: bytes | None) -> InspectionRecord:
+        """Write the upload (and heatmap) beside the models, each as temp file + rename; the record then
+        points to them. On a failure nothing of this record stays."""
+        day = self.images_dir / record.created_at.strftime("%Y/%m/%d")
+        files = [(f"{record.id}.{image_extension(image)}", image)]
+        if heatmap is not None:
+            files.append((f"{record.id}.heatmap.png", heatmap))
+        written: list[Path] = []
+        try:
+            day.mkdir(parents=True, exist_ok=True)
+            for name, data in files:
+                tmp = day / f"{TMP_PREFIX}{name}"
+                try:
+                    tmp.write_bytes(data)
+                    os.replace(tmp, day / name)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                written.append(day / name)
+        except OSError:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        relative = [path.relative_to(self.root).as_posix() for path in written]
+        return dataclasses.replace(
+            record, image_path=relative[0], heatmap_path=relative[1] if len(relative) > 1 else None,
+            image_bytes=sum(len(data) for _, data in files),
+        )
+
+    def remove_files(self, *relative: str | None) -> None:
+        for path in relative:
+            if path:
+                (self.root / path).unlink(missing_ok=True)
+
+    # ---- reads --------------------------------------------------------------------------------
+    def get(self, record_id: str) -> InspectionRecord | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(select(_TABLE).where(_TABLE.c.id == record_id)).first()
+        return InspectionRecord.from_row(row) if row is not None else None
+
+    def page(self, where: RecordFilter, limit: int, cursor: str | None = None) -> tuple[list[InspectionRecord], str | None]:
+        """Up to ``limit`` records newest first, after ``cursor``; and the cursor of the next page (None: last)."""
+        after = decode_cursor(cursor) if cursor else None
+        rows = self._chunk(where, after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, encode_cursor(rows[-1]) if more else None
+
+    def iterate(self, where: RecordFilter, chunk: int = EXPORT_CHUNK) -> Iterator[InspectionRecord]:
+        """Every matching record newest first, ``chunk`` rows in memory at a time (the export)."""
+        after = None
+        while True:
+            rows = self._chunk(where, after, chunk)
+            yield from rows
+            if len(rows) < chunk:
+                return
+            after = (rows[-1].created_at, rows[-1].id)
+
+    def _chunk(self, where: RecordFilter, after: tuple[dt.datetime, str] | None, limit: int) -> list[InspectionRecord]:
+        c = _TABLE.c
+        clauses = where.clauses()
+        if after is not None:
+            stamp, record_id = after
+            clauses += [c.created_at <= stamp, or_(c.created_at < stamp, c.id < record_id)]
+        query = select(_TABLE).where(and_(true(), *clauses)).order_by(c.created_at.desc(), c.id.desc()).limit(limit)
+        with self.engine.connect() as connection:
+            return [InspectionRecord.from_row(row) for row in connection.execute(query)]
+
+    def count(self, where: RecordFilter) -> int:
+        with self.engine.connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(_TABLE).where(and_(true(), *where.clauses())))
+                       .scalar_one())
+
+    def scores(self, where: RecordFilter) -> list[tuple[dt.datetime, float, str | None]]:
+        """(time, score, decision) of the matching records, oldest first (drift)."""
+        c = _TABLE.c
+        query = select(c.created_at, c.score, c.decision).where(and_(true(), *where.clauses())).order_by(c.created_at, c.id)
+        with self.engine.connect() as connection:
+            return [(utc(stamp), score, decision) for stamp, score, decision in connection.execute(query)]
+
+    # ---- pruning ------------------------------------------------------------------------------
+    def prune(self, max_bytes: int, retention_days: int, now: dt.datetime | None = None) -> tuple[int, int]:
+        """Delete records older than ``retention_days`` (0: none), then the oldest kept images until they
+        total at most ``max_bytes``. Rows change first, files follow, so a row never points to a deleted
+        file after a crash. Returns (rows deleted, images deleted)."""
+        now = utc(now or dt.datetime.now(dt.timezone.utc))
+        c = _TABLE.c
+        rows_deleted = images_deleted = 0
+        if retention_days:
+            cutoff = now - dt.timedelta(days=retention_days)
+            while True:
+                with self._writer.begin() as connection:
+                    old = connection.execute(
+                        select(c.id, c.image_path, c.heatmap_path).where(c.created_at < cutoff)
+                        .order_by(c.created_at, c.id).limit(BATCH_SIZE)
+                    ).all()
+                    if old:
+                        connection.execute(delete(_TABLE).where(c.id.in_([row.id for row in old])))
+                for row in old:
+                    self.remove_files(row.image_path, row.heatmap_path)
+                rows_deleted += len(old)
+                images_deleted += sum(row.image_path is not None for row in old)
+                if len(old) < BATCH_SIZE:
+                    break
+            self._remove_days_before(cutoff.date())
+        with self.engine.connect() as connection:
+            total = int(connection.execute(select(func.coalesce(func.sum(c.image_bytes), 0))).scalar_one())
+        while total > max_bytes:
+            with self._writer.begin() as connection:
+                kept = connection.execute(
+                    select(c.id, c.image_path, c.heatmap_path, c.image_bytes).where(c.image_bytes.is_not(None))
+                    .order_by(c.created_at, c.id).limit(BATCH_SIZE)
+                ).all()
+                dropped = []
+                for row in kept:
+                    if total <= max_bytes:
+                        break
+                    dropped.append(row)
+                    total -= row.image_bytes
+                if dropped:
+                    connection.execute(
+                        update(_TABLE).where(c.id.in_([row.id for row in dropped]))
+                        .values(image_path=None, heatmap_path=None, image_bytes=None)
+                    )
+            for row in dropped:
+                self.remove_files(row.image_path, row.heatmap_path)
+            images_deleted += len(dropped)
+            if not dropped:
+                break
+        return rows_deleted, images_deleted
+
+    def _remove_days_before(self, day: dt.date) -> None:
+        """Day folders past the retention, with anything a crash left in them; then the month and year folders
+        before it that are left empty (never a current one, which a writer may be about to use)."""
+        for folder in sorted(self.images_dir.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9]/[0-9][0-9]")):
+            try:
+                if dt.date(*map(int, folder.relative_to(self.images_dir).parts)) < day:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except ValueError:
+                continue
+        for folder in sorted(self.images_dir.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9]")):
+            year, month = map(int, folder.relative_to(self.images_dir).parts)
+            if (year, month) < (day.year, day.month) and not any(folder.iterdir()):
+                folder.rmdir()
+        for folder in sorted(self.images_dir.glob("[0-9][0-9][0-9][0-9]")):
+            if int(folder.name) < day.year and not any(folder.iterdir()):
+                folder.rmdir()
+
+
+_STOP = object()
+
+
+class RecordWriter:
+    """A bounded queue and one daemon thread that writes what is queued, in batches, and prunes."""
+
+    def __init__(self, store: RecordStore, metrics: Metrics, queue_size: int, max_bytes: int,
+                 retention_days: int) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.max_bytes = max_bytes
+        self.retention_days = retention_days
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._dropped = 0
+        self._last_drop_log = 0.0
+
+    def submit(self, pending: PendingRecord) -> None:
+        """Queue a record; never blocks and never raises (a full queue drops it, logged and counted)."""
+        self._start()
+        try:
+            self._queue.put_nowait(pending)
+        except queue.Full:
+            self.metrics.record_failures.labels("queue_full").inc()
+            self._dropped += 1
+            now = time.monotonic()
+            if now - self._last_drop_log >= _LOG_EVERY_S:
+                logger.error("The inspection record queue is full (%d); dropped %d record(s) since the last "
+                             "message: the registry is too slow or unavailable", self._queue.maxsize, self._dropped)
+                self._dropped, self._last_drop_log = 0, now
+            return
+        self.metrics.record_queue.inc()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued before this call is written; False on timeout."""
+        self._start()
+        done = threading.Event()
+        self._queue.put(done, timeout=timeout)
+        return done.wait(timeout)
+
+    def prune(self) -> None:
+        try:
+            rows, images = self.store.prune(self.max_bytes, self.retention_days)
+        except (SQLAlchemyError, OSError) as exc:
+            logger.error("Pruning the inspection records failed (%s); retrying in %.0f s", exc, PRUNE_INTERVAL_S)
+            return
+        if rows or images:
+            logger.info("Pruned %d inspection record(s) and %d kept image(s)", rows, images)
+
+    def close(self) -> None:
+        """Write what is queued, then stop the thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._closed:  # first record: CLI commands that never infer pay nothing
+                self._thread = threading.Thread(target=self._run, name="bdi-records", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        next_prune = 0.0
+        while True:
+            try:
+                first = self._queue.get(timeout=max(0.0, next_prune - time.monotonic()))
+            except queue.Empty:
+                first = None
+            items = [] if first is None else [first]
+            while items and len(items) < BATCH_SIZE and items[-1] is not _STOP:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            records = [item for item in items if isinstance(item, PendingRecord)]
+            if records:
+                self.metrics.record_queue.dec(len(records))
+                self._write(records)
+            for item in items:
+                if isinstance(item, threading.Event):
+                    item.set()
+            if time.monotonic() >= next_prune:
+                self.prune()
+                next_prune = time.monotonic() + PRUNE_INTERVAL_S
+            if items and items[-1] is _STOP:
+                return
+
+    def _write(self, batch: list[PendingRecord]) -> None:
+        records = []
+        for pending in batch:
+            record = pending.record
+            if pending.image is not None:
+                try:
+                    record = self.store.keep_files(record, pending.image, pending.heatmap)
+                except OSError as exc:
+                    self.metrics.record_failures.labels("image").inc()
+                    logger.error("The image of inspection %s was not kept (%s); its record is written without it",
+                                 record.id, exc)
+            records.append(record)
+        try:
+            self.store.insert(records)
+        except Exception as exc:  # noqa: BLE001 - any failure here is audit data lost, never a failed inspection
+            self.metrics.record_failures.labels("database").inc(len(records))
+            logger.error("%d inspection record(s) were not written (%s: %s)", len(records), type(exc).__name__,
+                         str(exc).splitlines()[0] if str(exc) else "")
+            for record in records:
+                self.store.remove_files(record.image_path, record.heatmap_path)
+            return
+        self.metrics.records_written.inc(len(records))
+
+
+def new_record_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,166 @@
+"""Read-only monitoring routes: the inspection records (GET /inspections...) and the Prometheus metrics
+(GET /metrics). Like every route but /health they need the API key when BDI_API_KEY is set (X-API-Key, or
+``Authorization: Bearer`` for Prometheus)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import re
+from typing import Annotated, Any, Literal
+
+from litestar import Response, get
+from litestar.di import NamedDependency
+from litestar.exceptions import ValidationException
+from litestar.params import Parameter
+
+from ..inspection import MAX_PAGE, InspectionService
+from ..storage import RecordFilter
+from .openapi import error_responses
+from .routes import _IDS_400, _as, _off_loop
+from .schemas import ID_SCHEMA, InspectionItem, InspectionPage
+
+_ID_FILTER = "Only the records of this {}."
+_RECORD_400 = "`inspection_id` is not a record id (32 hexadecimal digits)."
+_RECORD_404 = "No inspection record has this id (never made, or deleted past BDI_RECORD_RETENTION_DAYS)."
+_FILE_404 = (f"{_RECORD_404} Or the record exists but its {{}} was not kept: BDI_RECORD_IMAGES (`none`, `ng` or "
+             "`all`) decides which inspections keep their image and heatmap, and the oldest are deleted past "
+             "BDI_RECORD_MAX_MB.")
+
+
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})?")
+
+
+def _id_filter(what: str) -> Any:
+    return Parameter(description=_ID_FILTER.format(what), required=False, schema_extra=ID_SCHEMA)
+
+
+def _time_filter(when: str) -> Any:
+    return Parameter(description=f"Only records made {when} this time: RFC 3339 (`2026-12-01T08:00:00Z`; without an "
+                     "offset, UTC).", required=False, schema_extra={"format": "date-time"})
+
+
+def _moment(name: str, text: str | None) -> dt.datetime | None:
+    """An RFC 3339 time (a 422 naming the parameter otherwise: numbers are not taken as Unix times)."""
+    if text is None:
+        return None
+    if _TIME.fullmatch(text):
+        with contextlib.suppress(ValueError):  # e.g. month 13
+            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment
+    raise ValidationException("Invalid query parameters", extra=[
+        {"key": name, "message": "Expected an RFC 3339 time such as 2026-12-01T08:00:00Z", "source": "query"}
+    ])
+
+
+@get(
+    "/inspections",
+    operation_id="list_inspections",
+    summary="Inspection records",
+    description="Every answered /infer is recorded: what judged what (model version, calibration, threshold), "
+    "with what result, when and for whom. Newest first, filtered by the query; keyset pages: pass `next_cursor` "
+    "back as `cursor` (a row is never listed twice or skipped, whatever is recorded meanwhile). Records reach "
+    "this list through a background writer, a moment after the /infer answer.",
+    response_description="One page of records.",
+    responses=error_responses({
+        400: f"{_IDS_400.replace('`role_id` or `roi_id`', 'A filter id')} Or `limit` is outside 1..{MAX_PAGE}, or "
+        "`cursor` is not a next_cursor of this service.",
+        422: "`limit` is not an integer, `since`/`until` are not ISO 8601 times or `decision` is not ok, ng or none.",
+    }),
+)
+async def list_inspections(
+    service: NamedDependency[InspectionService],
+    role_id: Annotated[str | None, _id_filter("role")] = None,
+    roi_id: Annotated[str | None, _id_filter("ROI")] = None,
+    recipe_id: Annotated[str | None, _id_filter("recipe (`default` outside recipes)")] = None,
+    decision: Annotated[
+        Literal["ok", "ng", "none"] | None,
+        Parameter(description="Only this decision; `none`: the uncalibrated inspections.", required=False),
+    ] = None,
+    since: Annotated[str | None, _time_filter("at or after")] = None,
+    until: Annotated[str | None, _time_filter("before")] = None,
+    part_id: Annotated[str | None, _id_filter("part (the `part_id` field or X-Part-Id header of /infer)")] = None,
+    limit: Annotated[int, Parameter(description=f"Records per page, 1 to {MAX_PAGE}.", required=False,
+                                    schema_extra={"minimum": 1, "maximum": MAX_PAGE})] = 100,
+    cursor: Annotated[str | None, Parameter(description="`next_cursor` of the previous page.", required=False)] = None,
+) -> InspectionPage:
+    where = RecordFilter(recipe_id=recipe_id, role_id=role_id, roi_id=roi_id, decision=decision,
+                         since=_moment("since", since), until=_moment("until", until), part_id=part_id)
+    return _as(InspectionPage, await _off_loop(service.inspections, where, limit, cursor))
+
+
+_RECORD_ID = Parameter(description="Id of the record (`id` in GET /inspections).")
+
+
+@get(
+    "/inspections/{inspection_id:str}",
+    operation_id="get_inspection",
+    summary="One inspection record",
+    description="The record of one answered /infer, as GET /inspections lists it.",
+    response_description="The record.",
+    responses=error_responses({400: _RECORD_400, 404: _RECORD_404}),
+)
+async def get_inspection(
+    service: NamedDependency[InspectionService], inspection_id: Annotated[str, _RECORD_ID]
+) -> InspectionItem:
+    record = await _off_loop(service.inspection, inspection_id)
+    return _as(InspectionItem, record.as_dict())
+
+
+async def _file(service: InspectionService, inspection_id: str, kind: str) -> Response[bytes]:
+    data, media_type = await _off_loop(service.inspection_file, inspection_id, kind)
+    return Response(data, media_type=media_type)
+
+
+@get(
+    "/inspections/{inspection_id:str}/image",
+    operation_id="get_inspection_image",
+    summary="The image of an inspection",
+    description="The uploaded image exactly as it was sent (PNG, JPEG, BMP or TIFF; its sha256 is the record's "
+    "`image_sha256`), when it was kept.",
+    response_description="The uploaded bytes, with their image media type.",
+    media_type="image/*",
+    content_media_type="image/*",
+    responses=error_responses({400: _RECORD_400, 404: _FILE_404.format("image")}),
+)
+async def get_inspection_image(
+    service: NamedDependency[InspectionService], inspection_id: Annotated[str, _RECORD_ID]
+) -> Response[bytes]:
+    return await _file(service, inspection_id, "image")
+
+
+@get(
+    "/inspections/{inspection_id:str}/heatmap",
+    operation_id="get_inspection_heatmap",
+    summary="The heatmap of an inspection",
+    description="The heatmap PNG /infer answered (8-bit greyscale, the image's size), when it was kept.",
+    response_description="The heatmap PNG.",
+    media_type="image/png",
+    content_media_type="image/png",
+    responses=error_responses({400: _RECORD_400, 404: _FILE_404.format("heatmap")}),
+)
+async def get_inspection_heatmap(
+    service: NamedDependency[InspectionService], inspection_id: Annotated[str, _RECORD_ID]
+) -> Response[bytes]:
+    return await _file(service, inspection_id, "heatmap")
+
+
+@get(
+    "/metrics",
+    operation_id="metrics",
+    summary="Prometheus metrics",
+    description="Prometheus text format: requests by route and status, latency histograms, backbone forward time and "
+    "batch sizes, the inference queue, memory-cache hits and misses, `bdi_inspections_total` by model and decision, "
+    "fits and their duration, registry errors, free disk of the models dir, record writes and failures. Summed "
+    "over every worker under `bdi serve --workers N`. With BDI_API_KEY set, scrape with `Authorization: Bearer "
+    "<key>` (or X-API-Key).",
+    response_description="The metrics in Prometheus text format.",
+    media_type="text/plain",
+    responses=error_responses(),
+)
+async def metrics(service: NamedDependency[InspectionService]) -> Response[bytes]:
+    body, content_type = await _off_loop(service.metrics.render, service.settings.models_dir)
+    return Response(body, media_type=content_type)
+
+
+MONITORING_ROUTES = [list_inspections, get_inspection, get_inspection_image, get_inspection_heatmap, metrics]
