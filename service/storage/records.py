@@ -99,18 +99,20 @@ class InspectionRecord:
         values["created_at"] = utc(values["created_at"])
         return cls(**values)
 
+    def row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in FIELDS}
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: the time as ISO 8601 UTC, the kept files as ``image_kept``."""
-        values = dataclasses.asdict(self)
+        values = {name: getattr(self, name) for name in PUBLIC_FIELDS[:-1]}
         values["created_at"] = iso(self.created_at)
-        for key in ("image_path", "heatmap_path", "image_bytes"):
-            del values[key]
         values["image_kept"] = self.image_path is not None
         return values
 
 
 FIELDS = [field.name for field in dataclasses.fields(InspectionRecord)]
 PUBLIC_FIELDS = [name for name in FIELDS if name not in ("image_path", "heatmap_path", "image_bytes")] + ["image_kept"]
+"""The record as the API, ``bdi inspections`` and the exports show it: the kept files only as ``image_kept``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +184,7 @@ class RecordStore:
     # ---- writes -------------------------------------------------------------------------------
     def insert(self, records: list[InspectionRecord]) -> None:
         with self._writer.begin() as connection:
-            connection.execute(insert(_TABLE), [dataclasses.asdict(record) for record in records])
+            connection.execute(insert(_TABLE), [record.row() for record in records])
 
     def keep_files(self, record: InspectionRecord, image: bytes, heatmap: bytes | None) -> InspectionRecord:
         """Write the upload (and heatmap) beside the models, each as temp file + rename; the record then

@@ -416,8 +416,12 @@ def test_eval_writes_a_report_whose_headline_leaves_out_the_fitted_samples(datas
     assert bdi(models_dir, "eval", "R", "r/1", "--dataset", str(dataset), "--report", str(report)).exit_code == 1
     bdi(models_dir, "fit", "R", "r/1", "--dataset", str(dataset), "--holdout", "0.5")
     bdi(models_dir, "calibrate", "R", "r/1", "--dataset", str(dataset))
-    result = bdi(models_dir, "eval", "R", "r/1", "--dataset", str(dataset), "--report", str(report))
+    assert as_json(bdi(models_dir, "inspections", "list", "--json")) == []  # scoring is not recorded by default
+    result = bdi(models_dir, "eval", "R", "r/1", "--dataset", str(dataset), "--report", str(report), "--record")
     assert result.exit_code == 0, result.output
+    recorded = as_json(bdi(models_dir, "inspections", "list", "--json"))
+    assert len(recorded) == 6 and {item["source"] for item in recorded} == {"cli"}
+    assert len({item["correlation_id"] for item in recorded}) == 1  # one run
     assert "image_auroc" in result.stdout and "README.md" in result.stdout
     assert "2 of the 4 OK samples were used to fit this memory" in result.stderr and "left out" in result.stderr
     summary = json.loads((report / "summary.json").read_text())
@@ -541,7 +545,8 @@ def test_admin_commands_never_import_the_backbone(models_dir):
         "import sys\n"
         "from service.cli import main\n"
         "for args in (['models', 'list'], ['models', 'verify'], ['models', 'history', 'Master1', 'inspection-1'],\n"
-        "             ['models', 'migrate', '--dry-run'], ['models', 'reindex']):\n"
+        "             ['models', 'migrate', '--dry-run'], ['models', 'reindex'], ['inspections', 'list'],\n"
+        "             ['models', 'drift', 'Master1', 'inspection-1']):\n"
         "    assert main(args, standalone_mode=False) in (None, 0), args\n"
         "assert 'torch' not in sys.modules, 'an admin command imported torch'\n"
     )

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import threading
 
 import httpx
 import pytest
 
+from service.storage import RecordFilter, RecordStore, Registry
 from tests.cli.support import BDI, free_port, serve_env, start_serve, wait_healthy
-from tests.support import both_registries, png_bytes, synthetic_roi
+from tests.support import both_registries, metric_values, png_bytes, synthetic_roi
 
 
 def _form(roi: str = "r") -> dict[str, str]:
@@ -74,8 +77,14 @@ def test_bdi_serve_stops_at_once_when_the_registry_database_is_unreachable(tmp_p
 
 @both_registries
 def test_two_workers_over_one_models_dir_fit_and_infer_at_once(tmp_path, database_url):
-    """Every infer answers 200 with the old or the new version; both fits end up in the history."""
-    process, base = start_serve(tmp_path / "models", "--workers", "2")
+    """Every infer answers 200 with the old or the new version; both fits end up in the history; /metrics, on
+    whichever worker answers, counts exactly the requests both served; every infer is recorded."""
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    stale = "from prometheus_client import Counter\nCounter('bdi_fits', 'x').inc(100)\n"  # an earlier server's value
+    subprocess.run([sys.executable, "-c", stale], env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+                   check=True, timeout=60)
+    process, base = start_serve(tmp_path / "models", "--workers", "2", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     image = png_bytes(synthetic_roi(64, 48, 3))
     try:
         wait_healthy(process, base)
@@ -105,8 +114,29 @@ def test_two_workers_over_one_models_dir_fit_and_infer_at_once(tmp_path, databas
         # Both workers agree on the active version (requests land on either).
         versions = {httpx.get(f"{base}/state", params={"role_id": "R", "roi_id": "r"}).json()["version"] for _ in range(6)}
         assert versions == {3}
+        for scrape in range(4):  # each scrape lands on either worker and sums both
+            metrics = metric_values(httpx.get(f"{base}/metrics").text)
+
+            def requests(route: str, method: str) -> float:
+                labels = (("method", method), ("route", route), ("status", "200"))
+                return metrics.get(("bdi_http_requests_total", labels), 0)
+
+            assert requests("/fit_ok", "POST") == 3 and requests("/infer", "POST") == 24
+            assert requests("/state", "GET") == 6 and requests("/health", "GET") == 1
+            assert requests("/metrics", "GET") == scrape
+            assert metrics[("bdi_fits_total", ())] == 3  # the stale 100 was cleared at start
+            assert metrics[("bdi_inspections_total", (("decision", "none"), ("recipe_id", "default"), ("roi_id", "r"),
+                                                      ("role_id", "R")))] == 24
+            assert metrics[("bdi_backbone_forward_seconds_count", ())] == 24
+        assert len({path.name.rsplit("_", 1)[1] for path in metrics_dir.glob("counter_*.db")}) == 2  # two processes
     finally:
         process.terminate()
         process.communicate(timeout=30)
     history = [json.loads(p.read_text())["version"] for p in (tmp_path / "models").rglob("version.json")]
     assert sorted(history) == [1, 2, 3]
+    registry = Registry(database_url or f"sqlite:///{tmp_path / 'models' / 'registry.sqlite3'}", tmp_path / "models")
+    try:
+        records = RecordStore(registry.engine, tmp_path / "models")
+        assert records.count(RecordFilter()) == 24  # the writers finished their queues when the workers stopped
+    finally:
+        registry.dispose()
