@@ -1,12 +1,16 @@
 """Benchmark of the service against one bare backbone forward, measured in the same run.
 
 Starts ``bdi serve`` on loopback (or uses ``--url``), then measures: one bare forward, /fit_ok of N
-ROIs, sequential /infer, concurrent /infer, an append of M ROIs (``append=true``) beside the refit of
-all N + M, /calibrate_dataset over stored samples (the newer GUI waits 120 s for it), the coreset alone,
-the nearest-neighbour search of one image against memories of growing size, and the server's peak RSS.
-Prints a table and writes JSON with absolute times and the ratios the speed targets are stated in. The
-bare forward is re-measured around each phase, so each ratio compares the service with the machine as
-it was during that phase.
+ROIs, sequential /infer, concurrent /infer, /infer with inspection records on against off, an append of M
+ROIs (``append=true``) beside the refit of all N + M, /calibrate_dataset over stored samples (the newer GUI
+waits 120 s for it), the coreset alone, the nearest-neighbour search of one image against memories of growing
+size, and the server's peak RSS. Prints a table and writes JSON with absolute times and the ratios the speed
+targets are stated in. The bare forward is re-measured around each phase, so each ratio compares the service
+with the machine as it was during that phase.
+
+Records: the started server records every inspection with its image and heatmap (BDI_RECORD_IMAGES=all,
+the heaviest setting); a second server with BDI_RECORD=0 over the same models dir answers the same
+requests, alternating one by one with the first, so both see the same machine.
 
     .venv/bin/python tools/bench.py --weights random --json bench.json
     .venv/bin/python tools/bench.py --device cuda --precision bf16 --infer-batch-size 8
@@ -170,6 +174,36 @@ def compare_with_fp32(args: argparse.Namespace, env: dict[str, str], images: lis
             "score_max_abs_diff": max(d for d, _ in diffs), "score_max_rel_diff": max(r for _, r in diffs)}
 
 
+def compare_recording(args: argparse.Namespace, env: dict[str, str], client: httpx.Client, fields: dict[str, str],
+                      images: list[bytes]) -> dict[str, float]:
+    """/infer p50 of the recording server (images too) against a server with BDI_RECORD=0 over the same models
+    dir, requests alternating between the two so that both see the same machine."""
+    off_process, off_url = start_server({**env, "BDI_RECORD": "0"})
+    try:
+        off = httpx.Client(base_url=off_url, timeout=600)
+        latencies: dict[str, list[float]] = {"on": [], "off": []}
+        for i in range(-1, args.record_infers):  # -1: a warm-up of each (memory cache) that is not counted
+            for name, target in (("on", client), ("off", off)) if i % 2 else (("off", off), ("on", client)):
+                begin = time.perf_counter()
+                target.post("/infer", data=fields, files={"image": ("x.png", images[i % len(images)], "image/png")}
+                            ).raise_for_status()
+                if i >= 0:
+                    latencies[name].append(time.perf_counter() - begin)
+        written = off_written = 0.0
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith("bdi_records_written_total "):
+                written = float(line.split()[1])
+        for line in off.get("/metrics").text.splitlines():
+            if line.startswith("bdi_records_written_total "):
+                off_written = float(line.split()[1])
+    finally:
+        off_process.terminate()
+        off_process.wait(30)
+    p50_on, p50_off = statistics.median(latencies["on"]), statistics.median(latencies["off"])
+    return {"n": args.record_infers, "p50_on_s": p50_on, "p50_off_s": p50_off, "on_over_off": p50_on / p50_off,
+            "records_written": written, "records_written_off": off_written}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="benchmark a running service instead of starting one")
@@ -195,6 +229,8 @@ def main() -> None:
     parser.add_argument("--rss-rois", type=int, default=10, help="ROIs fitted and served before peak RSS is read")
     parser.add_argument("--dataset-samples", type=int, default=40,
                         help="samples stored (3/4 OK, 1/4 NG) and scored by one /calibrate_dataset")
+    parser.add_argument("--record-infers", type=int, default=30,
+                        help="/infer requests to each of the recording and the non-recording server")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     width, height = map(int, args.roi.lower().split("x"))
@@ -205,7 +241,7 @@ def main() -> None:
     env = {"BDI_WEIGHTS": args.weights, "BDI_INPUT_SIZE": str(args.input_size), "BDI_DEVICE": args.device,
            "BDI_MODELS_DIR": tempfile.mkdtemp(prefix="bdi-bench-"), "BDI_CORESET_RATE": str(args.fit_rate),
            "BDI_INFER_BATCH_SIZE": args.infer_batch_size, "BDI_PRECISION": args.precision, "BDI_LOG_LEVEL": "WARNING",
-           "BDI_MIN_OK_SAMPLES": "1"}
+           "BDI_MIN_OK_SAMPLES": "1", "BDI_RECORD_IMAGES": "all"}
     process, url = (None, args.url) if args.url else start_server(env)
     try:
         client = httpx.Client(base_url=url, timeout=600)
@@ -244,6 +280,7 @@ def main() -> None:
 
         (concurrent_rps, mismatches), concurrent_forward = bare.around(concurrent_run)
         batches = client.get("/health").json().get("infer_forwards", {})
+        recording = None if args.url else compare_recording(args, env, client, fields, images[:probes])
 
         def post_fit(roi: str, uploads: list[bytes], **extra: str) -> tuple[float, dict]:
             begin = time.perf_counter()
@@ -312,6 +349,7 @@ def main() -> None:
         "server_peak_rss_mb": rss,
         "precision": precision or {"precision": args.precision},
         "rss_rois": args.rss_rois,
+        "recording": recording,
         "ratios": {
             "infer_p50_over_forward": p50 / infer_forward,
             "fit_over_n_forwards": fit_seconds / (args.fit_images * fit_forward),
@@ -323,6 +361,7 @@ def main() -> None:
             / (refit_seconds / (args.fit_images + args.append_images)),
             "calibrate_dataset_over_n_forwards": calibrate_seconds / (scored * calibrate_forward),
             "calibrate_dataset_per_sample_over_infer_p50": calibrate_seconds / scored / p50,
+            **({"infer_p50_recording_over_off": recording["on_over_off"]} if recording else {}),
         },
     }
     rows = [
@@ -354,6 +393,10 @@ def main() -> None:
           for row in search),
         (f"server peak RSS, {args.rss_rois} ROIs", f"{rss:.0f} MB" if rss else "n/a", "(target < 2048 MB)"),
     ]
+    if recording:
+        rows.append((f"/infer p50 recording on / off, {recording['n']} each", f"{recording['p50_on_s'] * 1000:.0f} ms",
+                     f"against {recording['p50_off_s'] * 1000:.0f} ms off: {recording['on_over_off']:.3f} x "
+                     f"(target <= 1.03); {recording['records_written']} records written"))
     if precision:
         rows.append((f"{args.precision} against fp32", f"{precision['bare_forward_fp32_s'] * 1000:.0f} ms",
                      f"one fp32 forward = {precision['bare_forward_fp32_s'] / forward:.2f} x this run's; scores of "

@@ -74,7 +74,8 @@ def list_inspections(limit: int, models_dir: Path | None, as_json: bool, **filte
     if not items:
         rich_console().print("No inspection records match.")
         return
-    print_table(None, ("time (UTC)", "role", "roi", "version", "score", "threshold", "decision", "regions", "part", "id"),
+    columns = ("time (UTC)", "role", "roi", "version", "score", "threshold", "decision", "regions", "part", "id")
+    print_table(None, columns,
                 ((item.created_at.strftime("%Y-%m-%d %H:%M:%S"), item.role_id, item.roi_id, item.version, item.score,
                   item.threshold, item.decision, item.n_regions, item.part_id, item.id) for item in items))
 

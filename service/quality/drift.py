@@ -181,7 +181,8 @@ def plot_drift(series: DriftSeries, report: dict[str, Any], path: Path) -> None:
         axes.plot([dt.datetime.combine(day, dt.time(12), dt.timezone.utc) for day in days],
                   [float(np.median(daily[day])) for day in days], color="#1B3A5C", marker="o", linewidth=1.5,
                   label="daily OK median")
-    axes.axhline(series.threshold, color="#C44E52", linestyle="--", linewidth=1.5, label=f"threshold {series.threshold:.4g}")
+    axes.axhline(series.threshold, color="#C44E52", linestyle="--", linewidth=1.5,
+                 label=f"threshold {series.threshold:.4g}")
     axes.axhspan((1 - NEAR_BAND) * series.threshold, series.threshold, color="#C44E52", alpha=0.08,
                  label=f"within {NEAR_BAND:.0%} below")
     if np.isfinite(series.reference_median):

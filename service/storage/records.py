@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_S = 60.0
 BATCH_SIZE = 500
+QUEUED_IMAGE_BYTES = 256 * 2**20
+"""Most bytes of images waiting in the queue: past it a record is queued without its images (counted as an image
+failure), so a stalled registry can't fill the memory with uploads."""
 EXPORT_CHUNK = 2000
 _LOG_EVERY_S = 10.0
 _TABLE = InspectionRow.__table__
@@ -225,7 +228,9 @@ class RecordStore:
             row = connection.execute(select(_TABLE).where(_TABLE.c.id == record_id)).first()
         return InspectionRecord.from_row(row) if row is not None else None
 
-    def page(self, where: RecordFilter, limit: int, cursor: str | None = None) -> tuple[list[InspectionRecord], str | None]:
+    def page(
+        self, where: RecordFilter, limit: int, cursor: str | None = None
+    ) -> tuple[list[InspectionRecord], str | None]:
         """Up to ``limit`` records newest first, after ``cursor``; and the cursor of the next page (None: last)."""
         after = decode_cursor(cursor) if cursor else None
         rows = self._chunk(where, after, limit + 1)
@@ -255,13 +260,14 @@ class RecordStore:
 
     def count(self, where: RecordFilter) -> int:
         with self.engine.connect() as connection:
-            return int(connection.execute(select(func.count()).select_from(_TABLE).where(and_(true(), *where.clauses())))
-                       .scalar_one())
+            query = select(func.count()).select_from(_TABLE).where(and_(true(), *where.clauses()))
+            return int(connection.execute(query).scalar_one())
 
     def scores(self, where: RecordFilter) -> list[tuple[dt.datetime, float, str | None]]:
         """(time, score, decision) of the matching records, oldest first (drift)."""
         c = _TABLE.c
-        query = select(c.created_at, c.score, c.decision).where(and_(true(), *where.clauses())).order_by(c.created_at, c.id)
+        query = (select(c.created_at, c.score, c.decision).where(and_(true(), *where.clauses()))
+                 .order_by(c.created_at, c.id))
         with self.engine.connect() as connection:
             return [(utc(stamp), score, decision) for stamp, score, decision in connection.execute(query)]
 
@@ -352,13 +358,22 @@ class RecordWriter:
         self._closed = False
         self._dropped = 0
         self._last_drop_log = 0.0
+        self._image_bytes = 0  # of the queued records; changed under self._lock
 
     def submit(self, pending: PendingRecord) -> None:
         """Queue a record; never blocks and never raises (a full queue drops it, logged and counted)."""
         self._start()
+        size = len(pending.image or b"") + len(pending.heatmap or b"")
+        with self._lock:
+            if size and self._image_bytes + size > QUEUED_IMAGE_BYTES:
+                self.metrics.record_failures.labels("image").inc()
+                pending, size = PendingRecord(pending.record), 0
+            self._image_bytes += size
         try:
             self._queue.put_nowait(pending)
         except queue.Full:
+            with self._lock:
+                self._image_bytes -= size
             self.metrics.record_failures.labels("queue_full").inc()
             self._dropped += 1
             now = time.monotonic()
@@ -372,6 +387,8 @@ class RecordWriter:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued before this call is written; False on timeout."""
         self._start()
+        if self._closed:
+            return True  # closing wrote the queue
         done = threading.Event()
         self._queue.put(done, timeout=timeout)
         return done.wait(timeout)
@@ -418,6 +435,8 @@ class RecordWriter:
             records = [item for item in items if isinstance(item, PendingRecord)]
             if records:
                 self.metrics.record_queue.dec(len(records))
+                with self._lock:
+                    self._image_bytes -= sum(len(item.image or b"") + len(item.heatmap or b"") for item in records)
                 self._write(records)
             for item in items:
                 if isinstance(item, threading.Event):

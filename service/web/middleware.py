@@ -56,11 +56,10 @@ class CorrelationMiddleware(ASGIMiddleware):
             await next_app(scope, receive, capture)
         finally:
             seconds = time.perf_counter() - started
-            logger.info(
-                "%s %s -> %s in %.1f ms", scope.get("method"), scope.get("path"), status.get("code", "?"), seconds * 1000,
-            )
+            method = scope.get("method", "?")
+            logger.info("%s %s -> %s in %.1f ms", method, scope.get("path"), status.get("code", "?"), seconds * 1000)
             scope["app"].state.service.metrics.observe_request(
-                scope.get("path_template") or UNMATCHED_ROUTE, scope.get("method", "?"), status.get("code", 500), seconds,
+                scope.get("path_template") or UNMATCHED_ROUTE, method, status.get("code", 500), seconds
             )
             correlation_id.reset(token)
 

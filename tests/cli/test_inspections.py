@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -57,7 +58,7 @@ def test_list_show_and_their_filters(models_dir):
 
     shown = as_json(bdi(models_dir, "inspections", "show", rows[0].id, "--json"))
     assert shown["image_kept"] is True and shown["part_id"] == "P0"
-    assert open(shown["image_file"], "rb").read() == b"\x89PNG image"
+    assert Path(shown["image_file"]).read_bytes() == b"\x89PNG image"
     assert bdi(models_dir, "inspections", "show", rows[0].id).stdout.count(rows[0].id) >= 1
     missing = bdi(models_dir, "inspections", "show", "0" * 32)
     assert missing.exit_code == 1 and "bdi inspections list" in missing.stderr
@@ -112,7 +113,8 @@ def test_export_streams_100000_rows_in_bounded_memory(models_dir, tmp_path):
 
     jsonl = tmp_path / "ng.jsonl"
     store.insert([make_record(NOW, decision="ng", part_id="only")])
-    assert bdi(models_dir, "inspections", "export", "--format", "jsonl", "-o", str(jsonl), "--decision", "ng").exit_code == 0
+    exported = bdi(models_dir, "inspections", "export", "--format", "jsonl", "-o", str(jsonl), "--decision", "ng")
+    assert exported.exit_code == 0
     [line] = jsonl.read_text().splitlines()
     assert json.loads(line)["part_id"] == "only"
     assert not list(tmp_path.glob(".tmp-*"))

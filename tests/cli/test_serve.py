@@ -117,7 +117,7 @@ def test_two_workers_over_one_models_dir_fit_and_infer_at_once(tmp_path, databas
         for scrape in range(4):  # each scrape lands on either worker and sums both
             metrics = metric_values(httpx.get(f"{base}/metrics").text)
 
-            def requests(route: str, method: str) -> float:
+            def requests(route: str, method: str, metrics: dict = metrics) -> float:
                 labels = (("method", method), ("route", route), ("status", "200"))
                 return metrics.get(("bdi_http_requests_total", labels), 0)
 

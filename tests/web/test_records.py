@@ -184,7 +184,7 @@ def test_images_are_kept_per_setting_and_pruned_by_size_then_age(make_client, tm
     assert not list((tmp_path / "models" / "@records").rglob(".tmp-*"))
 
 
-def test_a_record_that_cannot_be_written_never_fails_the_inspection(make_client, tmp_path, caplog):
+def test_a_record_that_cannot_be_written_never_fails_the_inspection(make_client, tmp_path, caplog, monkeypatch):
     client = make_client(tmp_path / "models", BDI_RECORD_IMAGES="all", BDI_RECORD_QUEUE_SIZE="1")
     service = _fitted(client, UNCALIBRATED)
     image = synthetic_roi(64, 48, 3)
@@ -222,12 +222,17 @@ def test_a_record_that_cannot_be_written_never_fails_the_inspection(make_client,
     released.set()
     assert service.recorder.flush(30)
     written = len(_page(client)["items"]) - 2
+    service.records.insert = original
+    monkeypatch.setattr("service.storage.records.QUEUED_IMAGE_BYTES", 1000)  # uploads waiting must not fill memory
+    assert infer(client, ROLE, UNCALIBRATED, image).json() == expected
+    assert service.recorder.flush(30)
+    assert _page(client)["items"][0]["image_kept"] is False
     metrics = metric_values(client.get("/metrics").text)
     failures = {dict(labels)["reason"]: value for (name, labels), value in metrics.items()
                 if name == "bdi_record_write_failures_total"}
-    assert failures["image"] == 1 and failures["database"] == 1
+    assert failures["image"] == 2 and failures["database"] == 1
     assert failures["queue_full"] == 3 - written >= 1
-    assert metrics[("bdi_records_written_total", ())] == 2 + written
+    assert metrics[("bdi_records_written_total", ())] == 2 + written + 1
 
 
 def test_metrics_count_the_requests_made(make_client):

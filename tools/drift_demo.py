@@ -1,0 +1,93 @@
+"""Drift demo: two weeks of a line whose lamp slowly dims, recorded through the service, then the verdict
+and plot of ``bdi models drift``.
+
+    .venv/bin/python tools/drift_demo.py --models-dir models --role Inspection --roi annulus \
+        --plot tools/demo/drift.png
+
+The model must be fitted and calibrated (the README's synth -> fit -> calibrate demo). Each day's parts
+are new synthetic OK samples (tools/synth.py) lit by that day's lamp: full brightness on the first day,
+``--dimming`` less on the last. Every part is scored and recorded as /infer does (source ``cli``, part
+ids ``demo-DDD-NN``). The run takes minutes, not weeks, so the record times are then spread over the past
+``--days`` days, one simulated day per day: the only step that is not the service's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import sys
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+from sqlalchemy import update
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from service.inspection import InspectionService, RequestContext, Upload
+from service.quality import DriftLimits, analyse_drift, plot_drift
+from service.settings import Settings
+from service.storage import RecordFilter
+from service.storage.registry.tables import InspectionRow
+from tools.synth import make_sample
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--role", default="Inspection")
+    parser.add_argument("--roi", default="annulus", help="also the synthetic ROI kind: annulus or rect")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--days", type=int, default=14)
+    parser.add_argument("--per-day", type=int, default=12)
+    parser.add_argument("--dimming", type=float, default=0.35, help="light lost by the last day (0.35: 35%%)")
+    parser.add_argument("--seed", type=int, default=7, help="not the dataset's seed: parts the memory never saw")
+    parser.add_argument("--plot", type=Path, default=Path("drift.png"))
+    args = parser.parse_args()
+
+    service = InspectionService(Settings.load(models_dir=args.models_dir))
+    service.start()
+    try:
+        state = service.model_state(args.role, args.roi)
+        if state is None or state.active is None or state.calibration is None:
+            raise SystemExit(f"{args.role} / {args.roi} is not fitted and calibrated; run the README demo first.")
+        run = uuid.uuid4().hex
+        context = RequestContext(correlation_id=run, source="cli", record=True)
+        for day in range(args.days):
+            gain = 1 - args.dimming * day / max(args.days - 1, 1)
+            for part in range(args.per_day):
+                sample = make_sample(args.roi, args.size, args.seed, day * args.per_day + part)
+                image = np.clip(sample.image.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+                data = cv2.imencode(".png", image)[1].tobytes()
+                part_context = dataclasses.replace(context, part_id=f"demo-{day:03d}-{part:02d}")
+                service.inspect(args.role, args.roi, sample.mm_per_px, Upload("part.png", data),
+                                json.dumps(sample.shape), context=part_context)
+            print(f"day {day + 1:2d}/{args.days}: lamp at {gain:.0%}", flush=True)
+        service.recorder.flush()
+        hour = dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+        start = hour - dt.timedelta(days=args.days)
+        records = [record for record in service.records.iterate(RecordFilter(role_id=args.role, roi_id=args.roi))
+                   if record.correlation_id == run]
+        with service.records.engine.begin() as connection:
+            for record in records:
+                day, part = (int(x) for x in record.part_id.split("-")[1:])
+                when = start + dt.timedelta(days=day, hours=6 + 12 * part / args.per_day)
+                connection.execute(update(InspectionRow).where(InspectionRow.id == record.id).values(created_at=when))
+        now = dt.datetime.now(dt.timezone.utc)
+        report, series = analyse_drift(service.store, service.records, service.model_state(args.role, args.roi),
+                                       now - dt.timedelta(days=7), now, DriftLimits())
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_drift(series, report, args.plot)
+    finally:
+        service.close()
+    print(f"verdict over the last 7 days: {report['verdict']}")
+    for reason in report["reasons"]:
+        print(f"  {reason}")
+    print(f"plot: {args.plot}  (`bdi models drift {args.role} {args.roi} --since 7d` says the same)")
+
+
+if __name__ == "__main__":
+    main()
