@@ -221,14 +221,15 @@ _FIELDS: dict[str, _Field] = {
                                 "records waiting for the background writer; when full, new records are dropped "
                                 "(logged and counted), never the inspection"),
     "drift_min_inspections": _Field(("BDI_DRIFT_MIN_INSPECTIONS",), _parse_positive_int, 30,
-                                    "bdi models drift: fewer OK-decided inspections in the window give the verdict "
+                                    "bdi models drift: fewer inspections in the window give the verdict "
                                     "'too few inspections'"),
     "drift_max_shift": _Field(("BDI_DRIFT_MAX_SHIFT",), _parse_positive_float, 0.25,
-                              "bdi models drift: 'drifting' when the median OK score moved by more than this "
+                              "bdi models drift: 'drifting' when the median score moved by more than this "
                               "fraction of the gap between the calibration's OK median and the threshold"),
     "drift_max_near_increase": _Field(("BDI_DRIFT_MAX_NEAR_INCREASE",), _parse_rate, 0.10,
-                                      "bdi models drift: 'drifting' when the share of OK scores within 10% below the "
-                                      "threshold grew by more than this (0.10 = 10 points) over the calibration's"),
+                                      "bdi models drift: 'drifting' when the share of scores within 10% below the "
+                                      "threshold grew by more than this (0.10 = 10 points) over the calibration's "
+                                      "OK scores"),
 }
 
 

@@ -1,14 +1,15 @@
-"""Drift demo: two weeks of a line whose lamp slowly dims, recorded through the service, then the verdict
+"""Drift demo: a week of a line whose lamp slowly dims, recorded through the service, then the verdict
 and plot of ``bdi models drift``.
 
     .venv/bin/python tools/drift_demo.py --models-dir models --role Inspection --roi annulus \
         --plot tools/demo/drift.png
 
-The model must be fitted and calibrated (the README's synth -> fit -> calibrate demo). Each day's parts
-are new synthetic OK samples (tools/synth.py) lit by that day's lamp: full brightness on the first day,
+The model must be fitted (the README's synth -> fit demo). As a line does after its first shift, the demo
+first calibrates it on ``--calibration-parts`` new OK parts under full light. Then each day's parts are
+new synthetic OK samples (tools/synth.py) lit by that day's lamp: full brightness on the first day,
 ``--dimming`` less on the last. Every part is scored and recorded as /infer does (source ``cli``, part
-ids ``demo-DDD-NN``). The run takes minutes, not weeks, so the record times are then spread over the past
-``--days`` days, one simulated day per day: the only step that is not the service's own.
+ids ``demo-DDD-NN``). The run takes minutes, not a week, so the record times are then spread over the
+past ``--days`` days, one simulated day per day: the only step that is not the service's own.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ def main() -> None:
     parser.add_argument("--role", default="Inspection")
     parser.add_argument("--roi", default="annulus", help="also the synthetic ROI kind: annulus or rect")
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--days", type=int, default=14)
-    parser.add_argument("--per-day", type=int, default=12)
-    parser.add_argument("--dimming", type=float, default=0.35, help="light lost by the last day (0.35: 35%%)")
+    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--per-day", type=int, default=15)
+    parser.add_argument("--dimming", type=float, default=0.15, help="light lost by the last day (0.15: 15%%)")
+    parser.add_argument("--calibration-parts", type=int, default=40)
     parser.add_argument("--seed", type=int, default=7, help="not the dataset's seed: parts the memory never saw")
     parser.add_argument("--plot", type=Path, default=Path("drift.png"))
     args = parser.parse_args()
@@ -52,19 +54,27 @@ def main() -> None:
     service.start()
     try:
         state = service.model_state(args.role, args.roi)
-        if state is None or state.active is None or state.calibration is None:
-            raise SystemExit(f"{args.role} / {args.roi} is not fitted and calibrated; run the README demo first.")
+        if state is None or state.active is None:
+            raise SystemExit(f"{args.role} / {args.roi} is not fitted; run the README demo first.")
         run = uuid.uuid4().hex
         context = RequestContext(correlation_id=run, source="cli", record=True)
+
+        def score(index: int, gain: float, part_id: str | None = None) -> float:
+            sample = make_sample(args.roi, args.size, args.seed, index)
+            image = np.clip(sample.image.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+            data = cv2.imencode(".png", image)[1].tobytes()
+            inspection = service.inspect(args.role, args.roi, sample.mm_per_px, Upload("part.png", data),
+                                         json.dumps(sample.shape), dataclasses.replace(context, part_id=part_id,
+                                                                                       record=part_id is not None))
+            return inspection.response["score"]
+
+        first_shift = [score(100_000 + i, 1.0) for i in range(args.calibration_parts)]
+        values = service.calibrate(args.role, args.roi, first_shift, context=context)
+        print(f"calibrated on {len(first_shift)} OK parts: threshold {values['threshold']:.4f}", flush=True)
         for day in range(args.days):
             gain = 1 - args.dimming * day / max(args.days - 1, 1)
             for part in range(args.per_day):
-                sample = make_sample(args.roi, args.size, args.seed, day * args.per_day + part)
-                image = np.clip(sample.image.astype(np.float32) * gain, 0, 255).astype(np.uint8)
-                data = cv2.imencode(".png", image)[1].tobytes()
-                part_context = dataclasses.replace(context, part_id=f"demo-{day:03d}-{part:02d}")
-                service.inspect(args.role, args.roi, sample.mm_per_px, Upload("part.png", data),
-                                json.dumps(sample.shape), context=part_context)
+                score(day * args.per_day + part, gain, f"demo-{day:03d}-{part:02d}")
             print(f"day {day + 1:2d}/{args.days}: lamp at {gain:.0%}", flush=True)
         service.recorder.flush()
         hour = dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
@@ -78,15 +88,14 @@ def main() -> None:
                 connection.execute(update(InspectionRow).where(InspectionRow.id == record.id).values(created_at=when))
         now = dt.datetime.now(dt.timezone.utc)
         report, series = analyse_drift(service.store, service.records, service.model_state(args.role, args.roi),
-                                       now - dt.timedelta(days=7), now, DriftLimits())
+                                       start, now, DriftLimits())
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         plot_drift(series, report, args.plot)
     finally:
         service.close()
-    print(f"verdict over the last 7 days: {report['verdict']}")
-    for reason in report["reasons"]:
-        print(f"  {reason}")
-    print(f"plot: {args.plot}  (`bdi models drift {args.role} {args.roi} --since 7d` says the same)")
+    print(json.dumps({key: report[key] for key in ("verdict", "reasons", "median_shift", "threshold")}, indent=2))
+    print(json.dumps({"calibration": report["calibration"], "recent": report["recent"]}, indent=2))
+    print(f"plot: {args.plot}  (`bdi models drift {args.role} {args.roi} --since {args.days}d` says the same)")
 
 
 if __name__ == "__main__":

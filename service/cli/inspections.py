@@ -146,12 +146,12 @@ def show(inspection_id: str, models_dir: Path | None, as_json: bool) -> None:
 @click.option("--until", type=Moment(), default=None, help="Window end [now].")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write the score-over-time plot (PNG).")
 @click.option("--min-inspections", type=click.IntRange(1), default=None,
-              help="Fewer OK-decided inspections give 'too few inspections' [BDI_DRIFT_MIN_INSPECTIONS, 30].")
+              help="Fewer inspections give 'too few inspections' [BDI_DRIFT_MIN_INSPECTIONS, 30].")
 @click.option("--max-shift", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Largest move of the OK median, as a fraction of its gap to the threshold "
-                   "[BDI_DRIFT_MAX_SHIFT, 0.25].")
+              help="Largest move of the median score, as a fraction of the gap between the calibration's OK "
+                   "median and the threshold [BDI_DRIFT_MAX_SHIFT, 0.25].")
 @click.option("--max-near-increase", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Largest growth of the share of OK scores within 10%% below the threshold "
+              help="Largest growth of the share of scores within 10%% below the threshold "
                    "[BDI_DRIFT_MAX_NEAR_INCREASE, 0.10].")
 @models_dir_option
 @json_option
@@ -186,10 +186,11 @@ def drift(role_id: str, roi_id: str, since: dt.datetime, until: dt.datetime | No
         if not calibration["ok_scores_stored"]:  # only the summary numbers were stored: show what there is
             rows += [(f"OK {key} (stored)", None, value) for key, value in calibration.items()
                      if key == "mean" or key.startswith("p") and key[1:].isdigit()]
-        rows += [("share within 10% below threshold", recent["near_threshold_share"],
+        rows += [("median of all scores", recent["median_all"], calibration.get("median", calibration.get("mean"))),
+                 ("share within 10% below threshold", recent["near_threshold_share"],
                   calibration["near_threshold_share"]),
-                 ("OK scores", recent["n_ok"], calibration["n"]),
-                 ("NG / uncalibrated inspections", f"{recent['n_ng']} / {recent['n_uncalibrated']}", None)]
+                 ("inspections (OK-decided)", f"{recent['n']} ({recent['n_ok']})", calibration["n"]),
+                 ("NG / uncalibrated", f"{recent['n_ng']} / {recent['n_uncalibrated']}", None)]
         print_table(f"Drift of {role_id} / {roi_id}, version {report['version']}, {report['since']} .. "
                     f"{report['until']}", ("", "recent", "calibration"), rows)
         if report["ng_rate_per_day"]:

@@ -2,18 +2,20 @@
 calibrated on? A slow change of lighting or castings moves OK scores towards the threshold long before
 it turns into a wave of false rejects; this says so while there is time to refit or recalibrate.
 
-Compared, over a window (``since``..``until``) of the records the active memory version judged:
-- the median, p95 and p99 of the OK-decided scores against the calibration's OK scores (stored with
-  each calibration in history.jsonl since records exist; older calibrations keep only their mean and
-  ``p99_ok``, and the report says it compares with those);
+Compared, over a window (``since``..``until``) of the records the active memory version judged, with
+the calibration's OK scores (stored with each calibration in history.jsonl since records exist; older
+calibrations keep only their mean and ``p99_ok``, and the report says it compares with those):
+- the median, p95 and p99 of the OK-decided scores, and the median of all scores;
 - the NG rate per day;
-- the share of OK scores within 10 % below the threshold ([0.9 t, t)) against the calibration's share.
+- the share of scores within 10 % below the threshold ([0.9 t, t)) against the calibration's share.
 
 Verdict (thresholds from settings or the command's options, README "Traceability and monitoring"):
-``too few inspections`` below ``min_inspections`` OK-decided records; ``drifting`` when the median moved
-by more than ``max_shift`` of the gap between the calibration's OK median and the threshold (either way:
-falling scores can mean a blurred camera), or when the near-threshold share grew by more than
-``max_near_increase``; else ``stable``.
+``too few inspections`` below ``min_inspections`` records; ``drifting`` when the median of all scores
+moved by more than ``max_shift`` of the gap between the calibration's OK median and the threshold (either
+way: falling scores can mean a blurred camera), or when the near-threshold share grew by more than
+``max_near_increase``; else ``stable``. The median is taken of all scores, not of the OK-decided ones: a
+drift pushes OK parts over the threshold and out of the OK-decided set, which would then look steady just
+when good parts start to be rejected (real defects are too rare to move a median).
 """
 
 from __future__ import annotations
@@ -102,26 +104,28 @@ def analyse_drift(
                      "scores are compared with its OK mean and percentile, and the near-threshold check is skipped. "
                      "Recalibrate to compare with the full OK distribution.")
     recent = _stats(ok)
-    recent_near = near_share(ok, threshold)
+    median_all = float(np.median(scores)) if scores.size else None
+    recent_near = near_share(scores, threshold)
     gap = threshold - centre if centre is not None else None
-    shift = (recent["median"] - centre) / gap if recent["median"] is not None and gap and gap > 0 else None
+    shift = (median_all - centre) / gap if median_all is not None and gap and gap > 0 else None
 
     reasons = []
-    if ok.size < limits.min_inspections:
+    if scores.size < limits.min_inspections:
         verdict = TOO_FEW
-        reasons.append(f"{ok.size} OK-decided inspection(s) of version {state.active_version} since "
-                       f"{_iso(since)}; at least {limits.min_inspections} are needed for a verdict.")
+        reasons.append(f"{scores.size} inspection(s) of version {state.active_version} since {_iso(since)}; at least "
+                       f"{limits.min_inspections} are needed for a verdict.")
     else:
         if shift is not None and abs(shift) > limits.max_shift:
-            reasons.append(f"The median OK score moved from {centre:.4g} to {recent['median']:.4g}: {shift:+.0%} of "
-                           f"the gap to the threshold {threshold:.4g} (limit ±{limits.max_shift:.0%}).")
+            reasons.append(f"The median score moved from {centre:.4g} (calibration OK) to {median_all:.4g}: "
+                           f"{shift:+.0%} of the gap to the threshold {threshold:.4g} (limit ±{limits.max_shift:.0%}).")
         if recent_near is not None and reference_near is not None \
                 and recent_near - reference_near > limits.max_near_increase:
-            reasons.append(f"{recent_near:.0%} of the OK scores lie within {NEAR_BAND:.0%} below the threshold, "
-                           f"against {reference_near:.0%} at calibration (limit +{limits.max_near_increase:.0%}).")
+            reasons.append(f"{recent_near:.0%} of the scores lie within {NEAR_BAND:.0%} below the threshold, "
+                           f"against {reference_near:.0%} of the calibration's OK scores (limit "
+                           f"+{limits.max_near_increase:.0%}).")
         verdict = DRIFTING if reasons else STABLE
         if reasons:
-            reasons.append("Refit the memory on current OK parts, or recalibrate, before false rejects start.")
+            reasons.append("Find the cause (lighting, camera, castings), then refit on current OK parts or recalibrate.")
     per_day: dict[str, list[int]] = {}
     for stamp, decision in zip(times, decisions):
         if decision is not None:
@@ -142,7 +146,8 @@ def analyse_drift(
         "calibration": {"id": state.calibration.uid, "created_at": state.calibration.created_at,
                         "ok_scores_stored": bool(stored), **reference_stats, "near_threshold_share": reference_near},
         "recent": {"n": len(rows), "n_ok": int(ok.size), "n_ng": decisions.count("ng"),
-                   "n_uncalibrated": decisions.count(None), **recent, "near_threshold_share": recent_near},
+                   "n_uncalibrated": decisions.count(None), **recent, "median_all": median_all,
+                   "near_threshold_share": recent_near},
         "median_shift": shift,
         "ng_rate_per_day": [{"day": day, "n": n, "ng": ng, "rate": ng / n} for day, (n, ng) in sorted(per_day.items())],
         "limits": dataclasses.asdict(limits),
