@@ -77,8 +77,8 @@ def main() -> None:
                 score(day * args.per_day + part, gain, f"demo-{day:03d}-{part:02d}")
             print(f"day {day + 1:2d}/{args.days}: lamp at {gain:.0%}", flush=True)
         service.recorder.flush()
-        hour = dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
-        start = hour - dt.timedelta(days=args.days)
+        midnight = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        start = midnight - dt.timedelta(days=args.days)  # the simulated days end yesterday, one shift (6-18 h) each
         records = [record for record in service.records.iterate(RecordFilter(role_id=args.role, roi_id=args.roi))
                    if record.correlation_id == run]
         with service.records.engine.begin() as connection:
@@ -95,7 +95,7 @@ def main() -> None:
         service.close()
     print(json.dumps({key: report[key] for key in ("verdict", "reasons", "median_shift", "threshold")}, indent=2))
     print(json.dumps({"calibration": report["calibration"], "recent": report["recent"]}, indent=2))
-    print(f"plot: {args.plot}  (`bdi models drift {args.role} {args.roi} --since {args.days}d` says the same)")
+    print(f"plot: {args.plot}  (`bdi models drift {args.role} {args.roi} --since {args.days + 1}d` says the same)")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "new_figure": "plots",
     "save_png": "plots",
     "score_histogram": "plots",
+    "scores_over_time": "plots",
     "DriftLimits": "drift",
     "analyse_drift": "drift",
     "plot_drift": "drift",

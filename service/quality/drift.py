@@ -162,43 +162,14 @@ def _iso(value: dt.datetime) -> str:
 
 
 def plot_drift(series: DriftSeries, report: dict[str, Any], path: Path) -> None:
-    """Score over time: OK, NG and uncalibrated points, the daily OK median, the threshold and the calibration's
-    OK median, the near-threshold band. Matplotlib's Agg canvas: no display, no global pyplot state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-    from matplotlib.figure import Figure
+    """The scores of the window over time with the threshold and the calibration's level (``plots``)."""
+    from .plots import save_png, scores_over_time
 
-    figure = Figure(figsize=(10, 4.5), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    groups = (("ok", "OK", "#4C72B0", 10), ("ng", "NG", "#C44E52", 22), (None, "uncalibrated", "#999999", 10))
-    for decision, label, colour, size in groups:
-        picked = [(t, s) for t, s, d in zip(series.times, series.scores, series.decisions) if d == decision]
-        if picked:
-            axes.scatter([t for t, _ in picked], [s for _, s in picked], s=size, c=colour, alpha=0.6, label=label,
-                         linewidths=0)
-    daily: dict[dt.date, list[float]] = {}
-    for stamp, score, decision in zip(series.times, series.scores, series.decisions):
-        if decision == "ok":
-            daily.setdefault(stamp.date(), []).append(score)
-    if daily:
-        days = sorted(daily)
-        axes.plot([dt.datetime.combine(day, dt.time(12), dt.timezone.utc) for day in days],
-                  [float(np.median(daily[day])) for day in days], color="#1B3A5C", marker="o", linewidth=1.5,
-                  label="daily OK median")
-    axes.axhline(series.threshold, color="#C44E52", linestyle="--", linewidth=1.5,
-                 label=f"threshold {series.threshold:.4g}")
-    axes.axhspan((1 - NEAR_BAND) * series.threshold, series.threshold, color="#C44E52", alpha=0.08,
-                 label=f"within {NEAR_BAND:.0%} below")
-    if np.isfinite(series.reference_median):
-        axes.axhline(series.reference_median, color="#55A868", linestyle=":", linewidth=1.5,
-                     label=f"calibration OK {'median' if report['calibration']['ok_scores_stored'] else 'mean'}")
-    locator = AutoDateLocator()
-    axes.xaxis.set_major_locator(locator)
-    axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
-    axes.set_ylabel("score")
-    axes.set_title(f"{report['role_id']} / {report['roi_id']} (version {report['version']}): {report['verdict']}",
-                   loc="left")
-    axes.grid(True, alpha=0.3)
-    axes.legend(loc="upper left", fontsize="small", framealpha=0.9)
-    figure.savefig(path, format="png")
+    stored = report["calibration"]["ok_scores_stored"]
+    figure = scores_over_time(
+        series.times, series.scores, series.decisions, series.threshold,
+        reference=series.reference_median if np.isfinite(series.reference_median) else None,
+        reference_label=f"calibration OK {'median' if stored else 'mean'}", near_band=NEAR_BAND,
+        title=f"{report['role_id']} / {report['roi_id']}, version {report['version']}: {report['verdict']}",
+    )
+    save_png(figure, path)

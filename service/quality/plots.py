@@ -4,7 +4,7 @@ Figures are written to files by CLI commands on machines without a display, so t
 imports ``pyplot``: each function builds a ``matplotlib.figure.Figure`` on the Agg canvas directly (no
 GUI backend, no global figure state shared between threads) and returns it; ``save_png`` writes it.
 
-To add a plot (for example scores over time): take plain numbers (lists of floats, ``None`` for an
+To add a plot (``scores_over_time`` is one): take plain numbers (lists of floats, ``None`` for an
 uncalibrated threshold), start from ``new_figure``, draw OK with ``OK_COLOUR``, NG with ``NG_COLOUR``,
 samples the memory was fitted on with ``FITTED_COLOUR``, the threshold with ``threshold_line``, say in
 the title what is plotted and on which samples, and return the Figure.
@@ -16,6 +16,7 @@ figure documents the same mapping, so an overlay and its legend can't disagree.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,11 +24,14 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
 OK_COLOUR = "#2e8b57"
 NG_COLOUR = "#d62728"
 FITTED_COLOUR = "#7f7f7f"
+UNCALIBRATED_COLOUR = "#b0b0b0"
+REFERENCE_COLOUR = "#9467bd"
 THRESHOLD_COLOUR = "#1f3c88"
 HEAT_COLOUR_MAP = "inferno"  # perceptually uniform; holds no green or cyan, the overlays' outline colours
 THRESHOLD_POSITION = 0.7  # where the threshold sits on a report's colour scale (0 = coolest, 1 = hottest)
@@ -81,6 +85,44 @@ def score_histogram(
     axes.yaxis.get_major_locator().set_params(integer=True)
     axes.set_title(title if threshold is not None else f"{title} (uncalibrated: no threshold)")
     axes.legend(loc="upper right", fontsize="small")
+    return figure
+
+
+def scores_over_time(
+    times: Sequence[dt.datetime], scores: Sequence[float], decisions: Sequence[str | None], threshold: float, *,
+    reference: float | None = None, reference_label: str = "calibration OK median", near_band: float = 0.10,
+    title: str = "Scores over time",
+) -> Figure:
+    """Every inspection's score at its time (OK, NG, uncalibrated), the daily median of all scores, the
+    threshold, the band ``near_band`` below it, and the calibration's reference level (``bdi models drift``)."""
+    figure = new_figure(10.0, 4.5)
+    axes = figure.add_subplot()
+    for decision, label, colour, size in (("ok", "OK", OK_COLOUR, 12), ("ng", "NG", NG_COLOUR, 22),
+                                          (None, "uncalibrated", UNCALIBRATED_COLOUR, 12)):
+        picked = [(t, v) for t, v, d in zip(times, scores, decisions) if d == decision]
+        if picked:
+            axes.scatter([t for t, _ in picked], [v for _, v in picked], s=size, c=colour, alpha=0.65,
+                         linewidths=0, label=f"{label} (n={len(picked)})")
+    daily: dict[dt.date, list[float]] = {}
+    for stamp, value in zip(times, scores):
+        daily.setdefault(stamp.date(), []).append(value)
+    if daily:
+        days = sorted(daily)
+        axes.plot([dt.datetime.combine(day, dt.time(12), dt.timezone.utc) for day in days],
+                  [float(np.median(daily[day])) for day in days], color="black", marker="o", linewidth=1.5,
+                  label="daily median")
+    threshold_line(axes, threshold, vertical=False)
+    axes.axhspan((1 - near_band) * threshold, threshold, color=NG_COLOUR, alpha=0.07,
+                 label=f"within {near_band:.0%} below the threshold")
+    if reference is not None:
+        axes.axhline(reference, color=REFERENCE_COLOUR, linestyle=":", linewidth=1.5, label=reference_label)
+    locator = AutoDateLocator()
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    axes.set_ylabel("image score")
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="upper left", fontsize="small", framealpha=0.9)
     return figure
 
 

@@ -3,6 +3,7 @@ anchored at the threshold."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import cv2
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from service.quality.plots import THRESHOLD_POSITION, HeatScale, save_png, score_histogram
+from service.quality.plots import THRESHOLD_POSITION, HeatScale, save_png, score_histogram, scores_over_time
 
 
 @pytest.mark.parametrize(
@@ -54,3 +55,19 @@ def test_own_stretch_and_uncalibrated_scale_are_linear(tmp_path: Path):
     for scale in (HeatScale.for_report([0.2], [0.8], 0.5), uncalibrated):
         save_png(scale.colour_bar(), tmp_path / "bar.png")
         assert cv2.imread(str(tmp_path / "bar.png")).shape == (150, 800, 3)
+
+
+def test_scores_over_time_draws_each_decision_the_daily_median_and_the_references(tmp_path: Path):
+    start = dt.datetime(2026, 12, 1, 6, tzinfo=dt.timezone.utc)
+    times = [start + dt.timedelta(hours=3 * i) for i in range(30)]
+    decisions = ["ok"] * 20 + ["ng"] * 6 + [None] * 4
+    figure = scores_over_time(times, [0.4 + 0.005 * i for i in range(30)], decisions, 0.5, reference=0.41,
+                              title="R / r, version 2: drifting")
+    save_png(figure, tmp_path / "drift.png")
+    assert cv2.imread(str(tmp_path / "drift.png")).shape == (450, 1000, 3)
+    labels = figure.axes[0].get_legend_handles_labels()[1]
+    assert labels[:4] == ["OK (n=20)", "NG (n=6)", "uncalibrated (n=4)", "daily median"]
+    assert {"threshold 0.5", "calibration OK median"} <= set(labels)
+    assert figure.axes[0].get_title() == "R / r, version 2: drifting"
+    empty = scores_over_time([], [], [], 0.5)  # no inspections in the window: still a figure
+    assert [label for label in empty.axes[0].get_legend_handles_labels()[1] if "(n=" in label] == []
