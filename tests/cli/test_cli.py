@@ -420,7 +420,7 @@ def test_eval_writes_a_report_whose_headline_leaves_out_the_fitted_samples(datas
     result = bdi(models_dir, "eval", "R", "r/1", "--dataset", str(dataset), "--report", str(report), "--record")
     assert result.exit_code == 0, result.output
     recorded = as_json(bdi(models_dir, "inspections", "list", "--json"))
-    assert len(recorded) == 6 and {item["source"] for item in recorded} == {"cli"}
+    assert len(recorded) == 4 and {item["source"] for item in recorded} == {"cli"}  # the samples it scored
     assert len({item["correlation_id"] for item in recorded}) == 1  # one run
     assert "image_auroc" in result.stdout and "README.md" in result.stdout
     assert "2 of the 4 OK samples were used to fit this memory" in result.stderr and "left out" in result.stderr
