@@ -395,8 +395,8 @@ def main() -> None:
     ]
     if recording:
         rows.append((f"/infer p50 recording on / off, {recording['n']} each", f"{recording['p50_on_s'] * 1000:.0f} ms",
-                     f"against {recording['p50_off_s'] * 1000:.0f} ms off: {recording['on_over_off']:.3f} x "
-                     f"(target <= 1.03); {recording['records_written']} records written"))
+                     (f"against {recording['p50_off_s'] * 1000:.0f} ms off: {recording['on_over_off']:.3f} x "
+                      f"(target <= 1.03); {recording['records_written']:.0f} records written")))
     if precision:
         rows.append((f"{args.precision} against fp32", f"{precision['bare_forward_fp32_s'] * 1000:.0f} ms",
                      f"one fp32 forward = {precision['bare_forward_fp32_s'] / forward:.2f} x this run's; scores of "
