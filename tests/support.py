@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, make_url, text
 
 from service.settings import Settings
-from service.storage import InspectionRecord, Registry, artifacts
+from service.storage import InspectionRecord, RecordStore, Registry, artifacts
 
 TEST_INPUT_SIZE = 224
 BACKENDS = ["sqlite", "postgresql"]
@@ -131,12 +131,13 @@ def free_port() -> int:
 
 def registry_down(client: TestClient[Any]) -> TestClient[Any]:
     """Put the app's service on a PostgreSQL registry that nobody answers (the database server is down):
-    a real engine and real advisory locks whose connections are refused."""
+    a real engine and real advisory locks whose connections are refused; the inspection records too."""
     service = client.app.state.service
     service.registry.dispose()
     service.registry = Registry(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/registry",
                                 service.settings.models_dir)
     service.store.locks = service.registry.locks
+    service.records = RecordStore(service.registry.engine, service.settings.models_dir)
     return client
 
 

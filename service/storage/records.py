@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..errors import BadRequest
 from ..metrics import Metrics
 from .artifacts import RECORDS_DIR, TMP_PREFIX
+from .registry.engine import unavailable_as_503
 from .registry.tables import InspectionRow
 
 logger = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ class RecordStore:
 
     # ---- reads --------------------------------------------------------------------------------
     def get(self, record_id: str) -> InspectionRecord | None:
-        with self.engine.connect() as connection:
+        with unavailable_as_503(self.engine), self.engine.connect() as connection:
             row = connection.execute(select(_TABLE).where(_TABLE.c.id == record_id)).first()
         return InspectionRecord.from_row(row) if row is not None else None
 
@@ -255,11 +256,11 @@ class RecordStore:
             stamp, record_id = after
             clauses += [c.created_at <= stamp, or_(c.created_at < stamp, c.id < record_id)]
         query = select(_TABLE).where(and_(true(), *clauses)).order_by(c.created_at.desc(), c.id.desc()).limit(limit)
-        with self.engine.connect() as connection:
+        with unavailable_as_503(self.engine), self.engine.connect() as connection:
             return [InspectionRecord.from_row(row) for row in connection.execute(query)]
 
     def count(self, where: RecordFilter) -> int:
-        with self.engine.connect() as connection:
+        with unavailable_as_503(self.engine), self.engine.connect() as connection:
             query = select(func.count()).select_from(_TABLE).where(and_(true(), *where.clauses()))
             return int(connection.execute(query).scalar_one())
 
@@ -268,7 +269,7 @@ class RecordStore:
         c = _TABLE.c
         query = (select(c.created_at, c.score, c.decision).where(and_(true(), *where.clauses()))
                  .order_by(c.created_at, c.id))
-        with self.engine.connect() as connection:
+        with unavailable_as_503(self.engine), self.engine.connect() as connection:
             return [(utc(stamp), score, decision) for stamp, score, decision in connection.execute(query)]
 
     # ---- pruning ------------------------------------------------------------------------------
@@ -396,7 +397,7 @@ class RecordWriter:
     def prune(self) -> None:
         try:
             rows, images = self.store.prune(self.max_bytes, self.retention_days)
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError) as exc:  # a database down or locked, a file system refusing: next time
             logger.error("Pruning the inspection records failed (%s); retrying in %.0f s", exc, PRUNE_INTERVAL_S)
             return
         if rows or images:

@@ -65,7 +65,8 @@ def _moment(name: str, text: str | None) -> dt.datetime | None:
     responses=error_responses({
         400: f"{_IDS_400.replace('`role_id` or `roi_id`', 'A filter id')} Or `limit` is outside 1..{MAX_PAGE}, or "
         "`cursor` is not a next_cursor of this service.",
-        422: "`limit` is not an integer, `since`/`until` are not ISO 8601 times or `decision` is not ok, ng or none.",
+        422: "`limit` is not an integer, `since`/`until` are not RFC 3339 times or `decision` is not ok, ng or none.",
+        503: None,
     }),
 )
 async def list_inspections(
@@ -98,7 +99,7 @@ _RECORD_ID = Parameter(description="Id of the record (`id` in GET /inspections).
     summary="One inspection record",
     description="The record of one answered /infer, as GET /inspections lists it.",
     response_description="The record.",
-    responses=error_responses({400: _RECORD_400, 404: _RECORD_404}),
+    responses=error_responses({400: _RECORD_400, 404: _RECORD_404, 503: None}),
 )
 async def get_inspection(
     service: NamedDependency[InspectionService], inspection_id: Annotated[str, _RECORD_ID]
@@ -121,7 +122,7 @@ async def _file(service: InspectionService, inspection_id: str, kind: str) -> Re
     response_description="The uploaded bytes, with their image media type.",
     media_type="image/*",
     content_media_type="image/*",
-    responses=error_responses({400: _RECORD_400, 404: _FILE_404.format("image")}),
+    responses=error_responses({400: _RECORD_400, 404: _FILE_404.format("image"), 503: None}),
 )
 async def get_inspection_image(
     service: NamedDependency[InspectionService], inspection_id: Annotated[str, _RECORD_ID]
@@ -137,7 +138,7 @@ async def get_inspection_image(
     response_description="The heatmap PNG.",
     media_type="image/png",
     content_media_type="image/png",
-    responses=error_responses({400: _RECORD_400, 404: _FILE_404.format("heatmap")}),
+    responses=error_responses({400: _RECORD_400, 404: _FILE_404.format("heatmap"), 503: None}),
 )
 async def get_inspection_heatmap(
     service: NamedDependency[InspectionService], inspection_id: Annotated[str, _RECORD_ID]

@@ -16,17 +16,19 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from service.storage import RecordStore, Registry
+from service.settings import Settings
+from service.storage import RecordStore, open_storage
 from tests.cli.support import PLAIN, as_json, bdi, cli_env, make_service, uploads
-from tests.support import make_record
+from tests.support import both_registries, make_record
 
 UTC = dt.timezone.utc
 NOW = dt.datetime.now(UTC).replace(microsecond=0)
 
 
 @pytest.fixture
-def models_dir(tmp_path, extractor_112):
-    """PLAIN fitted (one tiny image), uncalibrated; lighter than the CLI tests' fitted template."""
+def models_dir(tmp_path, extractor_112, database_url):
+    """PLAIN fitted (one tiny image), uncalibrated, on the test's registry; lighter than the CLI tests' fitted
+    template."""
     root = tmp_path / "models"
     service = make_service(root, extractor_112)
     service.fit(*PLAIN, 0.2, uploads(0))
@@ -35,11 +37,13 @@ def models_dir(tmp_path, extractor_112):
 
 
 def _records(models_dir) -> RecordStore:
-    registry = Registry(f"sqlite:///{models_dir / 'registry.sqlite3'}", models_dir / ".registry.lock")
+    """The records of the test's registry (SQLite in the models dir, or the PostgreSQL database)."""
+    _, registry = open_storage(Settings.load(cli_env(models_dir)))
     registry.upgrade()
     return RecordStore(registry.engine, models_dir)
 
 
+@both_registries
 def test_list_show_and_their_filters(models_dir):
     store = _records(models_dir)
     rows = [make_record(NOW - dt.timedelta(minutes=i), role_id="A" if i % 2 else "B", part_id=f"P{i}",
@@ -92,6 +96,7 @@ print("peak KB", before, peak_kb())
 
 
 def test_export_streams_100000_rows_in_bounded_memory(models_dir, tmp_path):
+    """On SQLite (the bulk insert below is its SQL); the export is the same code on PostgreSQL."""
     store = _records(models_dir)
     with store.engine.begin() as connection:  # 100 000 rows straight into SQLite, in one statement
         connection.execute(text(_MANY), {"count": 100_000, "sha": "0" * 64})
@@ -143,6 +148,7 @@ def _stream(models_dir, threshold, version, creep: float, seed: int) -> None:
     _records(models_dir).insert(rows)
 
 
+@both_registries
 def test_drift_says_stable_for_a_steady_stream(calibrated, tmp_path):
     models_dir, threshold, version = calibrated
     _stream(models_dir, threshold, version, creep=0.0, seed=1)
@@ -158,6 +164,7 @@ def test_drift_says_stable_for_a_steady_stream(calibrated, tmp_path):
     assert "Verdict: stable" in bdi(models_dir, "models", "drift", *PLAIN, "--since", "8d").stdout
 
 
+@both_registries
 def test_drift_says_drifting_when_scores_creep_up_and_too_few_without_data(calibrated):
     models_dir, threshold, version = calibrated
     _stream(models_dir, threshold, version, creep=0.05, seed=2)

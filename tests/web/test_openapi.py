@@ -315,6 +315,12 @@ TRIGGERS = {
             ("500", lambda c, tail=tail, method=method: _boom(c, method).get(f"/inspections/{'0' * 32}{tail}")),
         )
     },
+    ("/inspections", "get", "503"): lambda c: registry_down(c).get("/inspections"),
+    **{
+        (f"/inspections/{{inspection_id}}{tail}", "get", "503"):
+            lambda c, tail=tail: registry_down(c).get(f"/inspections/{'0' * 32}{tail}")
+        for tail in ("", "/image", "/heatmap")
+    },
     ("/metrics", "get", "405"): lambda c: c.post("/metrics"),
     ("/metrics", "get", "500"): lambda c: _boom(c, "render", c.app.state.service.metrics).get("/metrics"),
 }

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from service.logs import configure_logging
-from tests.support import fit, infer, make_record, metric_values, png_bytes, synthetic_roi
+from tests.support import both_registries, fit, infer, make_record, metric_values, png_bytes, synthetic_roi
 
 ROLE, ROI, UNCALIBRATED = "Master1", "inspection-1", "uncal"
 UTC = dt.timezone.utc
@@ -104,6 +104,7 @@ def _upload(image):
     return Upload("x.png", png_bytes(image))
 
 
+@both_registries
 def test_filters_and_pages_are_exact_while_rows_arrive(make_client):
     client = make_client()
     store = client.app.state.service.records
@@ -156,6 +157,7 @@ def test_filters_and_pages_are_exact_while_rows_arrive(make_client):
         assert response.json()["error"]
 
 
+@both_registries
 def test_images_are_kept_per_setting_and_pruned_by_size_then_age(make_client, tmp_path):
     client = make_client(tmp_path / "models", BDI_RECORD_IMAGES="all")
     service = _fitted(client, UNCALIBRATED)
