@@ -85,10 +85,11 @@ class Metrics:
             "bdi_inspections", "Answered inspections by model and decision (none: uncalibrated).",
             ["recipe_id", "role_id", "roi_id", "decision"], registry=registry,
         )
-        self.fits = Counter("bdi_fits", "Completed fits (new memory versions).", registry=registry)
+        self.fits = Counter("bdi_fits", "Completed fits and appends (new memory versions), by kind.", ["kind"],
+                            registry=registry)
         self.fit_seconds = Histogram(
-            "bdi_fit_duration_seconds", "Duration of a fit, reading the images to the activated version.",
-            buckets=_FIT_BUCKETS, registry=registry,
+            "bdi_fit_duration_seconds", "Duration of a fit or append, reading the images to the activated version.",
+            ["kind"], buckets=_FIT_BUCKETS, registry=registry,
         )
         self.registry_errors = Counter(
             "bdi_registry_errors", "Database errors of the registry, by exception type.", ["error"], registry=registry,

@@ -81,7 +81,7 @@ def test_two_workers_over_one_models_dir_fit_and_infer_at_once(tmp_path, databas
     whichever worker answers, counts exactly the requests both served; every infer is recorded."""
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
-    stale = "from prometheus_client import Counter\nCounter('bdi_fits', 'x').inc(100)\n"  # an earlier server's value
+    stale = "from prometheus_client import Counter\nCounter('bdi_fits', 'x', ['kind']).labels('fit').inc(100)\n"
     subprocess.run([sys.executable, "-c", stale], env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
                    check=True, timeout=60)
     process, base = start_serve(tmp_path / "models", "--workers", "2", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
@@ -124,7 +124,7 @@ def test_two_workers_over_one_models_dir_fit_and_infer_at_once(tmp_path, databas
             assert requests("/fit_ok", "POST") == 3 and requests("/infer", "POST") == 24
             assert requests("/state", "GET") == 6 and requests("/health", "GET") == 1
             assert requests("/metrics", "GET") == scrape
-            assert metrics[("bdi_fits_total", ())] == 3  # the stale 100 was cleared at start
+            assert metrics[("bdi_fits_total", (("kind", "fit"),))] == 3  # the stale 100 was cleared at start
             assert metrics[("bdi_inspections_total", (("decision", "none"), ("recipe_id", "default"), ("roi_id", "r"),
                                                       ("role_id", "R")))] == 24
             assert metrics[("bdi_backbone_forward_seconds_count", ())] == 24

@@ -240,6 +240,7 @@ def test_a_record_that_cannot_be_written_never_fails_the_inspection(make_client,
 def test_metrics_count_the_requests_made(make_client):
     client = make_client()
     service = _fitted(client, ROI)
+    assert fit(client, ROLE, ROI, [synthetic_roi(64, 48, 9)], append="true").status_code == 200
     assert client.post("/calibrate_ng", json={"role_id": ROLE, "roi_id": ROI, "ok_scores": [0.0]}).status_code == 200
     for seed in range(3):  # threshold 0: every inspection is NG
         assert infer(client, ROLE, ROI, synthetic_roi(64, 48, seed)).status_code == 200
@@ -256,15 +257,17 @@ def test_metrics_count_the_requests_made(make_client):
     def requests(route: str, method: str, status: int) -> float:
         return value("bdi_http_requests_total", route=route, method=method, status=str(status))
 
-    assert requests("/fit_ok", "POST", 200) == 1 and requests("/calibrate_ng", "POST", 200) == 1
+    assert requests("/fit_ok", "POST", 200) == 2 and requests("/calibrate_ng", "POST", 200) == 1
     assert requests("/infer", "POST", 200) == 3 and requests("/infer", "POST", 400) == 1
     assert requests("/state", "GET", 200) == 2
     assert requests("<unmatched>", "GET", 404) == 1 and requests("<unmatched>", "GET", 405) == 1
     assert value("bdi_http_request_duration_seconds_count", method="POST", route="/infer") == 4
     assert value("bdi_inspections_total", decision="ng", recipe_id="default", role_id=ROLE, roi_id=ROI) == 3
     assert value("bdi_backbone_forward_seconds_count") == 3 and value("bdi_backbone_batch_size_sum") == 3
-    assert value("bdi_memory_cache_hits_total") == 3  # the fit left its memory in the cache
-    assert value("bdi_fits_total") == 1 and value("bdi_fit_duration_seconds_count") == 1
+    # the append read its parent from the cache the fit filled, the infers what the append left there
+    assert value("bdi_memory_cache_hits_total") == 4 and value("bdi_memory_cache_misses_total") == 0
+    assert value("bdi_fits_total", kind="fit") == 1 and value("bdi_fit_duration_seconds_count", kind="fit") == 1
+    assert value("bdi_fits_total", kind="append") == 1
     assert value("bdi_records_written_total") == 3
     assert value("bdi_inference_queue_depth") == value("bdi_record_queue_depth") == 0
     assert value("bdi_models_dir_free_bytes") > 0
