@@ -843,8 +843,8 @@ def _cut_back(path: Path, size: int | None) -> None:
 
 def _temp_entries(root: Path) -> list[Path]:
     """Every temp file or folder under ``root`` (not what is inside a temp folder), skipping the kept inspection
-    images (possibly millions of files: the records writer removes its own temp files, and the pruner a day folder
-    past the retention as a whole)."""
+    images (possibly millions of files, written as ``<name>.partial`` then renamed; the records' pruner removes a
+    day folder past the retention as a whole)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         if Path(dirpath) == root and RECORDS_DIR in dirnames:

@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import BadRequest
 from ..metrics import Metrics
-from .artifacts import RECORDS_DIR, TMP_PREFIX
+from .artifacts import RECORDS_DIR
 from .registry.engine import unavailable_as_503
 from .registry.tables import InspectionRow
 
@@ -48,6 +48,9 @@ failure), so a stalled registry can't fill the memory with uploads."""
 EXPORT_CHUNK = 2000
 _LOG_EVERY_S = 10.0
 _TABLE = InspectionRow.__table__
+PARTIAL = ".partial"
+"""Suffix of a kept image while it is written (then renamed): not the model store's temp prefix, whose
+leftovers mean an interrupted model write; a crash's leftovers go with their day folder past the retention."""
 _IMAGE_TYPES = ((b"\x89PNG", "png"), (b"\xff\xd8", "jpg"), (b"BM", "bmp"), (b"II*\x00", "tif"), (b"MM\x00*", "tif"))
 
 
@@ -201,7 +204,7 @@ class RecordStore:
         try:
             day.mkdir(parents=True, exist_ok=True)
             for name, data in files:
-                tmp = day / f"{TMP_PREFIX}{name}"
+                tmp = day / f"{name}{PARTIAL}"
                 try:
                     tmp.write_bytes(data)
                     os.replace(tmp, day / name)

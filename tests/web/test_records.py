@@ -183,7 +183,7 @@ def test_images_are_kept_per_setting_and_pruned_by_size_then_age(make_client, tm
     service.recorder.prune()  # BDI_RECORD_RETENTION_DAYS default 365
     assert service.records.get(old.id) is None and not (tmp_path / "models" / old.image_path).parent.exists()
     assert len(_page(client)["items"]) == 5
-    assert not list((tmp_path / "models" / "@records").rglob(".tmp-*"))
+    assert not list((tmp_path / "models" / "@records").rglob("*.partial"))
 
 
 def test_a_record_that_cannot_be_written_never_fails_the_inspection(make_client, tmp_path, caplog, monkeypatch):
