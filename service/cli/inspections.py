@@ -15,16 +15,19 @@ from typing import Any, TypeVar
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..storage import DEFAULT_RECIPE_ID, PUBLIC_FIELDS, RecordFilter
+from ..storage import PUBLIC_FIELDS, RecordFilter
 from .common import (
     EXIT_PROBLEMS,
     CliError,
     Moment,
     echo_json,
     json_option,
+    model_label,
     models_dir_option,
     open_models,
     print_table,
+    recipe_filter_option,
+    recipe_option,
     rich_console,
 )
 
@@ -37,7 +40,7 @@ def filter_options(command: F) -> F:
     for option in reversed([
         click.option("--role", "role_id", help="Only this role."),
         click.option("--roi", "roi_id", help="Only this ROI."),
-        click.option("--recipe", "recipe_id", help=f"Only this recipe ({DEFAULT_RECIPE_ID!r} outside recipes)."),
+        recipe_filter_option,
         click.option("--decision", type=click.Choice(["ok", "ng", "none"]), help="Only this decision (none: "
                      "uncalibrated)."),
         click.option("--since", type=Moment(), help="From this time: ISO 8601 (UTC unless an offset is given) or an "
@@ -153,10 +156,11 @@ def show(inspection_id: str, models_dir: Path | None, as_json: bool) -> None:
 @click.option("--max-near-increase", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Largest growth of the share of scores within 10%% below the threshold "
                    "[BDI_DRIFT_MAX_NEAR_INCREASE, 0.10].")
+@recipe_option
 @models_dir_option
 @json_option
 def drift(role_id: str, roi_id: str, since: dt.datetime, until: dt.datetime | None, plot: Path | None,
-          min_inspections: int | None, max_shift: float | None, max_near_increase: float | None,
+          min_inspections: int | None, max_shift: float | None, max_near_increase: float | None, recipe_id: str,
           models_dir: Path | None, as_json: bool) -> None:
     """Do recent scores of ROLE_ID / ROI_ID still look like its calibration? Verdict: stable, drifting
     (exit 1: refit or recalibrate) or too few inspections."""
@@ -164,9 +168,9 @@ def drift(role_id: str, roi_id: str, since: dt.datetime, until: dt.datetime | No
 
     opened = open_models(models_dir)
     settings = opened.settings
-    state = opened.state(role_id, roi_id)
+    state = opened.state(role_id, roi_id, recipe_id)
     if state.active is None or state.calibration is None:
-        raise CliError(f"role_id={role_id!r} roi_id={roi_id!r} is not " + ("fitted" if state.active is None else
+        raise CliError(f"{model_label(recipe_id, role_id, roi_id)} is not " + ("fitted" if state.active is None else
                        "calibrated") + "; drift compares recent scores with the active calibration.")
     limits = DriftLimits(
         min_inspections=min_inspections or settings.drift_min_inspections,
@@ -191,7 +195,7 @@ def drift(role_id: str, roi_id: str, since: dt.datetime, until: dt.datetime | No
                   calibration["near_threshold_share"]),
                  ("inspections (OK-decided)", f"{recent['n']} ({recent['n_ok']})", calibration["n"]),
                  ("NG / uncalibrated", f"{recent['n_ng']} / {recent['n_uncalibrated']}", None)]
-        print_table(f"Drift of {role_id} / {roi_id}, version {report['version']}, {report['since']} .. "
+        print_table(f"Drift of {model_label(recipe_id, role_id, roi_id)}, version {report['version']}, {report['since']} .. "
                     f"{report['until']}", ("", "recent", "calibration"), rows)
         if report["ng_rate_per_day"]:
             print_table("NG rate per day", ("day", "inspections", "NG", "rate"),

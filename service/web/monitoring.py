@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.exceptions import ValidationException
+from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
 from ..inspection import MAX_PAGE, InspectionService
@@ -117,12 +118,16 @@ async def _file(service: InspectionService, inspection_id: str, kind: str) -> Re
     "/inspections/{inspection_id:str}/image",
     operation_id="get_inspection_image",
     summary="The image of an inspection",
-    description="The uploaded image exactly as it was sent (PNG, JPEG, BMP or TIFF; its sha256 is the record's "
-    "`image_sha256`), when it was kept.",
-    response_description="The uploaded bytes, with their image media type.",
-    media_type="image/*",
-    content_media_type="image/*",
-    responses=error_responses({400: _RECORD_400, 404: _FILE_404.format("image"), 503: None}),
+    description="The uploaded image exactly as it was sent (its sha256 is the record's `image_sha256`), when it was "
+    "kept. The answer's `Content-Type` is the image's (`image/png`, `image/jpeg`, `image/bmp`, `image/tiff`); the "
+    "document says `application/octet-stream`, which every client generator reads as a file.",
+    response_description="The uploaded bytes.",
+    media_type="application/octet-stream",
+    responses={
+        200: ResponseSpec(data_container=bytes, description="The uploaded bytes.",
+                          media_type="application/octet-stream", generate_examples=False),
+        **error_responses({400: _RECORD_400, 404: _FILE_404.format("image"), 503: None}),
+    },
 )
 async def get_inspection_image(
     service: NamedDependency[InspectionService], inspection_id: Annotated[str, _RECORD_ID]
@@ -134,11 +139,16 @@ async def get_inspection_image(
     "/inspections/{inspection_id:str}/heatmap",
     operation_id="get_inspection_heatmap",
     summary="The heatmap of an inspection",
-    description="The heatmap PNG /infer answered (8-bit greyscale, the image's size), when it was kept.",
+    description="The heatmap PNG /infer answered (8-bit greyscale, the image's size), when it was kept. The "
+    "answer's `Content-Type` is `image/png`; the document says `application/octet-stream`, which every client "
+    "generator reads as a file.",
     response_description="The heatmap PNG.",
-    media_type="image/png",
-    content_media_type="image/png",
-    responses=error_responses({400: _RECORD_400, 404: _FILE_404.format("heatmap"), 503: None}),
+    media_type="application/octet-stream",
+    responses={
+        200: ResponseSpec(data_container=bytes, description="The heatmap PNG.",
+                          media_type="application/octet-stream", generate_examples=False),
+        **error_responses({400: _RECORD_400, 404: _FILE_404.format("heatmap"), 503: None}),
+    },
 )
 async def get_inspection_heatmap(
     service: NamedDependency[InspectionService], inspection_id: Annotated[str, _RECORD_ID]

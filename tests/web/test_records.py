@@ -302,3 +302,19 @@ def test_json_log_lines_carry_the_correlation_id_and_the_model(make_client):
     [inferred] = [line for line in lines if line["message"].startswith("infer ")]
     assert inferred["correlation_id"] == "json-1" and (inferred["role_id"], inferred["roi_id"]) == (ROLE, ROI)
     assert inferred["time"].endswith("Z") and inferred["level"] == "INFO" and inferred["logger"] == "service.inspection"
+
+
+def test_records_and_metrics_carry_the_requests_recipe(make_client):
+    client = make_client()
+    service = client.app.state.service
+    assert fit(client, ROLE, ROI, [synthetic_roi(64, 48, 0)], recipe_id="line2").status_code == 200
+    image = synthetic_roi(64, 48, 1)
+    assert infer(client, ROLE, ROI, image, recipe_id="line2").status_code == 200
+    assert infer(client, ROLE, ROI, image, headers={"X-Recipe-Id": "line2"}).status_code == 200
+    assert infer(client, ROLE, ROI, image).status_code == 400  # not fitted in the default namespace
+    assert service.recorder.flush(30)
+    assert [item["recipe_id"] for item in _page(client, recipe_id="line2")["items"]] == ["line2", "line2"]
+    assert _page(client, recipe_id="default")["items"] == []
+    metrics = metric_values(client.get("/metrics").text)
+    labels = (("decision", "none"), ("recipe_id", "line2"), ("roi_id", ROI), ("role_id", ROLE))
+    assert metrics[("bdi_inspections_total", labels)] == 2
