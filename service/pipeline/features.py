@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import huggingface_hub
@@ -180,6 +181,39 @@ def _resize_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
     return torch.cat([prefix.float(), patches], dim=1)
 
 
+def _check_settings(input_size: int, precision: str) -> None:
+    if input_size <= 0 or input_size % PATCH_SIZE:
+        raise ConfigError(f"Setting BDI_INPUT_SIZE={input_size} is not a positive multiple of {PATCH_SIZE}.")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"Setting BDI_PRECISION={precision!r} is not one of {', '.join(PRECISIONS)}.")
+
+
+def _fingerprint(
+    model_name: str, input_size: int, weights_label: str, state: Mapping[str, torch.Tensor], precision: str
+) -> dict[str, Any]:
+    """What every memory version records about the extractor that built it."""
+    return {
+        "model": model_name,
+        "input_size": input_size,
+        "layers": list(LAYERS),
+        "weights": weights_label,
+        "weights_sha256": _state_dict_sha256(state),
+        "precision": precision,
+    }
+
+
+def extractor_fingerprint(
+    input_size: int, weights: str, precision: str = "fp32", model_name: str = MODEL_NAME
+) -> dict[str, Any]:
+    """The ``fingerprint`` a ``FeatureExtractor`` with these settings would have, from the weights alone: the model
+    is neither built at ``input_size`` nor moved to a device (with BDI_WEIGHTS=random the seeded weights still
+    come from one default-size model; a checkpoint file is only read). A bundle import checks a memory against
+    the running settings with it."""
+    _check_settings(input_size, precision)
+    state, _, weights_label = FeatureExtractor._load_weights(weights, model_name)
+    return _fingerprint(model_name, input_size, weights_label, state, precision)
+
+
 class FeatureExtractor:
     """The frozen backbone: images in, L2-normalised (B, H*W, 1152) patch embeddings out."""
 
@@ -191,10 +225,7 @@ class FeatureExtractor:
         model_name: str = MODEL_NAME,
         precision: str = "fp32",
     ) -> None:
-        if input_size <= 0 or input_size % PATCH_SIZE:
-            raise ConfigError(f"Setting BDI_INPUT_SIZE={input_size} is not a positive multiple of {PATCH_SIZE}.")
-        if precision not in PRECISIONS:
-            raise ConfigError(f"Setting BDI_PRECISION={precision!r} is not one of {', '.join(PRECISIONS)}.")
+        _check_settings(input_size, precision)
         self.device, self.device_name = _resolve_device(device)
         self.precision = precision
         if precision == "fp16" and self.device.type == "cpu":
@@ -205,14 +236,7 @@ class FeatureExtractor:
         self.grid = (side, side)
         self.layers = LAYERS
         state, self.weights_source, weights_label = self._load_weights(weights, model_name)
-        self.fingerprint = {
-            "model": model_name,
-            "input_size": input_size,
-            "layers": list(LAYERS),
-            "weights": weights_label,
-            "weights_sha256": _state_dict_sha256(state),
-            "precision": precision,
-        }
+        self.fingerprint = _fingerprint(model_name, input_size, weights_label, state, precision)
         self._model = self._build(state)
         self.embed_dim = self._model.embed_dim * len(LAYERS)
 
