@@ -445,8 +445,6 @@ class ModelStore:
         legacy_path: str | None = None,
     ) -> VersionFiles:
         """Write a new immutable version and make it active. Call inside ``writing()`` (or ``locked(folder)``)."""
-        existing = self.versions(folder)
-        number = max([v.version for v in existing] + [self.active_version(folder) or 0]) + 1
         buffer = io.BytesIO()
         np.savez(
             buffer,
@@ -457,9 +455,7 @@ class ModelStore:
         )
         memory = buffer.getvalue()
         del buffer
-        manifest = {
-            "version": number,
-            "created_at": utc_now(),
+        fields = {
             "source": source,
             "legacy_path": legacy_path,
             "n_embeddings": int(metadata.get("n_embeddings", embeddings.shape[0])),
@@ -478,6 +474,21 @@ class ModelStore:
             "parent_version": metadata.get("parent_version"),  # an append's: the version it grew from
             "ancestors": metadata.get("ancestors") or [],  # parent first, back to the fit
             "append": metadata.get("append"),  # an append's: images added (name, sha256) and patch counts
+        }
+        return self.add_version_files(folder, memory, index_bytes, fields)
+
+    def add_version_files(
+        self, folder: Path, memory: bytes, index_bytes: bytes | None, fields: dict[str, Any], activate: bool = True
+    ) -> VersionFiles:
+        """Write a new immutable version from its files' bytes and ``fields`` (version.json's numbers and
+        provenance; the number, time, sha256s and sizes are added here), and make it active unless told not to
+        (a bundle imported with --no-activate). Call inside ``writing()`` (or ``locked(folder)``)."""
+        existing = self.versions(folder)
+        number = max([v.version for v in existing] + [self.active_version(folder) or 0]) + 1
+        manifest = {
+            "version": number,
+            "created_at": utc_now(),
+            **fields,
             "memory_sha256": hashlib.sha256(memory).hexdigest(),
             "memory_bytes": len(memory),
             "index_sha256": hashlib.sha256(index_bytes).hexdigest() if index_bytes is not None else None,
@@ -502,8 +513,9 @@ class ModelStore:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            self.activate(folder, number)
-        self.prune(folder)
+            if activate:
+                self.activate(folder, number)
+        self.prune(folder, keep=number)
         return VersionFiles(number, final, manifest)
 
     @staticmethod
@@ -548,13 +560,14 @@ class ModelStore:
                     return False
         return True
 
-    def prune(self, folder: Path) -> list[int]:
-        """Drop the oldest versions beyond ``keep_versions``; the active one always stays."""
-        active = self.active_version(folder)
-        stale = [v for v in self.versions(folder) if v.version != active]
+    def prune(self, folder: Path, keep: int | None = None) -> list[int]:
+        """Drop the oldest versions beyond ``keep_versions``; the active one (and ``keep``, a version just
+        written without activating it) always stays."""
+        protected = {self.active_version(folder), keep} - {None}
+        stale = [v for v in self.versions(folder) if v.version not in protected]
         removed = []
         undo = self._undo.get(folder)
-        for item in stale[: max(0, len(stale) - (self.keep_versions - 1))]:
+        for item in stale[: max(0, len(stale) - max(0, self.keep_versions - max(1, len(protected))))]:
             if undo is not None:  # inside writing(): set aside, deleted once the whole write succeeded
                 undo.set_aside(item.folder)
             else:
@@ -898,11 +911,11 @@ def _verify_version(files: VersionFiles) -> list[str]:
     elif index_path.is_file():
         if sha256_file(index_path) != manifest.get("index_sha256"):
             problems.append(f"{INDEX_FILE} does not match the sha256 in {VERSION_FILE}")
-        problems += _verify_index(index_path.read_bytes(), shape)
+        problems += index_problems(index_path.read_bytes(), shape)
     return problems
 
 
-def _verify_index(data: bytes, memory_shape: tuple[int, ...]) -> list[str]:
+def index_problems(data: bytes, memory_shape: tuple[int, ...]) -> list[str]:
     """The faiss index must hold exactly as many vectors, of the same dim, as the memory."""
     if not patchcore.FAISS_AVAILABLE:
         return []

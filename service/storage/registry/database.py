@@ -324,19 +324,39 @@ class Registry:
         self, store: ModelStore, role_id: str, roi_id: str, folder: Path, files: VersionFiles, *,
         recipe_id: str = DEFAULT_RECIPE,
     ) -> None:
-        """Register a new active version. The version rows are matched to the kept version folders,
-        so a version whose registration failed earlier (the database was down) is registered now."""
+        """Register a new active version (and any kept version not registered yet, ``_register_versions``)."""
         with self._write() as session, session.begin():
             model = self._model_row(session, recipe_id, role_id, roi_id, store.relative(folder))
-            on_disk = {v.version: v for v in store.versions(folder)}
-            session.execute(
-                delete(MemoryVersion).where(MemoryVersion.model_id == model.id, MemoryVersion.version.not_in(on_disk))
-            )
-            registered = set(session.scalars(select(MemoryVersion.version).where(MemoryVersion.model_id == model.id)))
-            for number in sorted(set(on_disk) - registered):
-                session.add(_version_row(model.id, store, on_disk[number]))
+            self._register_versions(session, model, store, folder)
             model.active_version = files.version
             model.updated_at = utc_now()
+
+    def add_import(
+        self, store: ModelStore, role_id: str, roi_id: str, folder: Path, calibrations: list[dict[str, Any]], *,
+        recipe_id: str = DEFAULT_RECIPE,
+    ) -> None:
+        """Register what a bundle import wrote, in one transaction (so a failure leaves none of it): the kept
+        versions as ``add_version`` does, the active version the files name (the import's, or the previous
+        one with --no-activate) and the history entries it appended, as ``add_calibration`` does."""
+        with self._write() as session, session.begin():
+            model = self._model_row(session, recipe_id, role_id, roi_id, store.relative(folder))
+            self._register_versions(session, model, store, folder)
+            model.active_version = store.active_version(folder)
+            for entry in calibrations:
+                session.add(_calibration_row(model.id, calibration_uid(store.relative(folder), entry), entry))
+            model.updated_at = utc_now()
+
+    @staticmethod
+    def _register_versions(session: Session, model: Model, store: ModelStore, folder: Path) -> None:
+        """The version rows matched to the kept version folders, so a version whose registration failed
+        earlier (the database was down) is registered now."""
+        on_disk = {v.version: v for v in store.versions(folder)}
+        session.execute(
+            delete(MemoryVersion).where(MemoryVersion.model_id == model.id, MemoryVersion.version.not_in(on_disk))
+        )
+        registered = set(session.scalars(select(MemoryVersion.version).where(MemoryVersion.model_id == model.id)))
+        for number in sorted(set(on_disk) - registered):
+            session.add(_version_row(model.id, store, on_disk[number]))
 
     def add_calibration(
         self, store: ModelStore, role_id: str, roi_id: str, folder: Path, entry: dict[str, Any], *,
