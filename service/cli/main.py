@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..errors import ConfigError, RegistryUnavailable, ServiceError
 from ..logs import configure_logging
 from ..quality import DatasetError
-from ..storage import LegacyError
+from ..storage import BundleError, IncompatibleBundle, LegacyError
 from .common import EXIT_USAGE, CliError
 from .datasets import datasets
 from .fitting import calibrate, evaluate_command, fit
@@ -43,7 +43,9 @@ class _Main(click.Group):
 
 
 def as_cli_error(exc: Exception) -> CliError:
-    if isinstance(exc, (ConfigError, DatasetError, LegacyError)):
+    if isinstance(exc, IncompatibleBundle):  # a sound bundle that this host's settings can't serve
+        return CliError(str(exc))
+    if isinstance(exc, (ConfigError, DatasetError, LegacyError, BundleError)):
         return CliError(str(exc), EXIT_USAGE)
     if isinstance(exc, RegistryUnavailable):
         return CliError(

@@ -1,5 +1,6 @@
-"""``bdi models ...``: list, show, history, rollback, delete, verify, reindex and migrate the stored
-models. These commands read the files and the registry only; they never load the backbone."""
+"""``bdi models ...``: list, show, history, rollback, delete, verify, reindex, migrate, export and import the
+stored models. These commands read the files and the registry only; they never load the backbone (import
+loads its weights once, to fingerprint them: ``bundles``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import click
 
 from ..storage import FAILED, WOULD, migrate, recorded_files, remove_files
 from ..validation import DEFAULT_RECIPE
+from .bundles import export_model, import_model
 from .common import (
     EXIT_PROBLEMS,
     CliError,
@@ -38,7 +40,11 @@ WEIGHTS_NOTE = (f"{WEIGHTS_DISPLAYED} hashes the loaded weights' tensors (names,
 
 @click.group()
 def models() -> None:
-    """List, inspect, roll back, delete, verify, reindex and migrate the stored models."""
+    """List, inspect, roll back, delete, verify, reindex, migrate, export and import the stored models."""
+
+
+models.add_command(export_model)
+models.add_command(import_model)
 
 
 @models.command("list")

@@ -1,8 +1,20 @@
 """What lasts: the model artifacts on disk (the source of truth), the registry that indexes them
 (SQLAlchemy + Alembic), the recipes' mm_per_px locks, the dataset store of uploaded samples, the
-import of what earlier backends wrote, and the inspection records."""
+import of what earlier backends wrote, the inspection records, and model bundles (export/import)."""
 
 from .artifacts import ModelFolder, ModelStore, VersionFiles, utc_now
+from .bundles import (
+    ACTIVATED,
+    NEW_VERSION,
+    UNCHANGED,
+    Bundle,
+    BundleError,
+    ImportResult,
+    IncompatibleBundle,
+    export_bundle,
+    import_bundle,
+    read_bundle,
+)
 from .datasets import (
     LABELS,
     MEDIA_TYPES,
@@ -45,11 +57,12 @@ from .records import (
 from .registry import CalibrationInfo, ModelState, Registry, VersionInfo, open_storage
 
 __all__ = [
-    "ADOPTED", "ALREADY_MIGRATED", "FAILED", "IMPORTED", "LABELS", "MEDIA_TYPES", "PUBLIC_FIELDS", "WOULD",
-    "CalibrationInfo", "DatasetFolder", "DatasetStore", "FileLocks", "InspectionRecord", "LegacyError", "Locks",
-    "MigrationAction", "ModelFolder", "ModelState", "ModelStore", "NewSample", "PendingRecord", "RecordFilter",
-    "RecordStore", "RecordWriter", "Registry", "StoredSample", "VersionFiles", "VersionInfo", "check_mm_per_px",
-    "claim_mm_per_px", "migrate", "new_record_id", "normalize_label", "open_storage", "prepare_sample",
-    "prepare_upload", "recorded_files", "remove_files", "sample_name", "sidecar_mm_per_px", "sidecar_shape",
-    "split_holdout", "store_samples", "utc_now",
+    "ACTIVATED", "ADOPTED", "ALREADY_MIGRATED", "FAILED", "IMPORTED", "LABELS", "MEDIA_TYPES", "NEW_VERSION",
+    "PUBLIC_FIELDS", "UNCHANGED", "WOULD", "Bundle", "BundleError", "CalibrationInfo", "DatasetFolder", "DatasetStore",
+    "FileLocks", "ImportResult", "IncompatibleBundle", "InspectionRecord", "LegacyError", "Locks", "MigrationAction",
+    "ModelFolder", "ModelState", "ModelStore", "NewSample", "PendingRecord", "RecordFilter", "RecordStore",
+    "RecordWriter", "Registry", "StoredSample", "VersionFiles", "VersionInfo", "check_mm_per_px", "claim_mm_per_px",
+    "export_bundle", "import_bundle", "migrate", "new_record_id", "normalize_label", "open_storage", "prepare_sample",
+    "prepare_upload", "read_bundle", "recorded_files", "remove_files", "sample_name", "sidecar_mm_per_px",
+    "sidecar_shape", "split_holdout", "store_samples", "utc_now",
 ]

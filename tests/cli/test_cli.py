@@ -546,7 +546,8 @@ def test_admin_commands_never_import_the_backbone(models_dir):
         "from service.cli import main\n"
         "for args in (['models', 'list'], ['models', 'verify'], ['models', 'history', 'Master1', 'inspection-1'],\n"
         "             ['models', 'migrate', '--dry-run'], ['models', 'reindex'], ['inspections', 'list'],\n"
-        "             ['models', 'drift', 'Master1', 'inspection-1']):\n"
+        "             ['models', 'drift', 'Master1', 'inspection-1'],\n"
+        f"             ['models', 'export', 'Master1', 'inspection-1', '-o', {str(models_dir.parent / 'm.bdimodel')!r}]):\n"
         "    assert main(args, standalone_mode=False) in (None, 0), args\n"
         "assert 'torch' not in sys.modules, 'an admin command imported torch'\n"
     )
