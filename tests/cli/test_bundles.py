@@ -18,13 +18,14 @@ import pytest
 import torch
 from litestar.testing import TestClient
 
+from service.errors import InsufficientStorage
 from service.inspection import InspectionService
 from service.pipeline import FeatureExtractor, extractor_fingerprint
 from service.settings import MODEL_NAME, Settings
-from service.storage import claim_mm_per_px, open_storage
+from service.storage import claim_mm_per_px, import_bundle, open_storage, read_bundle
 from service.web import create_app
 from tests.cli.support import ODD, PLAIN, as_json, bdi, cli_env
-from tests.support import both_registries, infer, synthetic_roi, temporary_database
+from tests.support import FullDisk, both_registries, infer, synthetic_roi, temporary_database
 
 
 @pytest.fixture
@@ -274,3 +275,28 @@ def test_export_of_a_damaged_version_writes_no_bundle(models_dir, tmp_path):
 
 def test_the_import_fingerprints_the_weights_as_the_extractor_does(extractor_112):
     assert extractor_fingerprint(112, "random") == extractor_112.fingerprint
+
+
+def test_an_import_that_fails_at_any_write_leaves_the_model_as_it_was(models_dir, tmp_path, extractor_112, monkeypatch):
+    """The disk fills up at every step of an import in turn (the version's files, the pointer, the history,
+    calib.json): each failure is the 507 sentence and the model stays exactly as it was."""
+    bundle = read_bundle(export(models_dir, tmp_path / "plain.bdimodel", *PLAIN))
+    store, registry = open_storage(Settings.load(cli_env(models_dir)))
+    folder = store.model_dir(*ODD)
+    before = (registry.history(*ODD), sorted(path.name for path in folder.rglob("*")))
+    disk = FullDisk(monkeypatch)
+    start = len(bundle.memory) + len(bundle.index)
+    for budget in [0, start // 2, *range(start, start + 8192, 256)]:
+        disk.allow(budget)
+        try:
+            result = import_bundle(store, registry, bundle, extractor_112.fingerprint, role_id=ODD[0], roi_id=ODD[1])
+        except InsufficientStorage as exc:
+            assert "nothing was changed" in exc.message
+            assert (registry.history(*ODD), sorted(path.name for path in folder.rglob("*"))) == before, budget
+            assert store.verify_folder(folder) == []
+            continue
+        break
+    else:
+        pytest.fail("the import never found enough space")
+    assert (result.version, result.calibrations) == (2, 1) and budget > start
+    registry.dispose()
