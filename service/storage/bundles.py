@@ -245,7 +245,8 @@ def _member(name: str) -> zipfile.ZipInfo:
 
 
 def _copy_in(archive: zipfile.ZipFile, path: Path, name: str) -> FileEntry:
-    """Stream a file into the archive, hashing what was written."""
+    """Stream a file into the archive, hashing what was written (zip64 headers: a memory kept whole by
+    memory_fit can pass the plain zip's 2 GB)."""
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as source, archive.open(_member(name), "w", force_zip64=True) as target:
         for chunk in iter(lambda: source.read(CHUNK), b""):
@@ -307,7 +308,7 @@ def read_bundle(path: Path) -> Bundle:
                 expected = manifest.files[name]
                 if hashlib.sha256(data[name]).hexdigest() != expected.sha256:
                     raise _damaged(path, f"its {name} does not match the sha256 in its manifest (changed after export)")
-    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
+    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, ValueError) as exc:  # ValueError: a malformed header
         raise _damaged(path, f"its zip data can't be read: {exc}") from None
     except OSError as exc:
         raise BundleError(f"{path} can't be read ({exc.strerror or exc}); nothing was changed.") from None
@@ -360,7 +361,7 @@ def _check_directory(path: Path, archive: zipfile.ZipFile, size: int) -> dict[st
 def _read_manifest(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Manifest:
     try:
         raw = json.loads(archive.read(info))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _foreign(path, f"its {MANIFEST_FILE} is not JSON") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise _foreign(path, f"its {MANIFEST_FILE} does not say format {FORMAT!r}")
@@ -470,7 +471,7 @@ def _read_calibrations(
                 raise ValueError("a calibration holds a number that is not finite")
         for entry in entries:
             msgspec.convert(entry, HistoryEntry)
-    except (ValueError, msgspec.ValidationError) as exc:
+    except (ValueError, RecursionError, msgspec.ValidationError) as exc:
         raise _damaged(path, f"its calibration can't be used: {exc}") from None
     if not entries or entries[-1]["calibration"] != values:
         raise _damaged(path, f"its {CALIB_FILE} is not the last calibration of its {HISTORY_FILE}")
