@@ -18,7 +18,7 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis", reason="needs the test extra: pip install -e '.[test]'")
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st
+from hypothesis import strategies as st  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.python.asgi import shutdown_lifespans  # noqa: E402
 
