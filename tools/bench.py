@@ -280,6 +280,15 @@ def main() -> None:
 
         (concurrent_rps, mismatches), concurrent_forward = bare.around(concurrent_run)
         batches = client.get("/health").json().get("infer_forwards", {})
+        for roi in range(1, args.rss_rois):  # the memory target: a server that fitted N ROIs and served them all,
+            # read before the append, refit and dataset phases, which fit more and larger memories
+            roi_fields = {**fields, "roi_id": f"roi-{roi}"}
+            files = [("images", (f"{i}.png", images[(i + roi) % len(images)], "image/png")) for i in range(args.fit_images)]
+            client.post("/fit_ok", data=roi_fields, files=files).raise_for_status()
+        for roi in range(args.rss_rois):
+            client.post("/infer", data={**fields, "roi_id": f"roi-{roi}"},
+                        files={"image": ("x.png", images[roi % len(images)], "image/png")}).raise_for_status()
+        rss = proc_status_mb(process.pid, "VmHWM") if process else None
         recording = None if args.url else compare_recording(args, env, client, fields, images[:probes])
 
         def post_fit(roi: str, uploads: list[bytes], **extra: str) -> tuple[float, dict]:
@@ -310,14 +319,6 @@ def main() -> None:
 
         (calibrate_seconds, calibrate_body), calibrate_forward = bare.around(calibrate_dataset)
         scored = calibrate_body["n_ok"] + calibrate_body["n_ng"]
-        for roi in range(1, args.rss_rois):  # the memory target: a server that fitted N ROIs and served them all
-            roi_fields = {**fields, "roi_id": f"roi-{roi}"}
-            files = [("images", (f"{i}.png", images[(i + roi) % len(images)], "image/png")) for i in range(args.fit_images)]
-            client.post("/fit_ok", data=roi_fields, files=files).raise_for_status()
-        for roi in range(args.rss_rois):
-            client.post("/infer", data={**fields, "roi_id": f"roi-{roi}"},
-                        files={"image": ("x.png", images[roi % len(images)], "image/png")}).raise_for_status()
-        rss = proc_status_mb(process.pid, "VmHWM") if process else None
     finally:
         if process:
             process.terminate()
