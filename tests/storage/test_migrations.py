@@ -43,3 +43,24 @@ def test_0003_adds_the_append_columns_and_keeps_the_rows(tmp_path, database_url)
     with registry.engine.connect() as connection:
         assert connection.execute(text("SELECT coreset_size FROM memory_versions")).scalar_one() == 21
     registry.dispose()
+
+
+@both_registries
+def test_0005_holds_memory_files_over_2_gib(tmp_path, database_url):
+    """A memory_fit memory of a few hundred images at 448 is over 2 GiB; PostgreSQL's INTEGER refused its size."""
+    registry = Registry(database_url or f"sqlite:///{tmp_path / 'registry.sqlite3'}", tmp_path / ".registry.lock")
+    registry.upgrade()
+    size = 5 * 2**30
+    with registry.engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO models (id, recipe_id, role_id, roi_id, folder, active_version, created_at, updated_at) "
+            "VALUES (1, 'default', 'R', 'r', 'R/r', 1, 't', 't')"))
+        connection.execute(text(
+            "INSERT INTO memory_versions (model_id, version, n_embeddings, coreset_size, token_h, token_w, embed_dim, "
+            "memory_path, memory_sha256, memory_bytes, index_bytes, source, created_at) "
+            "VALUES (1, 1, 1048576, 1048576, 32, 32, 1152, 'R/r/versions/000001/memory.npz', 'ab', :size, :size, "
+            "'fit', 't')"), {"size": size})
+    with registry.engine.connect() as connection:
+        row = connection.execute(text("SELECT memory_bytes, index_bytes FROM memory_versions")).one()
+    assert tuple(row) == (size, size)
+    registry.dispose()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -56,10 +56,10 @@ class MemoryVersion(Base):
     extractor: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     memory_path: Mapped[str] = mapped_column(String(700))
     memory_sha256: Mapped[str] = mapped_column(String(64))
-    memory_bytes: Mapped[int] = mapped_column(Integer)
+    memory_bytes: Mapped[int] = mapped_column(BigInteger)
     index_path: Mapped[str | None] = mapped_column(String(700))
     index_sha256: Mapped[str | None] = mapped_column(String(64))
-    index_bytes: Mapped[int | None] = mapped_column(Integer)
+    index_bytes: Mapped[int | None] = mapped_column(BigInteger)
     source: Mapped[str] = mapped_column(String(16), doc="fit | append | migrated")
     legacy_path: Mapped[str | None] = mapped_column(String(1000))
     created_at: Mapped[str] = mapped_column(String(40))
