@@ -78,12 +78,14 @@ from .storage import (
     StoredSample,
     check_mm_per_px,
     claim_mm_per_px,
+    fitted_by_content,
     migrate,
     new_record_id,
     normalize_label,
     open_storage,
     prepare_upload,
     sample_name,
+    samples_provenance,
     sidecar_mm_per_px,
     sidecar_shape,
     split_holdout,
@@ -499,15 +501,8 @@ class InspectionService:
         assert folder is not None
         fit_samples, held_out = split_holdout(stored, self.settings.dataset_holdout, HOLDOUT_SEED)
         uploads = [Upload(sample.name, sample.path.read_bytes()) for sample in fit_samples]
-        provenance = {  # the shape `bdi fit` records (service.quality.fit_provenance), so both read each other's
-            "dataset": str(folder.resolve()),
-            "holdout_rate": self.settings.dataset_holdout,
-            "seed": HOLDOUT_SEED,
-            "fit_files": [f"ok/{sample.name}" for sample in fit_samples],
-            "holdout_files": [f"ok/{sample.name}" for sample in held_out],
-            "fit_sha256": [hashlib.sha256(upload.data).hexdigest() for upload in uploads],
-            "holdout_sha256": [_sha256(sample.path) for sample in held_out],
-        }
+        provenance = samples_provenance(folder, fit_samples, held_out, self.settings.dataset_holdout, HOLDOUT_SEED,
+                                        _stored_name)
         return self.fit(role_id, roi_id, mm_per_px, uploads, memory_fit, context, provenance, recipe_id=recipe)
 
     # ---- calibrate ------------------------------------------------------------------------------
@@ -990,17 +985,18 @@ class InspectionService:
         return index
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _stored_name(sample: StoredSample) -> str:
+    """A stored OK sample's name in a fit's provenance: its path under the dataset folder."""
+    return f"ok/{sample.name}"
 
 
 def _fitted_on(samples: list[StoredSample], folder: Path | None, provenance: dict[str, Any]) -> set[Path]:
     """The stored samples the active memory was fitted on, per its version's provenance: by content when it
     recorded sha256s (as `bdi fit` and /fit_ok use_dataset=true do), else by name under the same folder."""
-    if provenance.get("fit_sha256") is not None:
-        fitted = set(provenance["fit_sha256"])
-        return {sample.path for sample in samples if _sha256(sample.path) in fitted}
+    fitted = fitted_by_content(samples, provenance)
+    if fitted is not None:
+        return fitted
     if folder is None or provenance.get("dataset") != str(folder.resolve()):
         return set()
     names = set(provenance.get("fit_files") or [])
-    return {sample.path for sample in samples if f"ok/{sample.name}" in names}
+    return {sample.path for sample in samples if _stored_name(sample) in names}

@@ -13,7 +13,7 @@ import click
 
 from ..errors import ServiceError
 from ..quality import load_dataset
-from ..storage import LABELS, DatasetStore, NewSample, prepare_sample, store_samples
+from ..storage import LABELS, DatasetStore, NewSample, prepare_sample, sha256_file, store_samples
 from .common import (
     EXIT_PROBLEMS,
     CliError,
@@ -81,7 +81,7 @@ def export(role_id: str, roi_id: str, output_dir: Path, recipe_id: str, models_d
                        f"{opened.settings.models_dir}.")
     for sample in samples:  # names are never reused: another file under a stored name is not ours to replace
         target = output_dir / sample.label / sample.name
-        if target.exists() and _sha256(target) != _sha256(sample.path):
+        if target.exists() and sha256_file(target) != sha256_file(sample.path):
             raise CliError(f"{target} exists and is not the stored sample {sample.name}; export into another folder.")
     copied = 0
     for sample in samples:
@@ -116,7 +116,7 @@ def import_samples(role_id: str, roi_id: str, source_dir: Path, recipe_id: str, 
     refused: list[tuple[str, str]] = [(str(path), reason) for path, reason in dataset.skipped]
     stored = duplicates = 0
     for label, found in (("ok", dataset.ok), ("ng", dataset.ng)):
-        known = {_sha256(sample.path) for sample in store.samples(folder, label)}
+        known = {sha256_file(sample.path) for sample in store.samples(folder, label)}
         checked: list[NewSample] = []
         for sample in found:
             data = sample.path.read_bytes()
@@ -142,7 +142,3 @@ def import_samples(role_id: str, roi_id: str, source_dir: Path, recipe_id: str, 
                          f"{f'; {duplicates} were stored already' if duplicates else ''}.")
     if refused:
         raise click.exceptions.Exit(EXIT_PROBLEMS)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -12,7 +12,6 @@ are refused with a sentence that says how to lay masks out, so they are never fi
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -22,10 +21,17 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..storage.datasets import SAMPLE_SUFFIXES, sidecar_mm_per_px, sidecar_shape, split_holdout
+from ..storage.datasets import (
+    SAMPLE_SUFFIXES,
+    fitted_by_content,
+    samples_provenance,
+    sidecar_mm_per_px,
+    sidecar_shape,
+    split_holdout,
+)
 
 __all__ = [  # split_holdout is the store's: one holdout rule for dataset folders and /fit_ok use_dataset
-    "DEFAULT_MM_PER_PX", "Dataset", "DatasetError", "MmPerPx", "Sample", "SeenSplit", "file_sha256", "fit_provenance",
+    "DEFAULT_MM_PER_PX", "Dataset", "DatasetError", "MmPerPx", "Sample", "SeenSplit", "fit_provenance",
     "load_dataset", "relative_name", "split_holdout", "split_seen",
 ]
 
@@ -159,23 +165,11 @@ def relative_name(sample: Sample, root: Path) -> str:
 
 
 # ---- what a fit recorded -----------------------------------------------------------------------------
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def fit_provenance(root: Path, fit: list[Sample], held_out: list[Sample], rate: float, seed: int) -> dict[str, Any]:
     """What ``bdi fit`` records in the version's manifest (``dataset``): the samples fitted on and held
     out by path under the root and by content (sha256), so a renamed or re-laid-out folder is still
     recognised by later ``bdi calibrate`` and ``bdi eval`` runs."""
-    return {
-        "dataset": str(root.resolve()),
-        "holdout_rate": rate,
-        "seed": seed,
-        "fit_files": [relative_name(sample, root) for sample in fit],
-        "holdout_files": [relative_name(sample, root) for sample in held_out],
-        "fit_sha256": [file_sha256(sample.path) for sample in fit],
-        "holdout_sha256": [file_sha256(sample.path) for sample in held_out],
-    }
+    return samples_provenance(root, fit, held_out, rate, seed, lambda sample: relative_name(sample, root))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,11 +196,9 @@ def split_seen(samples: list[Sample], root: Path, provenance: dict[str, Any]) ->
     recorded them, else by path under the dataset root (versions fitted before sha256s were recorded)."""
     if not provenance:
         return SeenSplit(list(samples), [], None)
-    if provenance.get("fit_sha256") is not None:
-        known = set(provenance["fit_sha256"])
-        fitted = {sample.path for sample in samples if file_sha256(sample.path) in known}
-        how = "sha256"
-    else:
+    fitted = fitted_by_content(samples, provenance)
+    how = "sha256"
+    if fitted is None:
         known = set(provenance.get("fit_files") or [])
         fitted = {sample.path for sample in samples if relative_name(sample, root) in known}
         how = "file name"

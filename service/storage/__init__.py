@@ -2,7 +2,7 @@
 (SQLAlchemy + Alembic), the recipes' mm_per_px locks, the dataset store of uploaded samples, the
 import of what earlier backends wrote, the inspection records, and model bundles (export/import)."""
 
-from .artifacts import ModelFolder, ModelStore, VersionFiles, utc_now
+from .artifacts import ModelFolder, ModelStore, VersionFiles, sha256_file, utc_now
 from .bundles import (
     ACTIVATED,
     NEW_VERSION,
@@ -22,10 +22,12 @@ from .datasets import (
     DatasetStore,
     NewSample,
     StoredSample,
+    fitted_by_content,
     normalize_label,
     prepare_sample,
     prepare_upload,
     sample_name,
+    samples_provenance,
     sidecar_mm_per_px,
     sidecar_shape,
     split_holdout,
@@ -62,7 +64,7 @@ __all__ = [
     "FileLocks", "ImportResult", "IncompatibleBundle", "InspectionRecord", "LegacyError", "Locks", "MigrationAction",
     "ModelFolder", "ModelState", "ModelStore", "NewSample", "PendingRecord", "RecordFilter", "RecordStore",
     "RecordWriter", "Registry", "StoredSample", "VersionFiles", "VersionInfo", "check_mm_per_px", "claim_mm_per_px",
-    "export_bundle", "import_bundle", "migrate", "new_record_id", "normalize_label", "open_storage", "prepare_sample",
-    "prepare_upload", "read_bundle", "recorded_files", "remove_files", "sample_name", "sidecar_mm_per_px",
+    "export_bundle", "fitted_by_content", "import_bundle", "migrate", "new_record_id", "normalize_label", "open_storage", "prepare_sample",
+    "prepare_upload", "read_bundle", "recorded_files", "remove_files", "sample_name", "samples_provenance", "sha256_file", "sidecar_mm_per_px",
     "sidecar_shape", "split_holdout", "store_samples", "utc_now",
 ]

@@ -30,7 +30,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -48,6 +48,7 @@ from .artifacts import (
     id_children,
     read_json,
     reporting_full_disk,
+    sha256_file,
     utc_now,
     write_atomic,
     write_json_atomic,
@@ -121,6 +122,32 @@ def split_holdout(samples: Sequence[S], rate: float, seed: int) -> tuple[list[S]
     count = min(max(1, round(len(ordered) * rate)), len(ordered) - 1)
     chosen = set(np.random.default_rng(seed).choice(len(ordered), size=count, replace=False).tolist())
     return ([s for i, s in enumerate(ordered) if i not in chosen], [s for i, s in enumerate(ordered) if i in chosen])
+
+
+def samples_provenance(
+    root: Path, fit: Sequence[S], held_out: Sequence[S], rate: float, seed: int, name: Callable[[S], str]
+) -> dict[str, Any]:
+    """What a fit from samples records in its version's manifest (``dataset``): the samples fitted on and held
+    out by ``name`` (their path under ``root``) and by content (sha256), so that `bdi fit` and /fit_ok
+    use_dataset=true read each other's records and a renamed folder is still recognised."""
+    return {
+        "dataset": str(root.resolve()),
+        "holdout_rate": rate,
+        "seed": seed,
+        "fit_files": [name(sample) for sample in fit],
+        "holdout_files": [name(sample) for sample in held_out],
+        "fit_sha256": [sha256_file(sample.path) for sample in fit],
+        "holdout_sha256": [sha256_file(sample.path) for sample in held_out],
+    }
+
+
+def fitted_by_content(samples: Sequence[S], provenance: dict[str, Any]) -> set[Path] | None:
+    """The paths of ``samples`` whose sha256 the fit recorded; None when it recorded none (older versions:
+    the caller falls back to names)."""
+    if provenance.get("fit_sha256") is None:
+        return None
+    known = set(provenance["fit_sha256"])
+    return {sample.path for sample in samples if sha256_file(sample.path) in known}
 
 
 # ---- uploads ---------------------------------------------------------------------------------------
