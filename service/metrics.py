@@ -104,7 +104,8 @@ class Metrics:
         self.record_failures = Counter(
             "bdi_record_write_failures",
             "Inspection records (or their images) that could not be written, by reason: queue_full, database, "
-            "image.", ["reason"], registry=registry,
+            "disk_full (the registry's disk), image, shutdown (still queued when the writer had to stop); and "
+            "failed prunes (prune) and writer batches that failed otherwise (writer).", ["reason"], registry=registry,
         )
         self.record_queue = Gauge(
             "bdi_record_queue_depth", "Inspection records waiting for the background writer.",

@@ -5,7 +5,10 @@ recording never slows or fails an inspection. One background thread drains the q
 (images first, as temp file + rename, then one INSERT of the batch) and prunes by age and size every
 ``PRUNE_INTERVAL_S``. What can be lost: the queue (at most ``BDI_RECORD_QUEUE_SIZE`` records) when the
 process dies; a batch the database refuses (locked past its busy timeout, unavailable, disk full); new
-records while the queue is full. Each loss is logged and counted (``bdi_record_write_failures_total``).
+records while the queue is full; what is still queued when ``close`` gives up after ``CLOSE_TIMEOUT_S``. Each
+loss is logged (once per kind and minute) and counted (``bdi_record_write_failures_total``); whatever one batch
+or prune raises, the thread goes on with the next, so the writer resumes by itself when the disk has space
+again or the database is back.
 
 Images: ``<models_dir>/@records/YYYY/MM/DD/<id>.<png|jpg|bmp|tif>`` (the uploaded bytes, so their sha256
 is the record's ``image_sha256``) and ``<id>.heatmap.png``. Reads page newest first on the keyset
@@ -30,9 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, and_, delete, func, insert, or_, select, true, update
-from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import BadRequest
+from ..errors import BadRequest, InsufficientStorage
 from ..metrics import Metrics
 from .artifacts import RECORDS_DIR
 from .registry.engine import unavailable_as_503
@@ -46,7 +48,10 @@ QUEUED_IMAGE_BYTES = 256 * 2**20
 """Most bytes of images waiting in the queue: past it a record is queued without its images (counted as an image
 failure), so a stalled registry can't fill the memory with uploads."""
 EXPORT_CHUNK = 2000
+CLOSE_TIMEOUT_S = 10.0
+"""Longest ``close`` waits for the queue to be written (inside the server's shutdown); the rest is counted lost."""
 _LOG_EVERY_S = 10.0
+_FAILURE_LOG_EVERY_S = 60.0
 _TABLE = InspectionRow.__table__
 PARTIAL = ".partial"
 """Suffix of a kept image while it is written (then renamed): not the model store's temp prefix, whose
@@ -347,6 +352,15 @@ class RecordStore:
 _STOP = object()
 
 
+def _failure_reason(exc: BaseException) -> str:
+    return "disk_full" if isinstance(exc, InsufficientStorage) else "database"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 class RecordWriter:
     """A bounded queue and one daemon thread that writes what is queued, in batches, and prunes."""
 
@@ -360,8 +374,11 @@ class RecordWriter:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._stopping = threading.Event()
+        self._stop_by = 0.0  # monotonic time past which the closing thread stops writing
         self._dropped = 0
         self._last_drop_log = 0.0
+        self._last_failure_log: dict[str, float] = {}
         self._image_bytes = 0  # of the queued records; changed under self._lock
 
     def submit(self, pending: PendingRecord) -> None:
@@ -374,6 +391,8 @@ class RecordWriter:
                 pending, size = PendingRecord(pending.record), 0
             self._image_bytes += size
         try:
+            if self._closed:
+                raise queue.Full
             self._queue.put_nowait(pending)
         except queue.Full:
             with self._lock:
@@ -400,22 +419,35 @@ class RecordWriter:
     def prune(self) -> None:
         try:
             rows, images = self.store.prune(self.max_bytes, self.retention_days)
-        except (SQLAlchemyError, OSError) as exc:  # a database down or locked, a file system refusing: next time
-            logger.error("Pruning the inspection records failed (%s); retrying in %.0f s", exc, PRUNE_INTERVAL_S)
+        except Exception as exc:  # noqa: BLE001 - a database down, locked or full, a file system refusing: next time
+            self.metrics.record_failures.labels("prune").inc()
+            self._log_failure("prune", "Pruning the inspection records failed (%s); retrying every %.0f s",
+                              _first_line(exc), PRUNE_INTERVAL_S)
             return
         if rows or images:
             logger.info("Pruned %d inspection record(s) and %d kept image(s)", rows, images)
 
     def close(self) -> None:
-        """Write what is queued, then stop the thread."""
+        """Write what is queued, for at most ``CLOSE_TIMEOUT_S``, then stop the thread; what is left is counted
+        and logged as lost. Never blocks longer, whatever the queue holds or the registry does."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             thread = self._thread
-        if thread is not None:
-            self._queue.put(_STOP)
-            thread.join()
+        self._stop_by = time.monotonic() + CLOSE_TIMEOUT_S
+        self._stopping.set()
+        if thread is None:
+            return
+        try:
+            self._queue.put_nowait(_STOP)  # wakes an idle thread; a full queue wakes it anyway
+        except queue.Full:
+            pass
+        thread.join(CLOSE_TIMEOUT_S + 1.0)
+        lost = self._drop_queued()  # the thread is stuck in a write past the timeout: its queue goes unwritten
+        if thread.is_alive() or lost:
+            logger.error("The inspection record writer did not finish within %.0f s at shutdown; %d queued "
+                         "record(s) were not written", CLOSE_TIMEOUT_S, lost)
 
     def _start(self) -> None:
         with self._lock:
@@ -426,30 +458,68 @@ class RecordWriter:
     def _run(self) -> None:
         next_prune = 0.0
         while True:
+            if self._stopping.is_set() and (self._queue.empty() or time.monotonic() >= self._stop_by):
+                lost = self._drop_queued()
+                if lost:
+                    logger.error("Shutting down: %d queued inspection record(s) were not written in %.0f s",
+                                 lost, CLOSE_TIMEOUT_S)
+                return
+            wait = 0.0 if self._stopping.is_set() else max(0.0, next_prune - time.monotonic())
             try:
-                first = self._queue.get(timeout=max(0.0, next_prune - time.monotonic()))
+                first = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
             except queue.Empty:
                 first = None
             items = [] if first is None else [first]
-            while items and len(items) < BATCH_SIZE and items[-1] is not _STOP:
+            while items and len(items) < BATCH_SIZE:
                 try:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            records = [item for item in items if isinstance(item, PendingRecord)]
-            if records:
-                self.metrics.record_queue.dec(len(records))
-                with self._lock:
-                    self._image_bytes -= sum(len(item.image or b"") + len(item.heatmap or b"") for item in records)
-                self._write(records)
-            for item in items:
-                if isinstance(item, threading.Event):
-                    item.set()
-            if time.monotonic() >= next_prune:
+            try:
+                self._handle(items)
+            except Exception as exc:  # noqa: BLE001 - the thread outlives any one batch
+                self.metrics.record_failures.labels("writer").inc()
+                self._log_failure("writer", "The inspection record writer failed on a batch (%s); it goes on with "
+                                  "the next", _first_line(exc))
+            finally:
+                for item in items:
+                    if isinstance(item, threading.Event):
+                        item.set()
+            if not self._stopping.is_set() and time.monotonic() >= next_prune:
                 self.prune()
                 next_prune = time.monotonic() + PRUNE_INTERVAL_S
-            if items and items[-1] is _STOP:
-                return
+
+    def _handle(self, items: list[Any]) -> None:
+        records = [item for item in items if isinstance(item, PendingRecord)]
+        if records:
+            self.metrics.record_queue.dec(len(records))
+            with self._lock:
+                self._image_bytes -= sum(len(item.image or b"") + len(item.heatmap or b"") for item in records)
+            self._write(records)
+
+    def _drop_queued(self) -> int:
+        """Empty the queue without writing it: each record counted lost (``shutdown``), each flush released."""
+        lost = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, PendingRecord):
+                lost += 1
+                self.metrics.record_queue.dec()
+            elif isinstance(item, threading.Event):
+                item.set()
+        if lost:
+            self.metrics.record_failures.labels("shutdown").inc(lost)
+        return lost
+
+    def _log_failure(self, kind: str, message: str, *args: Any) -> None:
+        """Log a failure at most once a minute per kind: a full disk fails every batch, the log stays readable."""
+        now = time.monotonic()
+        if now - self._last_failure_log.get(kind, -_FAILURE_LOG_EVERY_S) >= _FAILURE_LOG_EVERY_S:
+            self._last_failure_log[kind] = now
+            logger.error(message, *args)
 
     def _write(self, batch: list[PendingRecord]) -> None:
         records = []
@@ -460,15 +530,15 @@ class RecordWriter:
                     record = self.store.keep_files(record, pending.image, pending.heatmap)
                 except OSError as exc:
                     self.metrics.record_failures.labels("image").inc()
-                    logger.error("The image of inspection %s was not kept (%s); its record is written without it",
-                                 record.id, exc)
+                    self._log_failure("image", "The image of inspection %s was not kept (%s); its record is written "
+                                      "without it", record.id, exc)
             records.append(record)
         try:
             self.store.insert(records)
         except Exception as exc:  # noqa: BLE001 - any failure here is audit data lost, never a failed inspection
-            self.metrics.record_failures.labels("database").inc(len(records))
-            logger.error("%d inspection record(s) were not written (%s: %s)", len(records), type(exc).__name__,
-                         str(exc).splitlines()[0] if str(exc) else "")
+            reason = _failure_reason(exc)
+            self.metrics.record_failures.labels(reason).inc(len(records))
+            self._log_failure(reason, "%d inspection record(s) were not written (%s)", len(records), _first_line(exc))
             for record in records:
                 self.store.remove_files(record.image_path, record.heatmap_path)
             return
