@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from service.inspection import InspectionService
+from service.core import InspectionService
 from service.logs import configure_logging
 from service.pipeline import FeatureExtractor
 from service.web import create_app

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from service.inspection import InspectionService, Upload
+from service.core import InspectionService, Upload
 from service.pipeline import Letterbox, MemoryIndex, anomaly_map, covering_radius_bound, image_score
 from tests.support import make_settings, png_bytes, relit, synthetic_roi
 

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.inspection import InspectionService, Upload  # noqa: E402
+from service.core import InspectionService, Upload  # noqa: E402
 from service.pipeline import FeatureExtractor  # noqa: E402
 from service.pipeline.patchcore import MemoryIndex, coreset_size, select_coreset  # noqa: E402
 from service.settings import PRECISIONS, Settings  # noqa: E402

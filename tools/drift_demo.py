@@ -28,7 +28,7 @@ from sqlalchemy import update
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.inspection import InspectionService, RequestContext, Upload
+from service.core import InspectionService, RequestContext, Upload
 from service.quality import DriftLimits, analyse_drift, plot_drift
 from service.settings import Settings
 from service.storage import RecordFilter

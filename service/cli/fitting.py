@@ -19,14 +19,14 @@ from ..storage import DatasetStore, ModelState, ModelStore
 from .common import EXIT_USAGE, CliError, model_label, models_dir_option, print_table, recipe_option, rich_console
 
 if TYPE_CHECKING:  # the service pulls in torch; admin commands never import it
-    from ..inspection import InspectionService, Upload
+    from ..core import InspectionService, Upload
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _service(models_dir: Path | None) -> InspectionService:
     """The InspectionService of the current settings (loads the backbone), started like the app's."""
-    from ..inspection import InspectionService
+    from ..core import InspectionService
 
     service = InspectionService(Settings.load(models_dir=models_dir))
     click.get_current_context().call_on_close(service.close)
@@ -93,7 +93,7 @@ def _mm_per_px(service: InspectionService, state: ModelState | None, option: flo
 
 
 def _upload(sample: Sample) -> Upload:
-    from ..inspection import Upload
+    from ..core import Upload
 
     return Upload(sample.path.name, sample.path.read_bytes())
 
@@ -122,7 +122,7 @@ def fit(role_id: str, roi_id: str, dataset_dir: Path | None, memory_fit: bool, m
     dataset scores those instead of the images the memory was built from. With --append every OK sample
     grows the active memory (a new version whose parent is the active one; the parent's holdout stays).
     """
-    from ..inspection import RequestContext
+    from ..core import RequestContext
 
     if append and holdout:
         raise CliError("--holdout splits a fit's samples; an append adds every sample it is given. Leave out "
@@ -177,7 +177,7 @@ def calibrate(role_id: str, roi_id: str, dataset_dir: Path | None, mm_per_px: fl
               area_mm2_thr: float | None, score_percentile: int | None, recipe_id: str, record: bool,
               models_dir: Path | None) -> None:
     """Score every OK and NG sample of a dataset folder, then calibrate the threshold of ROLE_ID / ROI_ID."""
-    from ..inspection import RequestContext
+    from ..core import RequestContext
     from ..quality import overlap_warning
 
     dataset = _dataset(dataset_dir, role_id, roi_id, recipe_id, models_dir)
@@ -252,7 +252,7 @@ def evaluate_command(role_id: str, roi_id: str, dataset_dir: Path | None, report
                      models_dir: Path | None) -> None:
     """Score the samples of a labelled dataset like /infer and write a quality report; its figures are on the
     samples the memory was not fitted on."""
-    from ..inspection import RequestContext
+    from ..core import RequestContext
     from ..quality import evaluate
 
     dataset = _dataset(dataset_dir, role_id, roi_id, recipe_id, models_dir)

@@ -25,7 +25,7 @@ def openapi(output: Path | None, as_30: bool, models_dir: Path | None) -> None:
     random backbone on the CPU over a temporary models dir: writing it needs no model hub and
     touches no models dir. ``--models-dir`` is accepted for symmetry and ignored.
     """
-    from ..inspection import InspectionService
+    from ..core import InspectionService
     from ..pipeline import FeatureExtractor
     from ..web import create_app
 

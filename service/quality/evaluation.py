@@ -32,7 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..inspection import InspectionService, RequestContext, Upload
+from ..core import InspectionService, RequestContext, Upload
 from ..pipeline import decode_image, parse_shape, shape_mask
 from .datasets import MmPerPx, Sample
 from .plots import HeatScale, save_png, score_histogram

@@ -45,5 +45,5 @@ def shared_backbone(monkeypatch, extractor_112):
         assert (input_size, weights, device, precision) == (CLI_INPUT_SIZE, "random", "cpu", "fp32")
         return extractor_112
 
-    monkeypatch.setattr("service.inspection.FeatureExtractor", load)
+    monkeypatch.setattr("service.core.service.FeatureExtractor", load)
     monkeypatch.setattr("service.pipeline.features.FeatureExtractor", load)

@@ -13,7 +13,7 @@ import httpx
 from click.testing import CliRunner, Result
 
 from service.cli import main
-from service.inspection import InspectionService, Upload
+from service.core import InspectionService, Upload
 from service.pipeline import FeatureExtractor
 from service.settings import Settings
 from tests.support import free_port, png_bytes, synthetic_roi

@@ -9,6 +9,9 @@ import io
 import json
 import os
 import shutil
+import struct
+import subprocess
+import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +22,7 @@ import torch
 from litestar.testing import TestClient
 
 from service.errors import InsufficientStorage
-from service.inspection import InspectionService
+from service.core import InspectionService
 from service.pipeline import FeatureExtractor, extractor_fingerprint
 from service.settings import MODEL_NAME, Settings
 from service.storage import claim_mm_per_px, import_bundle, open_storage, read_bundle
@@ -199,6 +202,43 @@ def flip_in_place(data: bytes) -> bytes:
     return data[:offset] + bytes([data[offset] ^ 0xFF]) + data[offset + 1:]
 
 
+def with_index(data: bytes, index: bytes) -> bytes:
+    """The bundle with another index.faiss, its sha256 and size put in the manifest and version manifest, so
+    that only the index's content can refuse it."""
+    digest = hashlib.sha256(index).hexdigest()
+
+    def change(name: str, content: bytes) -> tuple[str, bytes]:
+        if name == "index.faiss":
+            return name, index
+        if name == "manifest.json":
+            manifest = json.loads(content)
+            manifest["files"]["index.faiss"] = {"sha256": digest, "bytes": len(index)}
+            manifest["version_manifest"]["index_sha256"] = digest
+            return name, json.dumps(manifest).encode()
+        return name, content
+
+    return rezip(data, change)
+
+
+def index_claiming(data: bytes, n_bytes: int) -> bytes:
+    """A 45-byte index.faiss: the header of a flat L2 index of the bundle's rows and dim whose vectors claim
+    ``n_bytes`` (faiss allocates what the file claims before it finds the bytes missing)."""
+    version = json.loads(zipfile.ZipFile(io.BytesIO(data)).read("manifest.json"))["version_manifest"]
+    rows, dim = version["coreset_size"], version["embed_dim"]
+    return b"IxF2" + struct.pack("<iqqq?iQ", dim, rows, 1 << 20, 1 << 20, True, 1, n_bytes // 4)
+
+
+def encrypted(data: bytes) -> bytes:
+    """index.faiss flagged as encrypted in the central directory (``zipfile`` raises RuntimeError reading it)."""
+    entry = data.rindex(b"PK\x01\x02", 0, data.rindex(b"index.faiss"))
+    flags = int.from_bytes(data[entry + 8: entry + 10], "little") | 0x1
+    return data[: entry + 8] + flags.to_bytes(2, "little") + data[entry + 10:]
+
+
+def with_version_numbers(**numbers: Any) -> Callable[[bytes], bytes]:
+    return lambda data: with_manifest(data, lambda m: m["version_manifest"].update(numbers))
+
+
 DAMAGES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "truncated": (lambda data: data[: len(data) // 2], "not a zip archive, or one cut short"),
     "random bytes": (lambda data: hashlib.sha256(data).digest() * 200, "is not a model bundle"),
@@ -217,6 +257,17 @@ DAMAGES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "size lie in the zip": (huge_in_directory, "its index.faiss claims 2147483647 bytes, more than the file holds"),
     "newer format": (lambda data: with_manifest(data, lambda m: m.update(format_version=2)),
                      "newer version of this service"),
+    "encrypted member": (encrypted, "its index.faiss is encrypted"),
+    "index claiming 2**60 bytes": (lambda data: with_index(data, index_claiming(data, 2**60)), "its index.faiss holds 45 bytes"),
+    "index of another kind": (lambda data: with_index(data, b"IxF1" + index_claiming(data, 0)[4:]),
+                              "its index.faiss is not a flat L2 index"),
+    "NaN covering radius": (with_version_numbers(covering_radius=float("nan")), "covering_radius"),
+    "negative covering radius": (with_version_numbers(covering_radius=-1.0), "covering_radius"),
+    "infinite covering radius": (with_version_numbers(covering_radius=float("inf")), "covering_radius"),
+    "zero projection dim": (with_version_numbers(projection_dim=0), "projection_dim"),
+    "negative parent version": (with_version_numbers(parent_version=-3), "parent_version"),
+    "zero ancestor": (with_version_numbers(ancestors=[0]), "ancestors"),
+    "NaN coreset rate": (with_version_numbers(coreset_rate_applied=float("nan")), "coreset_rate_applied"),
 }
 
 
@@ -233,6 +284,28 @@ def test_a_damaged_or_foreign_file_is_refused_with_a_sentence_and_writes_nothing
     assert phrase in message and message.endswith("nothing was changed.") and message.count("\n") == 0, message
     assert list(target.iterdir()) == []  # refused before the models dir was even opened
     assert bdi(target, "models", "verify").exit_code == 0 and model_folders(target) == []
+
+
+def test_a_small_index_claiming_gigabytes_is_refused_without_allocating_them(good_bundle, tmp_path):
+    """A 45-byte index.faiss claiming 1.5 GB made the import allocate 1.5 GB: the peak memory of reading a
+    bundle stays within a small multiple of its size, measured in a process of its own."""
+    good, bad = tmp_path / "good.bdimodel", tmp_path / "bad.bdimodel"
+    good.write_bytes(good_bundle)
+    bad.write_bytes(with_index(good_bundle, index_claiming(good_bundle, 1_500_000_000)))
+    script = (
+        "import resource, sys\n"
+        "from service.storage import BundleError, read_bundle\n"
+        "read_bundle(sys.argv[1])\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n    read_bundle(sys.argv[2])\nexcept BundleError as exc:\n    print(exc)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(good), str(bad)], capture_output=True, text=True,
+                         check=False, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert run.returncode == 0, run.stderr
+    refusal, grown_kib = run.stdout.strip().splitlines()
+    assert "damaged model bundle" in refusal and "index.faiss" in refusal, refusal
+    assert int(grown_kib) * 1024 < 8 * len(good_bundle) + 32 * 2**20, f"reading it grew the peak by {grown_kib} KiB"
 
 
 def test_another_input_size_or_other_weights_are_refused_unless_forced(good_bundle, tmp_path, extractor_112):

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from service.cli import main
-from service.inspection import InspectionService
+from service.core import InspectionService
 from service.quality.datasets import DatasetError, MmPerPx, load_dataset
 from service.settings import Settings
 from service.storage.artifacts import ModelStore

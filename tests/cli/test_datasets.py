@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.inspection import Upload
+from service.core import Upload
 from tests.cli.support import as_json, bdi, make_service
 from tests.support import png_bytes, synthetic_roi
 

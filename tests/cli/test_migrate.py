@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.inspection import Upload
+from service.core import Upload
 from service.pipeline.patchcore import MemoryIndex
 from service.storage.artifacts import ModelStore
 from service.storage.datasets import DatasetStore

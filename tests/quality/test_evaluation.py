@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from service.inspection import InspectionService, Upload
+from service.core import InspectionService, Upload
 from service.pipeline import FeatureExtractor
 from service.quality.datasets import load_dataset
 from service.quality.evaluation import (

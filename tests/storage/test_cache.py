@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from service.inspection import InspectionService, Upload
+from service.core import InspectionService, Upload
 from service.pipeline import FeatureExtractor
 from service.storage.artifacts import ModelStore
 from tests.support import both_registries, fit, infer, make_settings, png_bytes, synthetic_roi

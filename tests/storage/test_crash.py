@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.inspection import InspectionService, Upload
+from service.core import InspectionService, Upload
 from service.pipeline import FeatureExtractor
 from service.storage.artifacts import MEMORY_FILE, sha256_file
 from tests.support import make_settings, png_bytes, synthetic_roi
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="SIGKILL is POSIX")
 
 FIT_FOREVER = """
 import os, sys
-from service.inspection import InspectionService, Upload
+from service.core import InspectionService, Upload
 from service.settings import Settings
 settings = Settings.load({"BDI_MODELS_DIR": sys.argv[1], "BDI_INPUT_SIZE": "112", "BDI_WEIGHTS": "random",
                           "BDI_DEVICE": "cpu", "BDI_KEEP_VERSIONS": "3", "BDI_LOG_LEVEL": "WARNING",

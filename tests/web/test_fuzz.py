@@ -22,7 +22,7 @@ from hypothesis import strategies as st  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.python.asgi import shutdown_lifespans  # noqa: E402
 
-from service.inspection import InspectionService, Upload  # noqa: E402
+from service.core import InspectionService, Upload  # noqa: E402
 from service.validation import MAX_MM_PER_PX  # noqa: E402
 from service.web import create_app  # noqa: E402
 from tests.support import make_settings, png_bytes, synthetic_roi  # noqa: E402

@@ -21,12 +21,12 @@ import pytest
 from litestar.testing import TestClient
 from PIL import Image
 
+from service.core import InspectionService
 from service.errors import BadRequest
-from service.inspection import InspectionService
 from service.pipeline import images
 from service.validation import validate_id
 from service.web import create_app
-from service.web.schemas import ID_SCHEMA
+from service.web.shared import ID_SCHEMA
 from tests.support import fit, infer, make_settings, png_bytes, synthetic_roi
 
 ROLE, ROI = "Master1", "inspection-1"

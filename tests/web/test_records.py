@@ -99,7 +99,7 @@ def test_every_answered_infer_is_one_record_equal_to_the_answer(make_client):
 
 
 def _upload(image):
-    from service.inspection import Upload
+    from service.core import Upload
 
     return Upload("x.png", png_bytes(image))
 

@@ -1,0 +1,188 @@
+"""Inspection: /infer's computation for one image (decode, features, anomaly map, score, regions) and its
+record in the inspection records."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import hashlib
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import BadRequest, NotFitted, TokenGridMismatch
+from ..metrics import Metrics
+from ..pipeline import (
+    FeatureExtractor,
+    Letterbox,
+    MemoryIndex,
+    MicroBatcher,
+    anomaly_map,
+    decode_image,
+    find_regions,
+    heatmap_png,
+    image_score,
+    parse_shape,
+    shape_mask,
+)
+from ..settings import MODEL_NAME, Settings
+from ..storage import (
+    InspectionRecord,
+    ModelState,
+    ModelStore,
+    PendingRecord,
+    RecordWriter,
+    Registry,
+    check_mm_per_px,
+    claim_mm_per_px,
+    new_record_id,
+)
+from ..validation import validate_id, validate_mm_per_px
+from .memory import ActiveMemories
+from .request import LOGGER_NAME, RequestContext, Upload, about_model, checked_recipe
+from .status import ModelStatus
+
+logger = logging.getLogger(LOGGER_NAME)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inspection:
+    """One inspection: the contract's answer plus what it was computed from."""
+
+    response: dict[str, Any]
+    image: np.ndarray  # the decoded BGR image
+    anomaly_map: np.ndarray  # float32 (H, W), blurred, in the score's units
+    mask: np.ndarray  # bool (H, W), the shape's pixels
+
+
+class Inspector:
+    def __init__(
+        self, settings: Settings, extractor: FeatureExtractor, store: ModelStore, registry: Registry,
+        memories: ActiveMemories, status: ModelStatus, batcher: MicroBatcher, recorder: RecordWriter,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.extractor = extractor
+        self.store = store
+        self.registry = registry
+        self.memories = memories
+        self.status = status
+        self.batcher = batcher
+        self.recorder = recorder
+        self.metrics = metrics
+
+    # ---- infer ----------------------------------------------------------------------------------
+    def infer(
+        self, role_id: str, roi_id: str, mm_per_px: float, image: Upload, shape: str | None = None,
+        context: RequestContext = RequestContext(), *, recipe_id: str | None = None, include_heatmap: bool = True,
+        require_calibration: bool | None = None,
+    ) -> dict[str, Any]:
+        """The /infer answer (CONTRACT.md keys). An uncalibrated model is a 400 when ``require_calibration`` (None:
+        BDI_REQUIRE_CALIBRATION); scoring samples to calibrate passes False."""
+        required = self.settings.require_calibration if require_calibration is None else require_calibration
+        return self.inspect(
+            role_id, roi_id, mm_per_px, image, shape, context, recipe_id=recipe_id, include_heatmap=include_heatmap,
+            require_calibration=required,
+        ).response
+
+    @about_model
+    def inspect(
+        self, role_id: str, roi_id: str, mm_per_px: float, image: Upload, shape: str | None = None,
+        context: RequestContext = RequestContext(), *, recipe_id: str | None = None, include_heatmap: bool = True,
+        require_calibration: bool = False,
+    ) -> Inspection:
+        """/infer's whole computation, also handing back the decoded image, the raw map and the mask
+        (evaluation needs them: the heatmap PNG is stretched per image). With ``context.record`` the
+        inspection is queued for the records (never waited for, never failing the answer)."""
+        recipe = checked_recipe(role_id, roi_id, recipe_id)
+        validate_mm_per_px(mm_per_px)
+        if context.part_id is not None:
+            validate_id("part_id", context.part_id)
+        check_mm_per_px(self.registry, recipe, [mm_per_px])
+        parsed_shape = parse_shape(shape)
+        started = time.perf_counter()
+        state = self.status.model_state(role_id, roi_id, recipe_id=recipe)
+        if state is None or state.active is None:
+            raise NotFitted(role_id, roi_id, recipe)
+        if state.active.token_grid != self.extractor.grid:
+            raise TokenGridMismatch(got=self.extractor.grid, expected=state.active.token_grid)
+        if require_calibration and state.calibration is None:
+            raise BadRequest(f"calibration_missing: run a calibration for ({role_id}, {roi_id}) first")
+        bgr = decode_image(image.data, image.filename, self.settings.max_image_pixels)
+        height, width = bgr.shape[:2]
+        mask = shape_mask(parsed_shape, width, height)
+        claim_mm_per_px(self.store, self.registry, recipe, mm_per_px)
+        index = self.memories.index(state)
+        loaded = time.perf_counter()
+        self.metrics.queue_depth.inc()
+        try:
+            features = self.batcher.extract(bgr)
+        finally:
+            self.metrics.queue_depth.dec()
+        extracted = time.perf_counter()
+        amap = self.anomaly_map(index, features, width, height)
+        score, threshold, percentile, regions = self._judge(amap, mask, state, mm_per_px)
+        decision = None if threshold is None else ("ng" if score >= threshold else "ok")
+        recording = context.record and self.settings.record
+        keep = recording and (self.settings.record_images == "all"
+                              or (self.settings.record_images == "ng" and decision == "ng"))
+        heatmap_bytes = heatmap_png(amap, mask) if include_heatmap or keep else None
+        heatmap = base64.b64encode(heatmap_bytes).decode("ascii") if include_heatmap else None
+        finished = time.perf_counter()
+        logger.info(
+            "infer recipe=%r role=%r roi=%r image=%dx%d version=%d score=%.6f decision=%s regions=%d load=%.3fs "
+            "extract=%.3fs total=%.3fs",
+            recipe, role_id, roi_id, width, height, state.active_version, score, decision, len(regions),
+            loaded - started, extracted - loaded, finished - started,
+        )
+        response = {
+            "score": score,
+            "threshold": threshold,
+            "decision": decision,
+            "token_shape": list(self.extractor.grid),
+            "heatmap_png_base64": heatmap,
+            "regions": regions,
+        }
+        self.metrics.inspections.labels(recipe, role_id, roi_id, decision or "none").inc()
+        if recording:
+            record = InspectionRecord(
+                id=new_record_id(), created_at=dt.datetime.now(dt.timezone.utc), recipe_id=recipe,
+                role_id=role_id, roi_id=roi_id, version=state.active_version, memory_sha256=state.active.memory_sha256,
+                model=MODEL_NAME, weights_sha256=self.extractor.fingerprint.get("weights_sha256"),
+                calibration_id=state.calibration.uid if state.calibration is not None else None,
+                score=score, threshold=threshold, decision=decision, score_percentile=int(percentile),
+                n_regions=len(regions), largest_area_mm2=max((r["area_mm2"] for r in regions), default=0.0),
+                total_area_mm2=float(sum(r["area_mm2"] for r in regions)), image_width=width, image_height=height,
+                image_sha256=hashlib.sha256(image.data).hexdigest(),
+                shape_kind=parsed_shape.kind if parsed_shape is not None else None, mm_per_px=mm_per_px,
+                correlation_id=context.correlation_id, client=context.client, part_id=context.part_id,
+                source=context.source, load_ms=1000 * (loaded - started), forward_ms=1000 * (extracted - loaded),
+                total_ms=1000 * (finished - started),
+            )
+            self.recorder.submit(PendingRecord(record, image.data if keep else None, heatmap_bytes if keep else None))
+        return Inspection(response, bgr, amap, mask)
+
+    def _judge(
+        self, amap: np.ndarray, mask: np.ndarray, state: ModelState, mm_per_px: float
+    ) -> tuple[float, float | None, int, list[dict[str, Any]]]:
+        """(score, threshold, percentile, regions) of one map under the model's calibration: no threshold and
+        no regions while it has none."""
+        calibration = state.calibration.values if state.calibration is not None else None
+        percentile = (calibration or {}).get("score_percentile") or self.settings.score_percentile
+        score = image_score(amap, mask, percentile)
+        threshold = calibration["threshold"] if calibration is not None else None
+        regions: list[dict[str, Any]] = []
+        if threshold is not None:
+            area_thr = calibration.get("area_mm2_thr")
+            area_thr = self.settings.area_mm2_thr if area_thr is None else area_thr
+            regions = find_regions(amap, mask, threshold, mm_per_px, area_thr)
+        return score, threshold, percentile, regions
+
+    def anomaly_map(self, index: MemoryIndex, features: np.ndarray, width: int, height: int) -> np.ndarray:
+        """The blurred anomaly map of one image's patch features, in its own pixels (shared by /infer and
+        /calibrate_dataset, so both score alike)."""
+        distances = index.nearest_distances(features)
+        return anomaly_map(distances, self.extractor.grid, Letterbox.fit(width, height, self.settings.input_size))

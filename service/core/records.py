@@ -1,0 +1,60 @@
+"""Reading the inspection records: pages of them, one record, and the image or heatmap it kept."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadRequest, NotFound
+from ..settings import Settings
+from ..storage import MEDIA_TYPES, InspectionRecord, RecordFilter, RecordStore
+from ..validation import normalize_recipe, validate_id
+
+MAX_PAGE = 1000
+RECORD_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class RecordReader:
+    def __init__(self, settings: Settings, records: RecordStore) -> None:
+        self.settings = settings
+        self.records = records
+
+    def page(self, where: RecordFilter, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+        """One page of records, newest first: ``{"items": [...], "next_cursor": str | None}``."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be 1 to {MAX_PAGE}, got {limit}; page through more with next_cursor.")
+        for name in ("role_id", "roi_id", "part_id"):
+            if getattr(where, name) is not None:
+                validate_id(name, getattr(where, name))
+        if where.recipe_id is not None:
+            where = dataclasses.replace(where, recipe_id=normalize_recipe(where.recipe_id))
+        items, next_cursor = self.records.page(where, limit, cursor)
+        return {"items": [item.as_dict() for item in items], "next_cursor": next_cursor}
+
+    def get(self, record_id: str) -> InspectionRecord:
+        if not RECORD_ID.fullmatch(record_id):
+            raise BadRequest(f"{record_id[:64]!r} is not an inspection record id (32 hexadecimal digits: the id "
+                             "GET /inspections lists).")
+        record = self.records.get(record_id)
+        if record is None:
+            raise NotFound(f"There is no inspection record {record_id[:64]!r}; GET /inspections lists the kept ones "
+                           f"(records older than BDI_RECORD_RETENTION_DAYS are deleted).")
+        return record
+
+    def file(self, record_id: str, kind: str) -> tuple[bytes, str]:
+        """(bytes, media type) of a kept ``image`` or ``heatmap``; 404 with the reason when not kept."""
+        record = self.get(record_id)
+        path = record.image_path if kind == "image" else record.heatmap_path
+        if path is None:
+            raise NotFound(
+                f"The {kind} of inspection {record_id} was not kept: images are kept per BDI_RECORD_IMAGES (now "
+                f"{self.settings.record_images!r}: none, ng or all) and the oldest are deleted past BDI_RECORD_MAX_MB."
+            )
+        try:
+            data = (self.settings.models_dir / path).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"The {kind} of inspection {record_id} is no longer on disk (pruned or removed by hand).") \
+                from None
+        return data, MEDIA_TYPES.get(Path(path).suffix.lower(), "application/octet-stream")

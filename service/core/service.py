@@ -1,0 +1,128 @@
+"""The core wired together: the resources every part shares (settings, backbone, store, registry, records,
+metrics, memory cache), the parts built on them, and the service's life cycle (start, close)."""
+
+from __future__ import annotations
+
+import logging
+
+from ..metrics import Metrics
+from ..pipeline import FeatureExtractor, MicroBatcher
+from ..settings import Settings
+from ..storage import (
+    ADOPTED,
+    ALREADY_MIGRATED,
+    IMPORTED,
+    DatasetStore,
+    MigrationAction,
+    RecordStore,
+    RecordWriter,
+    migrate,
+    open_storage,
+)
+from .calibration import Calibration
+from .datasets import DatasetSamples
+from .inspection import Inspector
+from .memory import ActiveMemories, MemoryCache
+from .records import RecordReader
+from .request import LOGGER_NAME
+from .status import ModelStatus
+from .training import Training
+
+logger = logging.getLogger(LOGGER_NAME)
+
+
+class InspectionService:
+    """One code path for the HTTP routes and the CLI. Each part does one thing (``training``, ``calibration``,
+    ``inspector``, ``status``, ``datasets``, ``record_reader``); the calls below the parts are the parts' own
+    bound methods under the names the routes have always called (same signatures, same docstrings)."""
+
+    def __init__(self, settings: Settings, extractor: FeatureExtractor | None = None) -> None:
+        self.settings = settings
+        self.extractor = extractor or FeatureExtractor(
+            input_size=settings.input_size, weights=settings.weights, device=settings.device,
+            precision=settings.precision,
+        )
+        if self.extractor.input_size != settings.input_size:
+            raise ValueError("The extractor's input size differs from settings.input_size.")
+        if self.extractor.precision != settings.precision:
+            raise ValueError("The extractor's precision differs from settings.precision.")
+        self.metrics = Metrics()
+        self.store, self.registry = open_storage(settings)
+        self.metrics.watch_engine(self.registry.engine)
+        self.cache = MemoryCache(settings.cache_size)
+        batch = settings.infer_batch_size
+        if batch == "auto":  # a CPU forward already keeps every core busy: batching gains nothing there
+            batch = 1 if self.extractor.device.type == "cpu" else 8
+        self.batcher = MicroBatcher(self.extractor, int(batch), on_forward=self.metrics.observe_forward)
+        self.records = RecordStore(self.registry.engine, settings.models_dir)
+        self.recorder = RecordWriter(
+            self.records, self.metrics, settings.record_queue_size, int(settings.record_max_mb * 1024 * 1024),
+            settings.record_retention_days,
+        )
+        self._build_parts(DatasetStore(self.store))
+
+    def _build_parts(self, samples: DatasetStore) -> None:
+        settings, extractor, store, registry = self.settings, self.extractor, self.store, self.registry
+        memories = ActiveMemories(self.cache, store, registry, extractor, self.metrics)
+        self.status = ModelStatus(settings, extractor, store, registry, self.batcher)
+        self.training = Training(settings, extractor, store, registry, samples, memories, self.status, self.metrics)
+        self.inspector = Inspector(settings, extractor, store, registry, memories, self.status, self.batcher,
+                                   self.recorder, self.metrics)
+        self.calibration = Calibration(settings, extractor, store, registry, samples, memories, self.status,
+                                       self.inspector)
+        self.datasets = DatasetSamples(settings, samples, registry)
+        self.record_reader = RecordReader(settings, self.records)
+
+        self.fit = self.training.fit
+        self.append = self.training.append
+        self.fit_dataset = self.training.fit_dataset
+        self.calibrate = self.calibration.calibrate
+        self.calibrate_dataset = self.calibration.calibrate_dataset
+        self.infer = self.inspector.infer
+        self.inspect = self.inspector.inspect
+        self.model_state = self.status.model_state
+        self.state = self.status.state
+        self.health = self.status.health
+        self.dataset_upload = self.datasets.upload
+        self.dataset_list = self.datasets.contents
+        self.dataset_file = self.datasets.file
+        self.dataset_delete = self.datasets.delete
+        self.dataset_meta = self.datasets.meta
+        self.inspections = self.record_reader.page
+        self.inspection = self.record_reader.get
+        self.inspection_file = self.record_reader.file
+
+    def start(self) -> None:
+        """Migrate the registry, clean what killed writes left, import what earlier backends wrote, and
+        index folders it does not know."""
+        self.settings.models_dir.mkdir(parents=True, exist_ok=True)
+        self.registry.upgrade()
+        self.store.cleanup_leftovers()
+        self.import_legacy()
+        self.registry.sync_recipes(self.store)
+        imported = sum(self.registry.resync(self.store, folder.path) is not None for folder in self.store.scan())
+        removed = self.registry.remove_missing(self.store)
+        logger.info(
+            "Service ready: device=%s precision=%s infer_batch<=%d weights=%s input_size=%d grid=%s models_dir=%s "
+            "registry=%s models=%d%s",
+            self.extractor.device_name, self.extractor.precision, self.batcher.max_batch,
+            self.extractor.weights_source, self.settings.input_size,
+            self.extractor.grid, self.settings.models_dir.resolve(), self.registry.url, imported,
+            f" (dropped {len(removed)} model(s) whose folders are gone)" if removed else "",
+        )
+
+    def import_legacy(self) -> list[MigrationAction]:
+        """Import what earlier backends wrote (``bdi models migrate`` without options), so a GUI
+        pointed at an old models dir works at once; legacy files stay where they are."""
+        actions = migrate(self.store, self.registry, max_image_pixels=self.settings.max_image_pixels)
+        for action in actions:
+            if action.outcome != ALREADY_MIGRATED:
+                level = logging.INFO if action.outcome in {IMPORTED, ADOPTED} else logging.WARNING
+                logger.log(level, "Legacy model %s: %s", action.legacy.name, action.describe())
+        return actions
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.recorder.close()
+        self.metrics.close()
+        self.registry.dispose()
