@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -357,8 +358,32 @@ def _resolve_backend(backend: str) -> str:
     raise ValueError(f"unknown index backend {backend!r}; use 'auto', 'faiss' or 'sklearn'")
 
 
+FLAT_INDEX_HEADER = struct.Struct("<4siqqq?iQ")
+"""How faiss writes an ``IndexFlatL2`` before its vectors: "IxF2", dim, rows, two unused counts, is_trained,
+metric (1: L2), number of floats that follow."""
+
+
+def flat_index_problem(data: bytes, rows: int, dim: int) -> str | None:
+    """Why ``data`` is not a serialised ``IndexFlatL2`` of ``rows`` vectors of ``dim``, from its length and
+    header alone; None when it is. Every ``index.faiss`` read from disk or a bundle passes this before
+    ``faiss.deserialize_index``, which trusts the file's length fields: 45 bytes can claim gigabytes."""
+    expected = FLAT_INDEX_HEADER.size + rows * dim * 4
+    if len(data) != expected:
+        return (f"its index.faiss holds {len(data)} bytes, a flat index of {rows} vectors of dim {dim} holds "
+                f"{expected}")
+    kind, d, ntotal, _, _, trained, metric, floats = FLAT_INDEX_HEADER.unpack_from(data)
+    if kind != b"IxF2" or metric != 1 or not trained:
+        return "its index.faiss is not a flat L2 index"
+    if (d, ntotal, floats) != (dim, rows, rows * dim):
+        return (f"its index.faiss says {ntotal} vectors of dim {d} ({floats} floats), the memory holds {rows} of "
+                f"dim {dim}")
+    return None
+
+
 def _restore_flat_index(data: bytes, memory: np.ndarray):
     """The deserialised ``IndexFlatL2`` if it holds exactly ``memory``'s rows, else None."""
+    if flat_index_problem(data, *memory.shape) is not None:
+        return None
     try:
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     except RuntimeError:

@@ -259,8 +259,8 @@ DAMAGES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
                      "newer version of this service"),
     "encrypted member": (encrypted, "its index.faiss is encrypted"),
     "index claiming 2**60 bytes": (lambda data: with_index(data, index_claiming(data, 2**60)), "its index.faiss holds 45 bytes"),
-    "index of another kind": (lambda data: with_index(data, b"IxF1" + index_claiming(data, 0)[4:]),
-                              "its index.faiss is not a flat L2 index"),
+    "index of another kind": (lambda data: with_index(data, b"IxFI" + zipfile.ZipFile(io.BytesIO(data)).read(
+        "index.faiss")[4:]), "its index.faiss is not a flat L2 index"),  # inner product, same size
     "NaN covering radius": (with_version_numbers(covering_radius=float("nan")), "covering_radius"),
     "negative covering radius": (with_version_numbers(covering_radius=-1.0), "covering_radius"),
     "infinite covering radius": (with_version_numbers(covering_radius=float("inf")), "covering_radius"),
