@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import socket
@@ -51,10 +52,12 @@ from ..validation import DEFAULT_RECIPE, normalize_recipe, validate_id, validate
 from .artifacts import ModelStore
 from .files import CALIB_FILE, HISTORY_FILE, INDEX_FILE, MEMORY_FILE, TMP_PREFIX, VERSION_FILE, _fsync_dir, utc_now
 from .reading import ModelFolder
-from .recipes import check_mm_per_px, claim_mm_per_px
+from .recipes import check_mm_per_px, claim_mm_per_px, release_mm_per_px
 from .registry import Registry
 from .registry.database import calibration_uid
 from .versions import VersionFiles
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "bdi-model-bundle"
 FORMAT_VERSION = 1
@@ -542,8 +545,25 @@ def import_bundle(
     applied = bundle.calibration if activate else None
     values = [value for value in (bundle.fit_mm_per_px, (applied or {}).get("mm_per_px")) if value is not None]
     check_mm_per_px(registry, recipe, values)
-    if values:
-        claim_mm_per_px(store, registry, recipe, values[0])
+    claimed = bool(values) and claim_mm_per_px(store, registry, recipe, values[0])
+    try:
+        return _write_import(store, registry, bundle, role_id, roi_id, recipe, activate, notes)
+    except BaseException:
+        if claimed:
+            try:
+                release_mm_per_px(store, registry, recipe)
+            except Exception as exc:  # noqa: BLE001 - the import's own failure is the one to report
+                logger.warning("The mm/px lock of recipe %r claimed by a failed import stays: releasing it failed "
+                               "(%s)", recipe, exc)
+        raise
+
+
+def _write_import(
+    store: ModelStore, registry: Registry, bundle: Bundle, role_id: str, roi_id: str, recipe: str, activate: bool,
+    notes: list[str],
+) -> ImportResult:
+    """The import's one write, under the model's lock, undone as a whole when it fails."""
+    manifest = bundle.manifest
     with store.writing(role_id, roi_id, recipe_id=recipe) as folder:
         previous = store.active_version(folder)
         earlier = [files.version for files in store.versions(folder)

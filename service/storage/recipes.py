@@ -4,7 +4,8 @@ row); a later one that differs by more than 1e-6 relative is a 409. The default 
 old GUIs change mm/px freely.
 
 Checking and claiming are two steps, so that a request checks every value it carries before it writes
-anything, and claims the lock only right before its own write.
+anything, and claims the lock only right before its own write; a write that then fails releases a lock it
+claimed (``release_mm_per_px``), so a failed request leaves no lock behind.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Iterable
 
 from ..errors import Conflict
 from ..validation import DEFAULT_RECIPE
-from .artifacts import ModelStore, utc_now
+from .artifacts import ModelStore
+from .files import utc_now
 from .registry import Registry
 
 RELATIVE_TOLERANCE = 1e-6
@@ -38,11 +40,13 @@ def check_mm_per_px(registry: Registry, recipe_id: str, values: Iterable[float])
             raise conflict
 
 
-def claim_mm_per_px(store: ModelStore, registry: Registry, recipe_id: str, mm_per_px: float) -> None:
-    """Lock ``mm_per_px`` for a named recipe that has none yet; 409 when the lock holds another value."""
+def claim_mm_per_px(store: ModelStore, registry: Registry, recipe_id: str, mm_per_px: float) -> bool:
+    """Lock ``mm_per_px`` for a named recipe that has none yet; 409 when the lock holds another value. True
+    when this call locked it (for ``release_mm_per_px`` should the write it was claimed for fail)."""
     if recipe_id == DEFAULT_RECIPE:
-        return
+        return False
     expected = registry.recipe_mm_per_px(recipe_id)
+    claimed = False
     if expected is None:
         folder = store.namespace_dir(recipe_id, create=True)
         assert folder is not None
@@ -56,7 +60,22 @@ def claim_mm_per_px(store: ModelStore, registry: Registry, recipe_id: str, mm_pe
                     "locked_at_utc": utc_now(),
                 }
                 store.write_recipe(folder, recorded)
+                claimed = True
             expected = float(recorded["mm_per_px"])
             registry.sync_recipe(recipe_id, expected, str(recorded["created_at_utc"]))
     if (conflict := _mismatch(recipe_id, expected, mm_per_px)) is not None:
         raise conflict
+    return claimed
+
+
+def release_mm_per_px(store: ModelStore, registry: Registry, recipe_id: str) -> None:
+    """Undo a claim whose write failed: the recipe's mm/px unlocked again, unless a model of the recipe
+    exists meanwhile (another request fitted it under that lock, which must then hold)."""
+    folder = store.namespace_dir(recipe_id)
+    if folder is None or any(True for _ in registry.states(recipe_id)):
+        return
+    with store.locked(folder):
+        recorded = store.read_recipe(folder)
+        created_at = str(recorded.get("created_at_utc") or utc_now())
+        store.write_recipe(folder, {"recipe_id": recipe_id, "created_at_utc": created_at})
+        registry.sync_recipe(recipe_id, None, created_at)

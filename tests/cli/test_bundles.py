@@ -21,8 +21,8 @@ import pytest
 import torch
 from litestar.testing import TestClient
 
-from service.errors import InsufficientStorage
 from service.core import InspectionService
+from service.errors import InsufficientStorage
 from service.pipeline import FeatureExtractor, extractor_fingerprint
 from service.settings import MODEL_NAME, Settings
 from service.storage import claim_mm_per_px, import_bundle, open_storage, read_bundle
@@ -372,4 +372,26 @@ def test_an_import_that_fails_at_any_write_leaves_the_model_as_it_was(models_dir
     else:
         pytest.fail("the import never found enough space")
     assert (result.version, result.calibrations) == (2, 1) and budget > start
+    registry.dispose()
+
+
+@both_registries
+def test_a_failed_import_into_a_new_recipe_leaves_no_recipe_lock(models_dir, tmp_path, extractor_112, monkeypatch):
+    """The import locks a new recipe's mm/px right before its write; when the write fails the lock goes too, so
+    the recipe takes whatever mm/px its first successful request brings."""
+    bundle = read_bundle(export(models_dir, tmp_path / "plain.bdimodel", *PLAIN))
+    store, registry = open_storage(Settings.load(cli_env(models_dir)))
+
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("the registry refused the rows")
+
+    monkeypatch.setattr(registry, "add_import", refuse)
+    with pytest.raises(RuntimeError, match="refused the rows"):
+        import_bundle(store, registry, bundle, extractor_112.fingerprint, recipe_id="Line9")
+    assert registry.recipe_mm_per_px("line9") is None
+    namespace = store.namespace_dir("line9")
+    assert namespace is None or "mm_per_px" not in store.read_recipe(namespace)
+    monkeypatch.undo()
+    claim_mm_per_px(store, registry, "line9", 0.5)  # another mm/px is still free to lock it
+    assert registry.recipe_mm_per_px("line9") == 0.5
     registry.dispose()
