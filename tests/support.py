@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, make_url, text
 
 from service.settings import Settings
-from service.storage import InspectionRecord, RecordStore, Registry, artifacts
+from service.storage import InspectionRecord, RecordStore, Registry
+from service.storage import files as artifacts
 
 TEST_INPUT_SIZE = 224
 BACKENDS = ["sqlite", "postgresql"]

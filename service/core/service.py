@@ -3,7 +3,10 @@ metrics, memory cache), the parts built on them, and the service's life cycle (s
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from ..metrics import Metrics
 from ..pipeline import FeatureExtractor, MicroBatcher
@@ -31,10 +34,39 @@ from .training import Training
 logger = logging.getLogger(LOGGER_NAME)
 
 
+def _calls(part: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """A facade method that calls ``method`` of the part named ``part`` (signature and docstring are the part's)."""
+
+    @functools.wraps(method)
+    def call(self: InspectionService, *args: Any, **kwargs: Any) -> Any:
+        return method(getattr(self, part), *args, **kwargs)
+
+    return call
+
+
 class InspectionService:
     """One code path for the HTTP routes and the CLI. Each part does one thing (``training``, ``calibration``,
-    ``inspector``, ``status``, ``datasets``, ``record_reader``); the calls below the parts are the parts' own
-    bound methods under the names the routes have always called (same signatures, same docstrings)."""
+    ``inspector``, ``status``, ``datasets``, ``record_reader``); the calls below only hand over to a part,
+    under the names the routes and the CLI have always called."""
+
+    fit = _calls("training", Training.fit)
+    append = _calls("training", Training.append)
+    fit_dataset = _calls("training", Training.fit_dataset)
+    calibrate = _calls("calibration", Calibration.calibrate)
+    calibrate_dataset = _calls("calibration", Calibration.calibrate_dataset)
+    infer = _calls("inspector", Inspector.infer)
+    inspect = _calls("inspector", Inspector.inspect)
+    model_state = _calls("status", ModelStatus.model_state)
+    state = _calls("status", ModelStatus.state)
+    health = _calls("status", ModelStatus.health)
+    dataset_upload = _calls("datasets", DatasetSamples.upload)
+    dataset_list = _calls("datasets", DatasetSamples.contents)
+    dataset_file = _calls("datasets", DatasetSamples.file)
+    dataset_delete = _calls("datasets", DatasetSamples.delete)
+    dataset_meta = _calls("datasets", DatasetSamples.meta)
+    inspections = _calls("record_reader", RecordReader.page)
+    inspection = _calls("record_reader", RecordReader.get)
+    inspection_file = _calls("record_reader", RecordReader.file)
 
     def __init__(self, settings: Settings, extractor: FeatureExtractor | None = None) -> None:
         self.settings = settings
@@ -73,24 +105,6 @@ class InspectionService:
         self.datasets = DatasetSamples(settings, samples, registry)
         self.record_reader = RecordReader(settings, self.records)
 
-        self.fit = self.training.fit
-        self.append = self.training.append
-        self.fit_dataset = self.training.fit_dataset
-        self.calibrate = self.calibration.calibrate
-        self.calibrate_dataset = self.calibration.calibrate_dataset
-        self.infer = self.inspector.infer
-        self.inspect = self.inspector.inspect
-        self.model_state = self.status.model_state
-        self.state = self.status.state
-        self.health = self.status.health
-        self.dataset_upload = self.datasets.upload
-        self.dataset_list = self.datasets.contents
-        self.dataset_file = self.datasets.file
-        self.dataset_delete = self.datasets.delete
-        self.dataset_meta = self.datasets.meta
-        self.inspections = self.record_reader.page
-        self.inspection = self.record_reader.get
-        self.inspection_file = self.record_reader.file
 
     def start(self) -> None:
         """Migrate the registry, clean what killed writes left, import what earlier backends wrote, and

@@ -2,7 +2,7 @@
 (SQLAlchemy + Alembic), the recipes' mm_per_px locks, the dataset store of uploaded samples, the
 import of what earlier backends wrote, the inspection records, and model bundles (export/import)."""
 
-from .artifacts import ModelFolder, ModelStore, VersionFiles, sha256_file, utc_now
+from .artifacts import ModelStore
 from .bundles import (
     ACTIVATED,
     NEW_VERSION,
@@ -33,6 +33,7 @@ from .datasets import (
     split_holdout,
     store_samples,
 )
+from .files import sha256_file, utc_now
 from .legacy import (
     ADOPTED,
     ALREADY_MIGRATED,
@@ -46,6 +47,7 @@ from .legacy import (
     remove_files,
 )
 from .locks import FileLocks, Locks
+from .reading import ModelFolder
 from .recipes import check_mm_per_px, claim_mm_per_px
 from .records import (
     PUBLIC_FIELDS,
@@ -57,6 +59,7 @@ from .records import (
     new_record_id,
 )
 from .registry import CalibrationInfo, ModelState, Registry, VersionInfo, open_storage
+from .versions import VersionFiles
 
 __all__ = [
     "ACTIVATED", "ADOPTED", "ALREADY_MIGRATED", "FAILED", "IMPORTED", "LABELS", "MEDIA_TYPES", "NEW_VERSION",

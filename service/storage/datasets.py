@@ -40,9 +40,9 @@ from ..errors import BadRequest
 from ..pipeline.images import decode_image, image_format
 from ..pipeline.masks import parse_shape
 from ..validation import DEFAULT_RECIPE, validate_mm_per_px
-from .artifacts import (
+from .artifacts import ModelStore
+from .files import (
     DATASETS_DIR,
-    ModelStore,
     _append_json_line,
     _read_json_lines,
     id_children,

@@ -51,7 +51,9 @@ import numpy as np
 from ..errors import BadRequest
 from ..pipeline.patchcore import MemoryIndex
 from ..validation import DEFAULT_RECIPE, normalize_recipe, validate_id
-from .artifacts import (
+from .artifacts import ModelStore
+from .datasets import LABELS, SAMPLE_SUFFIXES, SIDECAR_SUFFIX, DatasetStore, NewSample, prepare_sample
+from .files import (
     ACTIVE_FILE,
     CALIB_FILE,
     HISTORY_FILE,
@@ -59,13 +61,11 @@ from .artifacts import (
     INDEX_FILE,
     MEMORY_FILE,
     RESERVED_DIRS,
-    ModelStore,
     is_plain_name,
     read_json,
     sha256_file,
     utc_now,
 )
-from .datasets import LABELS, SAMPLE_SUFFIXES, SIDECAR_SUFFIX, DatasetStore, NewSample, prepare_sample
 from .locks import LEGACY_IMPORT
 from .recipes import claim_mm_per_px
 from .registry import Registry

@@ -36,7 +36,7 @@ from sqlalchemy import Engine, and_, delete, func, insert, or_, select, true, up
 
 from ..errors import BadRequest, InsufficientStorage
 from ..metrics import Metrics
-from .artifacts import RECORDS_DIR
+from .files import RECORDS_DIR
 from .registry.engine import unavailable_as_503
 from .registry.tables import InspectionRow
 

@@ -14,7 +14,7 @@ import pytest
 
 from service.core import InspectionService, Upload
 from service.pipeline import FeatureExtractor
-from service.storage.artifacts import MEMORY_FILE, sha256_file
+from service.storage.files import MEMORY_FILE, sha256_file
 from tests.support import make_settings, png_bytes, synthetic_roi
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="SIGKILL is POSIX")

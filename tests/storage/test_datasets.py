@@ -12,7 +12,7 @@ import pytest
 
 from service.errors import BadRequest
 from service.storage import DatasetStore, ModelStore, Registry, prepare_upload
-from service.storage.artifacts import TMP_PREFIX
+from service.storage.files import TMP_PREFIX
 from service.storage.legacy import find_legacy
 from tests.support import png_bytes, synthetic_roi
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event
 
-from service.storage.artifacts import CALIB_FILE, HISTORY_FILE, TMP_PREFIX, VERSIONS_DIR
+from service.storage.files import CALIB_FILE, HISTORY_FILE, TMP_PREFIX, VERSIONS_DIR
 from tests.cli.support import bdi
 from tests.support import FullDisk, fit, infer, synthetic_roi
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from service.pipeline import FeatureExtractor, patchcore
-from service.storage.artifacts import ACTIVE_FILE, MEMORY_FILE, ModelStore
+from service.storage.artifacts import ModelStore
+from service.storage.files import ACTIVE_FILE, MEMORY_FILE
 from tests.support import both_registries, fit, forget_registry, infer, synthetic_roi
 
 ROLE, ROI = "Inspection", "Zona A/1"

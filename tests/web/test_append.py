@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from service.storage.artifacts import TMP_PREFIX, VERSIONS_DIR
+from service.storage.files import TMP_PREFIX, VERSIONS_DIR
 from tests.support import FullDisk, both_registries, fit, infer, png_bytes, relit, synthetic_roi
 
 ROLE, ROI = "Master1", "inspection-1"

@@ -24,8 +24,11 @@ from sqlalchemy.orm import Session
 
 from ...settings import Settings
 from ...validation import DEFAULT_RECIPE
-from ..artifacts import ModelFolder, ModelStore, VersionFiles, utc_now
+from ..artifacts import ModelStore
+from ..files import utc_now
 from ..locks import MIGRATIONS
+from ..reading import ModelFolder
+from ..versions import VersionFiles
 from .engine import is_sqlite, make_engine, make_locks, unavailable_as_503
 from .tables import Calibration, MemoryVersion, Model, Recipe
 
