@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import socket
@@ -45,15 +46,18 @@ import numpy as np
 
 from .. import __version__
 from ..errors import BadRequest
+from ..pipeline.patchcore import flat_index_problem
 from ..settings import PATCH_SIZE
 from ..validation import DEFAULT_RECIPE, normalize_recipe, validate_id, validate_mm_per_px
 from .artifacts import ModelStore
 from .files import CALIB_FILE, HISTORY_FILE, INDEX_FILE, MEMORY_FILE, TMP_PREFIX, VERSION_FILE, _fsync_dir, utc_now
-from .reading import ModelFolder, index_problems
-from .recipes import check_mm_per_px, claim_mm_per_px
+from .reading import ModelFolder
+from .recipes import check_mm_per_px, claim_mm_per_px, release_mm_per_px
 from .registry import Registry
 from .registry.database import calibration_uid
 from .versions import VersionFiles
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "bdi-model-bundle"
 FORMAT_VERSION = 1
@@ -67,6 +71,8 @@ NEW_VERSION, ACTIVATED, UNCHANGED = "imported", "activated", "unchanged"  # Impo
 Hex64 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
+Rate = Annotated[float, msgspec.Meta(gt=0, le=1)]  # NaN fails every bound
+Radius = Annotated[float, msgspec.Meta(ge=0, le=1e30)]  # 0: the coreset kept every patch; inf refused
 
 
 class FileEntry(msgspec.Struct):
@@ -106,15 +112,15 @@ class VersionNumbers(msgspec.Struct):
     embed_dim: Positive
     source: Annotated[str, msgspec.Meta(max_length=16)]
     created_at: Annotated[str, msgspec.Meta(max_length=40)]
-    coreset_rate_requested: float | None = None
-    coreset_rate_applied: float | None = None
+    coreset_rate_requested: Rate | None = None
+    coreset_rate_applied: Rate | None = None
     extractor: dict[str, Any] | None = None
     dataset: dict[str, Any] | None = None
-    covering_radius: float | None = None
-    coreset_seed: int | None = None
-    projection_dim: int | None = None
-    parent_version: int | None = None
-    ancestors: list[int] = msgspec.field(default_factory=list)
+    covering_radius: Radius | None = None
+    coreset_seed: Count | None = None
+    projection_dim: Positive | None = None
+    parent_version: Positive | None = None
+    ancestors: list[Positive] = msgspec.field(default_factory=list)
     imported: dict[str, Any] | None = None
 
 
@@ -138,7 +144,7 @@ class HistoryEntry(msgspec.Struct):
     calibration: CalibrationValues
     source: Annotated[str, msgspec.Meta(max_length=16)] = "api"
     created_at: Annotated[str, msgspec.Meta(max_length=40)] | None = None
-    memory_version: int | None = None
+    memory_version: Positive | None = None
     correlation_id: Annotated[str, msgspec.Meta(max_length=128)] | None = None
     client: Annotated[str, msgspec.Meta(max_length=200)] | None = None
 
@@ -298,11 +304,15 @@ def read_bundle(path: Path) -> Bundle:
                 expected = manifest.files[name]
                 if hashlib.sha256(data[name]).hexdigest() != expected.sha256:
                     raise _damaged(path, f"its {name} does not match the sha256 in its manifest (changed after export)")
-    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, ValueError) as exc:  # ValueError: a malformed header
-        raise _damaged(path, f"its zip data can't be read: {exc}") from None
+        return _verified(path, manifest, data)
+    except BundleError:
+        raise
     except OSError as exc:
         raise BundleError(f"{path} can't be read ({exc.strerror or exc}); nothing was changed.") from None
-    return _verified(path, manifest, data)
+    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, ValueError) as exc:  # ValueError: a malformed header
+        raise _damaged(path, f"its zip data can't be read: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - MemoryError, zipfile's RuntimeError/NotImplementedError, ...: damaged
+        raise _damaged(path, f"it can't be read ({type(exc).__name__}: {exc})") from None
 
 
 def _whole_zip(path: Path, size: int) -> bool:
@@ -339,6 +349,8 @@ def _check_directory(path: Path, archive: zipfile.ZipFile, size: int) -> dict[st
     if len(set(names)) != len(names):
         raise _damaged(path, "it names a member twice")
     for info in infos:
+        if info.flag_bits & 0x1:
+            raise _damaged(path, f"its {info.filename} is encrypted; bundles never are")
         if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
             raise _damaged(path, f"its {info.filename} is compressed; bundles store members as they are")
         if info.header_offset + info.compress_size > size:
@@ -404,9 +416,9 @@ def _verified(path: Path, manifest: Manifest, data: dict[str, bytes]) -> Bundle:
         if name in manifest.files and manifest.version_manifest.get(key) != manifest.files[name].sha256:
             raise _damaged(path, f"its {name} is not the file its version manifest names")
     index = data.get(INDEX_FILE)
-    problems = index_problems(index, embeddings.shape) if index is not None else []
-    if problems:
-        raise _damaged(path, problems[0])
+    problem = flat_index_problem(index, *embeddings.shape) if index is not None else None
+    if problem is not None:  # never deserialised here: loading the version checks its vectors against the memory
+        raise _damaged(path, problem)
     calibration, history = _read_calibrations(path, data.get(CALIB_FILE), data.get(HISTORY_FILE))
     fit_mm_per_px = metadata.get("mm_per_px")
     try:
@@ -533,8 +545,25 @@ def import_bundle(
     applied = bundle.calibration if activate else None
     values = [value for value in (bundle.fit_mm_per_px, (applied or {}).get("mm_per_px")) if value is not None]
     check_mm_per_px(registry, recipe, values)
-    if values:
-        claim_mm_per_px(store, registry, recipe, values[0])
+    claimed = bool(values) and claim_mm_per_px(store, registry, recipe, values[0])
+    try:
+        return _write_import(store, registry, bundle, role_id, roi_id, recipe, activate, notes)
+    except BaseException:
+        if claimed:
+            try:
+                release_mm_per_px(store, registry, recipe)
+            except Exception as exc:  # noqa: BLE001 - the import's own failure is the one to report
+                logger.warning("The mm/px lock of recipe %r claimed by a failed import stays: releasing it failed "
+                               "(%s)", recipe, exc)
+        raise
+
+
+def _write_import(
+    store: ModelStore, registry: Registry, bundle: Bundle, role_id: str, roi_id: str, recipe: str, activate: bool,
+    notes: list[str],
+) -> ImportResult:
+    """The import's one write, under the model's lock, undone as a whole when it fails."""
+    manifest = bundle.manifest
     with store.writing(role_id, roi_id, recipe_id=recipe) as folder:
         previous = store.active_version(folder)
         earlier = [files.version for files in store.versions(folder)
