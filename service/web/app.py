@@ -1,4 +1,4 @@
-"""Litestar app factory: routes, error bodies of the contract, correlation ids, start-up."""
+"""Litestar app factory: the domains' controllers, error bodies of the contract, correlation ids, start-up."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from .. import __version__
 from ..inspection import InspectionService
 from ..logs import configure_logging
 from ..settings import Settings
+from .datasets.controller import DatasetsController
 from .error_handlers import EXCEPTION_HANDLERS
+from .inspection.controller import InspectionController
 from .middleware import CorrelationMiddleware, echo_correlation_id, require_api_key
-from .monitoring import MONITORING_ROUTES
+from .monitoring.controller import MonitoringController
 from .openapi import CORRELATION_HEADER, DOC_ROUTES, finish_document, openapi_config
-from .routes import ROUTES
+from .records.controller import RecordsController
 
 
 def create_app(settings: Settings | None = None, service: InspectionService | None = None) -> Litestar:
@@ -34,7 +36,8 @@ def create_app(settings: Settings | None = None, service: InspectionService | No
             service.close()
 
     app = Litestar(
-        route_handlers=[*ROUTES, *MONITORING_ROUTES, *DOC_ROUTES],
+        route_handlers=[InspectionController, DatasetsController, RecordsController, MonitoringController,
+                        *DOC_ROUTES],
         dependencies={"service": Provide(lambda: service, use_cache=True, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[CorrelationMiddleware()],

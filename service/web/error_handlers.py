@@ -13,7 +13,7 @@ from litestar.exceptions import HTTPException, SerializationException, Validatio
 
 from ..errors import ServiceError
 from ..settings import Settings
-from .schemas import ErrorResponse, ValidationDetail
+from .shared import ErrorResponse, ValidationDetail
 
 logger = logging.getLogger(__name__)
 

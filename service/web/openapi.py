@@ -20,8 +20,11 @@ from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
 
 from ..errors import InsufficientStorage
-from . import schemas
-from .schemas import ErrorResponse
+from . import shared
+from .datasets import schemas as datasets_schemas
+from .inspection import schemas as inspection_schemas
+from .records import schemas as records_schemas
+from .shared import ErrorResponse
 
 DESCRIPTION = """\
 Anomaly detection for brake-disc inspection ROIs: DINOv2 ViT-S/14 patch features + PatchCore.
@@ -52,6 +55,10 @@ in the answers of the old routes too; other clients get exactly the old keys.
 
 This document is at `/openapi.json` and `/schema/openapi.json`; a viewer is at `/docs`.
 """
+
+SCHEMA_MODULES = (shared, inspection_schemas, datasets_schemas, records_schemas)
+"""Where the component schemas' classes are defined: ``finish_document`` takes their docstrings and examples from
+there. A new domain with schemas adds its module."""
 
 VIEWER_ASSETS = "/docs/assets"
 VIEWER = SwaggerRenderPlugin(
@@ -143,8 +150,10 @@ def finish_document(openapi: OpenAPI) -> None:
                     if media_type != "application/json" and not media_type.startswith("text/") \
                             and isinstance(content.schema, Schema):
                         content.schema.format = OpenAPIFormat.BINARY
+    models = {name: model for module in SCHEMA_MODULES for name, model in vars(module).items()
+              if isinstance(model, type) and model.__module__ == module.__name__}
     for name, schema in (openapi.components.schemas or {}).items():
-        model = getattr(schemas, name, None)
+        model = models.get(name)
         if model is None:
             continue
         if model.__doc__:

@@ -29,7 +29,7 @@ from filelock import FileLock
 
 from service.web import create_app
 from service.web.openapi import openapi_30
-from service.web.schemas import ErrorResponse
+from service.web.shared import ErrorResponse
 from tests.support import FullDisk, decode_png, fit, make_settings, png_bytes, registry_down, synthetic_roi
 
 SNAPSHOT = Path(__file__).resolve().parents[2] / "openapi.json"

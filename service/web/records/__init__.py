@@ -1,0 +1,1 @@
+"""The inspection records: every answered /infer, read back through /inspections*."""

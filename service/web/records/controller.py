@@ -1,0 +1,159 @@
+"""Read-only routes of the inspection records (GET /inspections...). Like every route but /health they need the
+API key when BDI_API_KEY is set."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import re
+from typing import Annotated, Any, Literal
+
+from litestar import Controller, Response, get
+from litestar.di import NamedDependency
+from litestar.exceptions import ValidationException
+from litestar.openapi import ResponseSpec
+from litestar.params import Parameter
+
+from ...inspection import MAX_PAGE, InspectionService
+from ...storage import RecordFilter
+from ..openapi import error_responses
+from ..shared import ID_SCHEMA, IDS_400, as_schema, off_loop
+from .schemas import InspectionItem, InspectionPage
+
+_ID_FILTER = "Only the records of this {}."
+_RECORD_400 = "`inspection_id` is not a record id (32 hexadecimal digits)."
+_RECORD_404 = "No inspection record has this id (never made, or deleted past BDI_RECORD_RETENTION_DAYS)."
+_FILE_404 = (f"{_RECORD_404} Or the record exists but its {{}} was not kept: BDI_RECORD_IMAGES (`none`, `ng` or "
+             "`all`) decides which inspections keep their image and heatmap, and the oldest are deleted past "
+             "BDI_RECORD_MAX_MB.")
+
+
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})?")
+
+
+def _id_filter(what: str) -> Any:
+    return Parameter(description=_ID_FILTER.format(what), required=False, schema_extra=ID_SCHEMA)
+
+
+def _time_filter(when: str) -> Any:
+    return Parameter(description=f"Only records made {when} this time: RFC 3339 (`2026-12-01T08:00:00Z`; without an "
+                     "offset, UTC).", required=False, schema_extra={"format": "date-time"})
+
+
+def _moment(name: str, text: str | None) -> dt.datetime | None:
+    """An RFC 3339 time (a 422 naming the parameter otherwise: numbers are not taken as Unix times)."""
+    if text is None:
+        return None
+    if _TIME.fullmatch(text):
+        with contextlib.suppress(ValueError):  # e.g. month 13
+            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment
+    raise ValidationException("Invalid query parameters", extra=[
+        {"key": name, "message": "Expected an RFC 3339 time such as 2026-12-01T08:00:00Z", "source": "query"}
+    ])
+
+
+_RECORD_ID = Parameter(description="Id of the record (`id` in GET /inspections).")
+
+
+async def _file(service: InspectionService, inspection_id: str, kind: str) -> Response[bytes]:
+    data, media_type = await off_loop(service.inspection_file, inspection_id, kind)
+    return Response(data, media_type=media_type)
+
+
+class RecordsController(Controller):
+    """List the records, read one, and fetch its kept image and heatmap."""
+
+    @get(
+        "/inspections",
+        operation_id="list_inspections",
+        summary="Inspection records",
+        description="Every answered /infer is recorded: what judged what (model version, calibration, threshold), "
+        "with what result, when and for whom. Newest first, filtered by the query; keyset pages: pass `next_cursor` "
+        "back as `cursor` (a row is never listed twice or skipped, whatever is recorded meanwhile). Records reach "
+        "this list through a background writer, a moment after the /infer answer.",
+        response_description="One page of records.",
+        responses=error_responses({
+            400: f"{IDS_400.replace('`role_id` or `roi_id`', 'A filter id')} Or `limit` is outside 1..{MAX_PAGE}, or "
+            "`cursor` is not a next_cursor of this service.",
+            422: "`limit` is not an integer, `since`/`until` are not RFC 3339 times or `decision` is not ok, ng or none.",
+            503: None,
+        }),
+    )
+    async def list_inspections(
+        self,
+        service: NamedDependency[InspectionService],
+        role_id: Annotated[str | None, _id_filter("role")] = None,
+        roi_id: Annotated[str | None, _id_filter("ROI")] = None,
+        recipe_id: Annotated[str | None, _id_filter("recipe (`default` outside recipes)")] = None,
+        decision: Annotated[
+            Literal["ok", "ng", "none"] | None,
+            Parameter(description="Only this decision; `none`: the uncalibrated inspections.", required=False),
+        ] = None,
+        since: Annotated[str | None, _time_filter("at or after")] = None,
+        until: Annotated[str | None, _time_filter("before")] = None,
+        part_id: Annotated[str | None, _id_filter("part (the `part_id` field or X-Part-Id header of /infer)")] = None,
+        limit: Annotated[int, Parameter(description=f"Records per page, 1 to {MAX_PAGE}.", required=False,
+                                        schema_extra={"minimum": 1, "maximum": MAX_PAGE})] = 100,
+        cursor: Annotated[str | None, Parameter(description="`next_cursor` of the previous page.", required=False)] = None,
+    ) -> InspectionPage:
+        where = RecordFilter(recipe_id=recipe_id, role_id=role_id, roi_id=roi_id, decision=decision,
+                             since=_moment("since", since), until=_moment("until", until), part_id=part_id)
+        return as_schema(InspectionPage, await off_loop(service.inspections, where, limit, cursor))
+
+    @get(
+        "/inspections/{inspection_id:str}",
+        operation_id="get_inspection",
+        summary="One inspection record",
+        description="The record of one answered /infer, as GET /inspections lists it.",
+        response_description="The record.",
+        responses=error_responses({400: _RECORD_400, 404: _RECORD_404, 503: None}),
+    )
+    async def get_inspection(
+        self,
+        service: NamedDependency[InspectionService], inspection_id: Annotated[str, _RECORD_ID]
+    ) -> InspectionItem:
+        record = await off_loop(service.inspection, inspection_id)
+        return as_schema(InspectionItem, record.as_dict())
+
+    @get(
+        "/inspections/{inspection_id:str}/image",
+        operation_id="get_inspection_image",
+        summary="The image of an inspection",
+        description="The uploaded image exactly as it was sent (its sha256 is the record's `image_sha256`), when it was "
+        "kept. The answer's `Content-Type` is the image's (`image/png`, `image/jpeg`, `image/bmp`, `image/tiff`); the "
+        "document says `application/octet-stream`, which every client generator reads as a file.",
+        response_description="The uploaded bytes.",
+        media_type="application/octet-stream",
+        responses={
+            200: ResponseSpec(data_container=bytes, description="The uploaded bytes.",
+                              media_type="application/octet-stream", generate_examples=False),
+            **error_responses({400: _RECORD_400, 404: _FILE_404.format("image"), 503: None}),
+        },
+    )
+    async def get_inspection_image(
+        self,
+        service: NamedDependency[InspectionService], inspection_id: Annotated[str, _RECORD_ID]
+    ) -> Response[bytes]:
+        return await _file(service, inspection_id, "image")
+
+    @get(
+        "/inspections/{inspection_id:str}/heatmap",
+        operation_id="get_inspection_heatmap",
+        summary="The heatmap of an inspection",
+        description="The heatmap PNG /infer answered (8-bit greyscale, the image's size), when it was kept. The "
+        "answer's `Content-Type` is `image/png`; the document says `application/octet-stream`, which every client "
+        "generator reads as a file.",
+        response_description="The heatmap PNG.",
+        media_type="application/octet-stream",
+        responses={
+            200: ResponseSpec(data_container=bytes, description="The heatmap PNG.",
+                              media_type="application/octet-stream", generate_examples=False),
+            **error_responses({400: _RECORD_400, 404: _FILE_404.format("heatmap"), 503: None}),
+        },
+    )
+    async def get_inspection_heatmap(
+        self,
+        service: NamedDependency[InspectionService], inspection_id: Annotated[str, _RECORD_ID]
+    ) -> Response[bytes]:
+        return await _file(service, inspection_id, "heatmap")

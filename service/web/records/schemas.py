@@ -1,0 +1,89 @@
+"""Response bodies of the inspection records (GET /inspections...)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar
+
+import msgspec
+from msgspec import Meta
+
+from ..shared import Decision
+
+
+class InspectionItem(msgspec.Struct):
+    """One answered /infer as recorded: what judged what, when, for whom (audit data)."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "id": "0b6f3c8e9d7a4f21a5c3e8b1d2f4a6c9",
+        "created_at": "2026-12-01T08:15:02.123456Z",
+        "recipe_id": "default",
+        "role_id": "Master1",
+        "roi_id": "inspection-1",
+        "version": 3,
+        "memory_sha256": "9f2c4e1a" + "0" * 56,
+        "model": "vit_small_patch14_dinov2.lvd142m",
+        "weights_sha256": "5d1e7b3c" + "0" * 56,
+        "calibration_id": "7c2e9a4b1f3d4e8a9b0c1d2e3f4a5b6c",
+        "score": 0.52,
+        "threshold": 0.4676,
+        "decision": "ng",
+        "score_percentile": 99,
+        "n_regions": 1,
+        "largest_area_mm2": 20.72,
+        "total_area_mm2": 20.72,
+        "image_width": 300,
+        "image_height": 270,
+        "image_sha256": "1e4a7c9f" + "0" * 56,
+        "shape_kind": "annulus",
+        "mm_per_px": 0.2,
+        "correlation_id": "3f9c2a7e5b1d4c8f9a0e6b2d7c4f1a85",
+        "client": "10.0.0.17:53412",
+        "part_id": "DMC-2026-000123",
+        "source": "api",
+        "load_ms": 3.1,
+        "forward_ms": 452.7,
+        "total_ms": 489.0,
+        "image_kept": True,
+    }
+
+    id: Annotated[str, Meta(description="Id of the record (32 hex digits).")]
+    created_at: Annotated[str, Meta(description="When the answer was made, ISO 8601 UTC with microseconds.")]
+    recipe_id: Annotated[str, Meta(description="Recipe of the model (`default` outside recipes).")]
+    role_id: str
+    roi_id: str
+    version: Annotated[int, Meta(description="Memory version that judged.")]
+    memory_sha256: Annotated[str, Meta(description="sha256 of that version's memory.npz.")]
+    model: Annotated[str, Meta(description="Backbone.")]
+    weights_sha256: Annotated[str | None, Meta(description="sha256 of the backbone weights.")]
+    calibration_id: Annotated[str | None, Meta(description="Id of the calibration that set the threshold (its "
+                                               "history entry); null when uncalibrated.")]
+    score: float
+    threshold: Annotated[float | None, Meta(description="Null when uncalibrated.")]
+    decision: Annotated[Decision | None, Meta(description="As answered; null when uncalibrated.")]
+    score_percentile: Annotated[int, Meta(description="Percentile of the anomaly map the score is.")]
+    n_regions: int
+    largest_area_mm2: Annotated[float, Meta(description="Area of the largest region; 0 without regions.")]
+    total_area_mm2: Annotated[float, Meta(description="Sum of the regions' areas.")]
+    image_width: int
+    image_height: int
+    image_sha256: Annotated[str, Meta(description="sha256 of the uploaded file's bytes.")]
+    shape_kind: Annotated[str | None, Meta(description="`rect`, `circle`, `annulus`; null: no shape (whole image).")]
+    mm_per_px: float
+    correlation_id: Annotated[str | None, Meta(description="The request's X-Correlation-Id (or the id made for it).")]
+    client: Annotated[str | None, Meta(description="Address:port the request came from.")]
+    part_id: Annotated[str | None, Meta(description="The request's `part_id` field or X-Part-Id header.")]
+    source: Annotated[str, Meta(description="`api` (/infer) or `cli` (`bdi calibrate`/`bdi eval` with --record).")]
+    load_ms: Annotated[float, Meta(description="Registry check, decoding and memory lookup, in ms.")]
+    forward_ms: Annotated[float, Meta(description="Waiting for and running the backbone forward, in ms.")]
+    total_ms: Annotated[float, Meta(description="The whole inspection in the service, in ms.")]
+    image_kept: Annotated[bool, Meta(description="The upload and heatmap are kept (`/inspections/{id}/image`, "
+                                     "`/heatmap`); see BDI_RECORD_IMAGES.")]
+
+
+class InspectionPage(msgspec.Struct):
+    """One page of inspection records, newest first. Pass `next_cursor` back as `cursor` for the next page."""
+
+    example: ClassVar[dict[str, Any]] = {"items": [InspectionItem.example], "next_cursor": "MjAyNi0xMi0wMVQwOD..."}
+
+    items: list[InspectionItem]
+    next_cursor: Annotated[str | None, Meta(description="Cursor of the next page; null on the last page.")]
