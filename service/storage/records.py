@@ -11,8 +11,10 @@ or prune raises, the thread goes on with the next, so the writer resumes by itse
 again or the database is back.
 
 Images: ``<models_dir>/@records/YYYY/MM/DD/<id>.<png|jpg|bmp|tif>`` (the uploaded bytes, so their sha256
-is the record's ``image_sha256``) and ``<id>.heatmap.png``. Reads page newest first on the keyset
-(created_at, id): a row is never returned twice or skipped, whatever arrives meanwhile.
+is the record's ``image_sha256``) and ``<id>.heatmap.png``, fsynced before their record commits. Reads page
+newest first on the keyset (created_at, id): a row is never returned twice. But a record is stamped when it is
+answered and inserted later, so one stamped before a page was read can arrive after it: to follow new records
+without missing one, use ``RecordStore.follow`` (by write sequence ``seq``, increasing in commit order).
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ from sqlalchemy import Engine, and_, delete, func, insert, or_, select, true, up
 
 from ..errors import BadRequest, InsufficientStorage
 from ..metrics import Metrics
-from .files import RECORDS_DIR
-from .registry.engine import unavailable_as_503
-from .registry.tables import InspectionRow
+from .files import RECORDS_DIR, _fsync_dir, write_durably
+from .registry.engine import hold_for_transaction, unavailable_as_503
+from .registry.tables import InspectionRow, InspectionSequence
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ CLOSE_TIMEOUT_S = 10.0
 _LOG_EVERY_S = 10.0
 _FAILURE_LOG_EVERY_S = 60.0
 _TABLE = InspectionRow.__table__
+_SEQUENCE = InspectionSequence.__table__
+PRUNE_LOCK = "records-prune"
 PARTIAL = ".partial"
 """Suffix of a kept image while it is written (then renamed): not the model store's temp prefix, whose
 leftovers mean an interrupted model write; a crash's leftovers go with their day folder past the retention."""
@@ -104,6 +108,7 @@ class InspectionRecord:
     image_path: str | None = None
     heatmap_path: str | None = None
     image_bytes: int | None = None
+    seq: int | None = None  # given at insert
 
     @classmethod
     def from_row(cls, row: Any) -> InspectionRecord:
@@ -123,7 +128,9 @@ class InspectionRecord:
 
 
 FIELDS = [field.name for field in dataclasses.fields(InspectionRecord)]
-PUBLIC_FIELDS = [name for name in FIELDS if name not in ("image_path", "heatmap_path", "image_bytes")] + ["image_kept"]
+PUBLIC_FIELDS = [
+    name for name in FIELDS if name not in ("image_path", "heatmap_path", "image_bytes", "seq")
+] + ["image_kept"]
 """The record as the API, ``bdi inspections`` and the exports show it: the kept files only as ``image_kept``."""
 
 
@@ -195,8 +202,16 @@ class RecordStore:
 
     # ---- writes -------------------------------------------------------------------------------
     def insert(self, records: list[InspectionRecord]) -> None:
+        """One transaction, numbered from ``inspection_sequence`` in it: the counter's row lock (PostgreSQL) or
+        the write lock (SQLite) is held from the numbering to the commit, so records commit in ``seq`` order."""
+        if not records:
+            return
         with self._writer.begin() as connection:
-            connection.execute(insert(_TABLE), [record.row() for record in records])
+            last = connection.execute(
+                update(_SEQUENCE).values(last_seq=_SEQUENCE.c.last_seq + len(records)).returning(_SEQUENCE.c.last_seq)
+            ).scalar_one()
+            first = last - len(records) + 1
+            connection.execute(insert(_TABLE), [{**record.row(), "seq": first + n} for n, record in enumerate(records)])
 
     def keep_files(self, record: InspectionRecord, image: bytes, heatmap: bytes | None) -> InspectionRecord:
         """Write the upload (and heatmap) beside the models, each as temp file + rename; the record then
@@ -211,11 +226,13 @@ class RecordStore:
             for name, data in files:
                 tmp = day / f"{name}{PARTIAL}"
                 try:
-                    tmp.write_bytes(data)
+                    with open(tmp, "wb") as handle:
+                        write_durably(handle, data)
                     os.replace(tmp, day / name)
                 finally:
                     tmp.unlink(missing_ok=True)
                 written.append(day / name)
+            _fsync_dir(day)  # the names too: a record never commits pointing to a file a power cut loses
         except OSError:
             for path in written:
                 path.unlink(missing_ok=True)
@@ -267,6 +284,23 @@ class RecordStore:
         with unavailable_as_503(self.engine), self.engine.connect() as connection:
             return [InspectionRecord.from_row(row) for row in connection.execute(query)]
 
+    def follow(self, where: RecordFilter, after_seq: int, limit: int) -> tuple[list[InspectionRecord], int]:
+        """The records matching ``where`` written after sequence number ``after_seq`` (0: from the first), oldest
+        write first, at most ``limit``; and the ``after_seq`` to ask with next. None is ever skipped, however late
+        it was written: records commit in ``seq`` order, so every ``seq`` up to the committed counter read first is
+        visible to the query that follows it. Pruned records are gone from it as from every read."""
+        if after_seq < 0:
+            raise BadRequest(f"after_seq must be 0 or a sequence number this service returned, not {after_seq}.")
+        c = _TABLE.c
+        with unavailable_as_503(self.engine), self.engine.connect() as connection:
+            committed = int(connection.execute(select(_SEQUENCE.c.last_seq)).scalar_one())
+            query = (select(_TABLE).where(and_(true(), *where.clauses(), c.seq > after_seq, c.seq <= committed))
+                     .order_by(c.seq).limit(limit))
+            rows = [InspectionRecord.from_row(row) for row in connection.execute(query)]
+        if len(rows) == limit:
+            return rows, int(rows[-1].seq or after_seq)
+        return rows, max(after_seq, committed)
+
     def count(self, where: RecordFilter) -> int:
         with unavailable_as_503(self.engine), self.engine.connect() as connection:
             query = select(func.count()).select_from(_TABLE).where(and_(true(), *where.clauses()))
@@ -292,6 +326,7 @@ class RecordStore:
             cutoff = now - dt.timedelta(days=retention_days)
             while True:
                 with self._writer.begin() as connection:
+                    hold_for_transaction(connection, PRUNE_LOCK)
                     old = connection.execute(
                         select(c.id, c.image_path, c.heatmap_path).where(c.created_at < cutoff)
                         .order_by(c.created_at, c.id).limit(BATCH_SIZE)
@@ -305,10 +340,14 @@ class RecordStore:
                 if len(old) < BATCH_SIZE:
                     break
             self._remove_days_before(cutoff.date())
-        with self.engine.connect() as connection:
-            total = int(connection.execute(select(func.coalesce(func.sum(c.image_bytes), 0))).scalar_one())
-        while total > max_bytes:
+        while True:
             with self._writer.begin() as connection:
+                # The excess is read and removed in one transaction that excludes other prunes (other workers or
+                # hosts): each one sees what the previous removed, so overlapping prunes remove it once.
+                hold_for_transaction(connection, PRUNE_LOCK)
+                total = int(connection.execute(select(func.coalesce(func.sum(c.image_bytes), 0))).scalar_one())
+                if total <= max_bytes:
+                    break
                 kept = connection.execute(
                     select(c.id, c.image_path, c.heatmap_path, c.image_bytes).where(c.image_bytes.is_not(None))
                     .order_by(c.created_at, c.id).limit(BATCH_SIZE)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import inspect, text
+from sqlalchemy import column, insert, inspect, table, text
 
-from service.storage import Registry
+from service.storage import RecordStore, Registry
+from service.storage.records import FIELDS, RecordFilter
 from service.storage.registry.database import migrations_dir
-from tests.support import both_registries
+from tests.support import both_registries, make_record
+
+NOW = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.timezone.utc)
 
 APPEND_COLUMNS = {"parent_version", "ancestors", "covering_radius"}
 
@@ -63,4 +68,29 @@ def test_0005_holds_memory_files_over_2_gib(tmp_path, database_url):
     with registry.engine.connect() as connection:
         row = connection.execute(text("SELECT memory_bytes, index_bytes FROM memory_versions")).one()
     assert tuple(row) == (size, size)
+    registry.dispose()
+
+
+@both_registries
+def test_0006_numbers_the_existing_records_in_time_order_and_continues_after_them(tmp_path, database_url):
+    registry = Registry(database_url or f"sqlite:///{tmp_path / 'registry.sqlite3'}", tmp_path / ".registry.lock")
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["engine"] = registry.engine
+    command.upgrade(config, "0005")
+    stamps = [NOW + dt.timedelta(seconds=s) for s in (30, 10, 20)]  # inserted out of time order
+    with registry.engine.begin() as connection:
+        connection.execute(insert(table("inspections", *[column(name) for name in FIELDS if name != "seq"])), [{name: value for name, value in make_record(stamp, id=f"r{n}").row().items() if name != "seq"}
+             for n, stamp in enumerate(stamps)])
+
+    registry.upgrade()
+    store = RecordStore(registry.engine, tmp_path)
+    seen, after = store.follow(RecordFilter(), 0, 10)
+    assert [(record.id, record.seq) for record in seen] == [("r1", 1), ("r2", 2), ("r0", 3)] and after == 3
+    store.insert([make_record(NOW, id="new")])
+    assert [(record.id, record.seq) for record in store.follow(RecordFilter(), after, 10)[0]] == [("new", 4)]
+
+    command.downgrade(config, "0005")
+    assert "seq" not in {column["name"] for column in inspect(registry.engine).get_columns("inspections")}
+    assert "inspection_sequence" not in inspect(registry.engine).get_table_names()
     registry.dispose()

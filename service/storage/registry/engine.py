@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -25,6 +25,8 @@ from ...errors import InsufficientStorage, RegistryUnavailable
 from ..locks import FileLocks, Locks
 
 logger = logging.getLogger(__name__)
+
+DISK_FULL_SQLSTATE = "53100"
 
 
 def is_sqlite(url: str) -> bool:
@@ -36,17 +38,35 @@ def make_engine(url: str, connect_timeout: int = 5, statement_timeout: float | N
     (migrations and lock waits may take long)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
-        connect_args: dict[str, Any] = {
-            "connect_timeout": max(2, int(connect_timeout)),  # libpq's minimum
-            # A server that vanished without closing the socket is noticed in about 5 + 3 x 2 s.
-            "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
-        }
-        if statement_timeout is not None:
-            connect_args["options"] = f"-c statement_timeout={max(1, round(statement_timeout * 1000))}"
-        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        engine = create_engine(url, pool_pre_ping=True, connect_args=_postgresql_args(connect_timeout, statement_timeout))
+        server = f"the database server {parsed.host or 'localhost'}:{parsed.port or 5432}"
+
+        @event.listens_for(engine, "handle_error")
+        def _on_server_error(context: Any) -> None:
+            # 53100 disk_full: the server could not extend a file; a 507 as SQLite's full disk, not a 503.
+            if getattr(getattr(context.original_exception, "diag", None), "sqlstate", None) == DISK_FULL_SQLSTATE:
+                raise InsufficientStorage(f"the registry {parsed.database}", Path(server)) from (
+                    context.original_exception
+                )
+
+        return engine
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
-    database = parsed.database or ""
+    return _sqlite_engine(url, parsed.database or "")
+
+
+def _postgresql_args(connect_timeout: int, statement_timeout: float | None) -> dict[str, Any]:
+    connect_args: dict[str, Any] = {
+        "connect_timeout": max(2, int(connect_timeout)),  # libpq's minimum
+        # A server that vanished without closing the socket is noticed in about 5 + 3 x 2 s.
+        "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+    }
+    if statement_timeout is not None:
+        connect_args["options"] = f"-c statement_timeout={max(1, round(statement_timeout * 1000))}"
+    return connect_args
+
+
+def _sqlite_engine(url: str, database: str) -> Engine:
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -97,6 +117,14 @@ def unavailable_as_503(engine: Engine) -> Iterator[None]:
 def _reason(exc: DBAPIError) -> str:
     lines = str(exc.orig or exc).strip().splitlines()
     return lines[0].rstrip(".") if lines else type(exc.orig or exc).__name__
+
+
+def hold_for_transaction(connection: Connection, key: str) -> None:
+    """Make the rest of this write transaction exclusive among those that hold ``key``, on every host: a
+    transaction-level advisory lock on PostgreSQL (released at commit or rollback, so it can't outlive the
+    transaction); nothing on SQLite, whose writers (``BEGIN IMMEDIATE``) hold the database's write lock already."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_number(key)})
 
 
 def lock_number(key: str) -> int:

@@ -114,6 +114,7 @@ class InspectionRow(Base):
         Index("ix_inspections_model_time", "role_id", "roi_id", "created_at", "id"),
         Index("ix_inspections_time", "created_at", "id"),
         Index("ix_inspections_part_id", "part_id"),
+        Index("ix_inspections_seq", "seq", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -148,3 +149,16 @@ class InspectionRow(Base):
     image_path: Mapped[str | None] = mapped_column(String(200), doc="kept upload, relative to the models dir")
     heatmap_path: Mapped[str | None] = mapped_column(String(200))
     image_bytes: Mapped[int | None] = mapped_column(Integer, doc="bytes of the kept upload and heatmap together")
+    seq: Mapped[int] = mapped_column(
+        BigInteger, doc="write sequence: taken at insert, increasing in commit order (following new records)"
+    )
+
+
+class InspectionSequence(Base):
+    """The last write sequence number given to an inspection record (one row). Its row lock (PostgreSQL) or
+    the write lock (SQLite) is held from numbering to commit, so records commit in sequence order."""
+
+    __tablename__ = "inspection_sequence"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
