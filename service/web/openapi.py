@@ -15,7 +15,7 @@ from litestar import Request, Response, Router, get
 from litestar.datastructures import ResponseHeader
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Example, OpenAPI, OpenAPIFormat, Schema
+from litestar.openapi.spec import Example, OpenAPI, OpenAPIFormat, Schema, Tag
 from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
 
@@ -55,6 +55,17 @@ in the answers of the old routes too; other clients get exactly the old keys.
 
 This document is at `/openapi.json` and `/schema/openapi.json`; a viewer is at `/docs`.
 """
+
+TAGS = [
+    Tag(name="inspection", description="The inspection API both GUIs use (CONTRACT.md): what runs, fitting a ROI from "
+        "OK images, calibrating its threshold, inspecting an image and a model's state."),
+    Tag(name="datasets", description="The newer GUI's samples, kept by the service per recipe (CONTRACT-GUI2.md): "
+        "upload, list, read and delete them, and calibrate from them."),
+    Tag(name="records", description="The record of every answered /infer, with its image and heatmap when kept."),
+    Tag(name="monitoring", description="The running service's metrics, in Prometheus text format."),
+]
+"""One tag per domain of the web layer (its Controller's ``tags``), in the order of the document; generated clients
+group their operations by tag (openapi-python-client: ``bdi_client.api.<tag>``)."""
 
 SCHEMA_MODULES = (shared, inspection_schemas, datasets_schemas, records_schemas)
 """Where the component schemas' classes are defined: ``finish_document`` takes their docstrings and examples from
@@ -234,6 +245,7 @@ def openapi_config(version: str) -> OpenAPIConfig:
         title="Brake-disc inspection service",
         version=version,
         description=DESCRIPTION,
+        tags=TAGS,
         render_plugins=[VIEWER, JsonRenderPlugin()],
         openapi_router=Router("/schema", route_handlers=[], include_in_schema=False, after_request=_json_not_found),
     )

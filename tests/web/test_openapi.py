@@ -393,7 +393,7 @@ def generated_client(live_server: str, tmp_path: Path) -> Iterator[Any]:
 
 
 def test_generated_python_client_runs_the_gui_flow(generated_client, live_server):
-    from bdi_client.api.default import (
+    from bdi_client.api.inspection import (
         calibrate_ng_calibrate_ng_post,
         fit_ok_fit_ok_post,
         health_health_get,

@@ -93,6 +93,8 @@ _UPLOAD_DESCRIPTION = (
 class DatasetsController(Controller):
     """Upload, list, read and delete a recipe's samples; calibrate from them."""
 
+    tags = ["datasets"]
+
     @post(
         "/datasets/ok/upload",
         status_code=200,

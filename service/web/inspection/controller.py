@@ -76,6 +76,8 @@ _ModelKeyQuery = Annotated[str | None, Parameter(description="Accepted (the newe
 class InspectionController(Controller):
     """The five routes of CONTRACT.md."""
 
+    tags = ["inspection"]
+
     @get(
         "/health",
         operation_id="health_health_get",

@@ -14,6 +14,8 @@ from ..shared import off_loop
 class MonitoringController(Controller):
     """The service's metrics in Prometheus text format."""
 
+    tags = ["monitoring"]
+
     @get(
         "/metrics",
         operation_id="metrics",

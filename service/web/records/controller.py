@@ -64,6 +64,8 @@ async def _file(service: InspectionService, inspection_id: str, kind: str) -> Re
 class RecordsController(Controller):
     """List the records, read one, and fetch its kept image and heatmap."""
 
+    tags = ["records"]
+
     @get(
         "/inspections",
         operation_id="list_inspections",
