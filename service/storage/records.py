@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, or_, select, true, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, true, update
 
 from ..errors import BadRequest, InsufficientStorage
 from ..metrics import Metrics
@@ -340,12 +340,15 @@ class RecordStore:
                 if len(old) < BATCH_SIZE:
                     break
             self._remove_days_before(cutoff.date())
+        with self.engine.connect() as connection:  # a plain read first: no write lock taken while under the limit
+            if self._kept_bytes(connection) <= max_bytes:
+                return rows_deleted, images_deleted
         while True:
             with self._writer.begin() as connection:
                 # The excess is read and removed in one transaction that excludes other prunes (other workers or
                 # hosts): each one sees what the previous removed, so overlapping prunes remove it once.
                 hold_for_transaction(connection, PRUNE_LOCK)
-                total = int(connection.execute(select(func.coalesce(func.sum(c.image_bytes), 0))).scalar_one())
+                total = self._kept_bytes(connection)
                 if total <= max_bytes:
                     break
                 kept = connection.execute(
@@ -369,6 +372,10 @@ class RecordStore:
             if not dropped:
                 break
         return rows_deleted, images_deleted
+
+    @staticmethod
+    def _kept_bytes(connection: Connection) -> int:
+        return int(connection.execute(select(func.coalesce(func.sum(_TABLE.c.image_bytes), 0))).scalar_one())
 
     def _remove_days_before(self, day: dt.date) -> None:
         """Day folders past the retention, with anything a crash left in them; then the month and year folders
