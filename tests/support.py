@@ -139,6 +139,7 @@ def registry_down(client: TestClient[Any]) -> TestClient[Any]:
                                 service.settings.models_dir)
     service.store.locks = service.registry.locks
     service.records = RecordStore(service.registry.engine, service.settings.models_dir)
+    service.wire()
     return client
 
 

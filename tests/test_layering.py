@@ -16,9 +16,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "service"
 SHARED = {"__init__", "settings", "errors", "logs", "metrics", "validation", "lazy"}
-# "inspection" is the web layer's temporary re-export of core (service/inspection.py): just above core, so it
-# may import core and web may import it; it goes when the web layer imports service.core itself.
-LEVELS = {"shared": 0, "pipeline": 1, "storage": 2, "core": 3, "inspection": 3.5, "web": 4, "quality": 4, "cli": 5}
+LEVELS = {"shared": 0, "pipeline": 1, "storage": 2, "core": 3, "web": 4, "quality": 4, "cli": 5}
 OWNERS = {"litestar": "web", "multipart": "web", "click": "cli", "rich": "cli"}
 
 
@@ -89,9 +87,45 @@ def test_the_check_sees_violations(tmp_path):
     source = tmp_path / "features.py"
     source.write_text("from ..storage import ModelStore\nimport litestar\n", encoding="utf-8")
     assert [problem.split(":")[0] for problem in violations("service.pipeline.features", source)] == ["line 1", "line 2"]
-    sideways = tmp_path / "routes.py"
-    sideways.write_text("def handler():\n    from ..quality import evaluate\n", encoding="utf-8")
-    assert violations("service.web.routes", sideways) == [
+    sideways = tmp_path / "controller.py"
+    sideways.write_text("def handler():\n    from ...quality import evaluate\n", encoding="utf-8")
+    assert violations("service.web.records.controller", sideways) == [
         "line 2: web imports service.quality (quality is not below web)"
     ]
     assert violations("service.cli.fitting", sideways) == []
+
+
+def domain_violations(module: str, path: Path) -> list[str]:
+    """Inside a wing, parts stay apart: a web domain (``service/web/<domain>/``) imports only its own domain and
+    web's top-level modules, never another domain's controller or schemas; a core part never imports the
+    facade (``service.core.service`` wires the parts together, not the other way round)."""
+    parts = module.split(".")
+    problems = []
+    for line, target in imports(module, path):
+        target_parts = target.split(".")
+        if parts[:2] == ["service", "web"] and len(parts) > 3 and target_parts[:2] == ["service", "web"]:
+            own = parts[2]
+            if len(target_parts) > 2 and (PACKAGE / "web" / target_parts[2]).is_dir() and target_parts[2] != own:
+                problems.append(f"line {line}: web domain {own} imports {target} (another domain)")
+        if parts[:2] == ["service", "core"] and len(parts) > 2 and parts[-1] != "service" and target == "service.core.service":
+            problems.append(f"line {line}: core part {module} imports the facade")
+    return problems
+
+
+@pytest.mark.parametrize("module,path", modules(), ids=[module for module, _ in modules()])
+def test_parts_of_a_wing_stay_apart(module, path):
+    problems = domain_violations(module, path)
+    assert not problems, f"{path.relative_to(PACKAGE.parent)}:\n" + "\n".join(problems)
+
+
+def test_the_domain_check_sees_violations(tmp_path):
+    source = tmp_path / "controller.py"
+    source.write_text("from ..inspection.schemas import InferResponse\nfrom ..shared import off_loop\n", encoding="utf-8")
+    assert domain_violations("service.web.records.controller", source) == [
+        "line 1: web domain records imports service.web.inspection.schemas (another domain)"
+    ]
+    facade = tmp_path / "training.py"
+    facade.write_text("from .service import InspectionService\n", encoding="utf-8")
+    assert domain_violations("service.core.training", facade) == [
+        "line 1: core part service.core.training imports the facade"
+    ]

@@ -91,10 +91,13 @@ class InspectionService:
             self.records, self.metrics, settings.record_queue_size, int(settings.record_max_mb * 1024 * 1024),
             settings.record_retention_days,
         )
-        self._build_parts(DatasetStore(self.store))
+        self.wire()
 
-    def _build_parts(self, samples: DatasetStore) -> None:
+    def wire(self) -> None:
+        """Build the parts on the current shared resources; called again after one of them is replaced
+        (a test puts the service on a registry that is down), so no part keeps the old one."""
         settings, extractor, store, registry = self.settings, self.extractor, self.store, self.registry
+        samples = DatasetStore(store)
         memories = ActiveMemories(self.cache, store, registry, extractor, self.metrics)
         self.status = ModelStatus(settings, extractor, store, registry, self.batcher)
         self.training = Training(settings, extractor, store, registry, samples, memories, self.status, self.metrics)
@@ -104,7 +107,6 @@ class InspectionService:
                                        self.inspector)
         self.datasets = DatasetSamples(settings, samples, registry)
         self.record_reader = RecordReader(settings, self.records)
-
 
     def start(self) -> None:
         """Migrate the registry, clean what killed writes left, import what earlier backends wrote, and

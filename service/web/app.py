@@ -8,7 +8,7 @@ from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 
 from .. import __version__
-from ..inspection import InspectionService
+from ..core import InspectionService
 from ..logs import configure_logging
 from ..settings import Settings
 from .datasets.controller import DatasetsController

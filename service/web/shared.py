@@ -28,7 +28,7 @@ from msgspec import Meta
 from multipart import ParserLimitReached
 
 from ..errors import BadRequest, PayloadTooLarge
-from ..inspection import RequestContext
+from ..core import RequestContext
 from ..logs import correlation_id
 from ..validation import MAX_ID_LENGTH, MAX_MM_PER_PX, RECIPE_PATTERN, normalize_recipe
 

@@ -12,7 +12,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import Body, JSONBody, Parameter
 
 from ...errors import BadRequest
-from ...inspection import InspectionService, Upload
+from ...core import InspectionService, Upload
 from ...logs import correlation_id
 from ..openapi import error_responses
 from ..shared import (

@@ -18,7 +18,7 @@ from litestar.exceptions import ValidationException
 from litestar.params import Body, HeaderParameter, JSONBody, Parameter
 
 from ...errors import BadRequest
-from ...inspection import InspectionService, Upload
+from ...core import InspectionService, Upload
 from ...logs import correlation_id
 from ..openapi import error_responses
 from ..shared import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 
-from ...inspection import InspectionService
+from ...core import InspectionService
 from ..openapi import error_responses
 from ..shared import off_loop
 

@@ -14,7 +14,7 @@ from litestar.exceptions import ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
-from ...inspection import MAX_PAGE, InspectionService
+from ...core import MAX_PAGE, InspectionService
 from ...storage import RecordFilter
 from ..openapi import error_responses
 from ..shared import ID_SCHEMA, IDS_400, as_schema, off_loop
