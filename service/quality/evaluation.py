@@ -196,6 +196,44 @@ def evaluate(
                          "(or --include-fitted)")
     out_dir = Path(out_dir)
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    results, levels, threshold = _score_all(
+        service, role_id, roi_id, scored, fitted, mm_per_px, progress, recipe_id, context or RequestContext()
+    )
+    scale = HeatScale.for_report([r.low for r in results], [r.high for r in results], threshold)
+    for scored_sample in results:
+        _write_png(out_dir / scored_sample.item["overlay"],
+                   _overlay(service, scored_sample, None if overlay_scale == "image" else scale))
+    items = [r.item for r in results]
+
+    def scores(label: str, was_fitted: bool) -> list[float]:
+        return [i["score"] for i in items if i["label"] == label and i["fitted"] == was_fitted]
+
+    ok_scores, ng_scores, fitted_scores = scores("ok", False), scores("ng", False), scores("ok", True)
+    summary: dict[str, Any] = {
+        "role_id": role_id,
+        "roi_id": roi_id,
+        **_figures(ok_scores, ng_scores, threshold, levels["ok"] + levels["ng"]),
+        "headline": _headline(len(ok_scores), len(ng_scores), n_fitted, include_fitted, seen_note),
+        "n_ok_fitted": n_fitted,
+        "fitted_ok": (_figures(fitted_scores, ng_scores, threshold, levels["fitted"] + levels["ng"])
+                      if include_fitted and n_fitted else None),
+        "mm_per_px": mm_per_px.describe([r.sample for r in results]),
+        "overlay_scale": ({"mode": "image"} if overlay_scale == "image"
+                          else {"mode": "report", **dataclasses.asdict(scale)}),
+        "items": items,
+    }
+    _write_report(out_dir, summary, ok_scores, ng_scores, fitted_scores, threshold,
+                  scale if overlay_scale == "report" else None)
+    return summary
+
+
+def _score_all(
+    service: InspectionService, role_id: str, roi_id: str, scored: list[Sample], fitted: set[Path],
+    mm_per_px: MmPerPx, progress: Callable[[int, int], None] | None, recipe_id: str | None,
+    context: RequestContext,
+) -> tuple[list[_Scored], dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]], float | None]:
+    """Inspect each sample as /infer does; its item, regions, map and pixel levels (OK, NG or fitted), and the
+    threshold the model answered with."""
     levels: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {"ok": [], "ng": [], "fitted": []}
     results: list[_Scored] = []
     threshold = None
@@ -204,7 +242,7 @@ def evaluate(
         is_fitted = sample.path in fitted
         value = mm_per_px.value(sample)
         inspection = service.inspect(role_id, roi_id, value, Upload(sample.path.name, sample.path.read_bytes()),
-                                     sample.shape, context or RequestContext(), recipe_id=recipe_id)
+                                     sample.shape, context, recipe_id=recipe_id)
         result, amap, roi = inspection.response, inspection.anomaly_map, inspection.mask
         threshold = result["threshold"]
         truth = _read_truth(sample.mask, amap.shape) if sample.label == "ng" and sample.mask else None
@@ -229,30 +267,15 @@ def evaluate(
         ))
         if progress is not None:
             progress(done, len(scored))
+    return results, levels, threshold
 
-    scale = HeatScale.for_report([r.low for r in results], [r.high for r in results], threshold)
-    for scored_sample in results:
-        _write_png(out_dir / scored_sample.item["overlay"],
-                   _overlay(service, scored_sample, None if overlay_scale == "image" else scale))
-    items = [r.item for r in results]
 
-    def scores(label: str, was_fitted: bool) -> list[float]:
-        return [i["score"] for i in items if i["label"] == label and i["fitted"] == was_fitted]
-
-    ok_scores, ng_scores, fitted_scores = scores("ok", False), scores("ng", False), scores("ok", True)
-    summary: dict[str, Any] = {
-        "role_id": role_id,
-        "roi_id": roi_id,
-        **_figures(ok_scores, ng_scores, threshold, levels["ok"] + levels["ng"]),
-        "headline": _headline(len(ok_scores), len(ng_scores), n_fitted, include_fitted, seen_note),
-        "n_ok_fitted": n_fitted,
-        "fitted_ok": (_figures(fitted_scores, ng_scores, threshold, levels["fitted"] + levels["ng"])
-                      if include_fitted and n_fitted else None),
-        "mm_per_px": mm_per_px.describe([r.sample for r in results]),
-        "overlay_scale": ({"mode": "image"} if overlay_scale == "image"
-                          else {"mode": "report", **dataclasses.asdict(scale)}),
-        "items": items,
-    }
+def _write_report(
+    out_dir: Path, summary: dict[str, Any], ok_scores: list[float], ng_scores: list[float],
+    fitted_scores: list[float], threshold: float | None, scale: HeatScale | None,
+) -> None:
+    """summary.json, the score histogram, the shared colour scale (None: each overlay has its own) and the
+    report's README."""
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     title = "Image scores of samples the memory was not fitted on"
     if not ok_scores:
@@ -261,10 +284,9 @@ def evaluate(
         title += "; grey outline: OK samples it was fitted on"
     save_png(score_histogram(ok_scores, ng_scores, threshold, fitted_ok_scores=fitted_scores, title=title),
              out_dir / "scores.png")
-    if overlay_scale == "report":
+    if scale is not None:
         save_png(scale.colour_bar(), out_dir / "colour_scale.png")
     (out_dir / "README.md").write_text(report_markdown(summary), encoding="utf-8")
-    return summary
 
 
 def _figures(ok_scores: list[float], ng_scores: list[float], threshold: float | None,
