@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -30,6 +30,8 @@ class Model(Base):
     active_version: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[str] = mapped_column(String(40))
     updated_at: Mapped[str] = mapped_column(String(40))
+    shadow_version: Mapped[int | None] = mapped_column(Integer, doc="staged version scoring live traffic beside")
+    shadow_since: Mapped[str | None] = mapped_column(String(40))
 
     versions: Mapped[list[MemoryVersion]] = relationship(
         back_populates="model", cascade="all, delete-orphan", passive_deletes=True
@@ -66,6 +68,9 @@ class MemoryVersion(Base):
     parent_version: Mapped[int | None] = mapped_column(Integer, doc="an append's: the version it grew from")
     ancestors: Mapped[list[int] | None] = mapped_column(JSON, doc="an append's: parent first, back to the fit")
     covering_radius: Mapped[float | None] = mapped_column(Float, doc="null for versions fitted before 0003")
+    train_width: Mapped[int | None] = mapped_column(Integer, doc="width of the images it was fitted on (0008)")
+    train_height: Mapped[int | None] = mapped_column(Integer, doc="height of the images it was fitted on (0008)")
+    status: Mapped[str] = mapped_column(String(16), server_default="retired", doc="active | staged | retired")
 
     model: Mapped[Model] = relationship(back_populates="versions")
 
@@ -115,6 +120,9 @@ class InspectionRow(Base):
         Index("ix_inspections_time", "created_at", "id"),
         Index("ix_inspections_part_id", "part_id"),
         Index("ix_inspections_seq", "seq", unique=True),
+        # the review queue and the decision / outcome filters of one model, newest first
+        Index("ix_inspections_model_decision_time", "role_id", "roi_id", "decision", "created_at", "id"),
+        Index("ix_inspections_model_outcome_time", "role_id", "roi_id", "review_outcome", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -152,6 +160,18 @@ class InspectionRow(Base):
     seq: Mapped[int] = mapped_column(
         BigInteger, doc="write sequence: taken at insert, increasing in commit order (following new records)"
     )
+    warnings: Mapped[list[str] | None] = mapped_column(JSON, doc="what the answer warned about (size mismatch...)")
+    heatmap_low: Mapped[float | None] = mapped_column(Float, doc="map value encoded as grey 0")
+    heatmap_high: Mapped[float | None] = mapped_column(Float, doc="map value encoded as grey 255")
+    shape: Mapped[dict[str, Any] | None] = mapped_column(JSON, doc="the whole mask definition; null: whole image")
+    regions: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, doc="boxes and areas, as answered")
+    shadow_version: Mapped[int | None] = mapped_column(Integer)
+    shadow_score: Mapped[float | None] = mapped_column(Float)
+    shadow_decision: Mapped[str | None] = mapped_column(String(2))
+    review_verdict: Mapped[str | None] = mapped_column(String(2), doc="current review (history in reviews)")
+    review_outcome: Mapped[str | None] = mapped_column(String(16))
+    reviewed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    learned_version: Mapped[int | None] = mapped_column(Integer, doc="a false reject learned into this version")
 
 
 class InspectionSequence(Base):
@@ -162,3 +182,87 @@ class InspectionSequence(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_seq: Mapped[int] = mapped_column(BigInteger)
+
+
+class Review(Base):
+    """Every verdict a person gave on a record; the newest is the record's current review."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    inspection_id: Mapped[str] = mapped_column(String(32), index=True)
+    verdict: Mapped[str] = mapped_column(String(2), doc="ok | ng")
+    outcome: Mapped[str] = mapped_column(String(16), doc="confirmed_ok | confirmed_ng | false_reject | ...")
+    reviewer: Mapped[str | None] = mapped_column(String(128))
+    note: Mapped[str | None] = mapped_column(Text)
+    reviewed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Job(Base):
+    """A long task run off the request path (replay), leased by the host running it: a job whose heartbeat
+    stops is failed by any host that reads it."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status", "status", "heartbeat_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), doc="queued | running | done | failed")
+    recipe_id: Mapped[str] = mapped_column(String(64))
+    role_id: Mapped[str] = mapped_column(String(128))
+    roi_id: Mapped[str] = mapped_column(String(128))
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    progress_done: Mapped[int] = mapped_column(Integer, server_default="0")
+    progress_total: Mapped[int] = mapped_column(Integer, server_default="0")
+    host: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class ApiKey(Base):
+    """A named key with a role; only the token's sha256 is kept (tokens are long and random). A revoked key
+    keeps its row so the audit trail can still name it."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16), doc="inspector | setup | engineer | admin")
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[str] = mapped_column(String(40))
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    revoked_at: Mapped[str | None] = mapped_column(String(40))
+
+
+class AuditEntry(Base):
+    """One change (fit, calibrate, activate, review, key_add...): who, when, from where, what before and after.
+    Written in the transaction of the change it records; never pruned by record retention."""
+
+    __tablename__ = "audit"
+    __table_args__ = (
+        Index("ix_audit_at", "at", "id"),
+        Index("ix_audit_model_at", "role_id", "roi_id", "at", "id"),
+        Index("ix_audit_action_at", "action", "at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str | None] = mapped_column(String(128), doc="key name; cli:<user>; null when open")
+    role: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(32))
+    recipe_id: Mapped[str | None] = mapped_column(String(64))
+    role_id: Mapped[str | None] = mapped_column(String(128))
+    roi_id: Mapped[str | None] = mapped_column(String(128))
+    version_before: Mapped[int | None] = mapped_column(Integer)
+    version_after: Mapped[int | None] = mapped_column(Integer)
+    threshold_before: Mapped[float | None] = mapped_column(Float)
+    threshold_after: Mapped[float | None] = mapped_column(Float)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    correlation_id: Mapped[str | None] = mapped_column(String(128))
+    host: Mapped[str | None] = mapped_column(String(200))
+    client: Mapped[str | None] = mapped_column(String(200))
