@@ -73,11 +73,11 @@ def test_list_show_and_their_filters(models_dir):
 _MANY = """
 INSERT INTO inspections (id, created_at, recipe_id, role_id, roi_id, version, memory_sha256, model, score, threshold,
     decision, score_percentile, n_regions, largest_area_mm2, total_area_mm2, image_width, image_height, image_sha256,
-    mm_per_px, part_id, source, load_ms, forward_ms, total_ms)
+    mm_per_px, part_id, source, load_ms, forward_ms, total_ms, seq)
 WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < :count - 1)
 SELECT printf('%032x', i), strftime('%Y-%m-%d %H:%M:%S', '2026-01-01', '+' || i || ' seconds') || '.000000',
     'default', 'R', 'r', 1, :sha, 'vit', i / 100000.0, 0.6, 'ok', 99, 0, 0.0, 0.0, 64, 48, :sha, 0.2, 'P' || i, 'api',
-    1.0, 10.0, 12.0 FROM n
+    1.0, 10.0, 12.0, i + 1 FROM n
 """
 # the export as an operator runs it, in a process of its own; its peak RSS (SQLite's C allocations included)
 # after exporting the newest 10 000 rows, then after exporting all 100 000: streaming means no growth
@@ -100,6 +100,7 @@ def test_export_streams_100000_rows_in_bounded_memory(models_dir, tmp_path):
     store = _records(models_dir)
     with store.engine.begin() as connection:  # 100 000 rows straight into SQLite, in one statement
         connection.execute(text(_MANY), {"count": 100_000, "sha": "0" * 64})
+        connection.execute(text("UPDATE inspection_sequence SET last_seq = :count"), {"count": 100_000})
     out = tmp_path / "all.csv"
     env = {key: value for key, value in {**os.environ, **cli_env(models_dir)}.items() if value is not None}
     result = subprocess.run([sys.executable, "-c", _EXPORT, str(out)], env=env, capture_output=True, text=True,
