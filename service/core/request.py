@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..logs import model_context
+from ..storage.audit import AuditEvent
 from ..validation import normalize_recipe, validate_id
 
 # Every part logs under the name the service logged under before the core was split into parts: log
@@ -25,13 +26,22 @@ class Upload:
 @dataclasses.dataclass(frozen=True)
 class RequestContext:
     """Who asked: recorded with each calibration and inspection (audit) and in the logs. ``record``: this
-    inspection goes into the records (every /infer; the CLI's scoring only with --record)."""
+    inspection goes into the records (every /infer; the CLI's scoring only with --record). ``actor`` and
+    ``role``: the API key's name and role (both None while the service is open); the CLI's actor is
+    ``cli:<OS user>`` with no role."""
 
     correlation_id: str | None = None
     client: str | None = None
     source: str = "api"
     part_id: str | None = None
     record: bool = False
+    actor: str | None = None
+    role: str | None = None
+
+    def audit(self, action: str, **fields: Any) -> AuditEvent:
+        """The audit event of a change this caller makes; the registry write that makes it fills in the rest."""
+        return AuditEvent(action, actor=self.actor, role=self.role, correlation_id=self.correlation_id,
+                          client=self.client, **fields)
 
 
 F = TypeVar("F", bound=Callable[..., Any])

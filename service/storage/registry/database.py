@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from ...settings import Settings
 from ...validation import DEFAULT_RECIPE
 from ..artifacts import ModelStore
+from ..audit import AuditEvent, AuditLog, write_audit
 from ..files import utc_now
 from ..locks import MIGRATIONS
 from ..reading import ModelFolder
@@ -139,6 +140,7 @@ class Registry:
         # Migrations and lock waits may take long: on a server they get connections without the timeout.
         self._unbounded = self.engine if is_sqlite(url) else make_engine(url, connect_timeout, None)
         self.locks = make_locks(self._unbounded, Path(models_dir))
+        self.audit_log = AuditLog(self.engine)
 
     @property
     def display_url(self) -> str:
@@ -325,29 +327,43 @@ class Registry:
 
     def add_version(
         self, store: ModelStore, role_id: str, roi_id: str, folder: Path, files: VersionFiles, *,
-        recipe_id: str = DEFAULT_RECIPE,
+        recipe_id: str = DEFAULT_RECIPE, audit: AuditEvent | None = None,
     ) -> None:
-        """Register a new active version (and any kept version not registered yet, ``_register_versions``)."""
+        """Register a new active version (and any kept version not registered yet, ``_register_versions``);
+        ``audit``'s row (version before and after filled in) commits with it."""
         with self._write() as session, session.begin():
             model = self._model_row(session, recipe_id, role_id, roi_id, store.relative(folder))
+            before = model.active_version
             self._register_versions(session, model, store, folder)
             model.active_version = files.version
             model.updated_at = utc_now()
+            if audit is not None:
+                write_audit(session, audit.about(recipe_id=recipe_id, role_id=role_id, roi_id=roi_id,
+                                                 version_before=before, version_after=files.version))
 
     def add_import(
         self, store: ModelStore, role_id: str, roi_id: str, folder: Path, calibrations: list[dict[str, Any]], *,
-        recipe_id: str = DEFAULT_RECIPE,
+        recipe_id: str = DEFAULT_RECIPE, audit: AuditEvent | None = None,
     ) -> None:
         """Register what a bundle import wrote, in one transaction (so a failure leaves none of it): the kept
         versions as ``add_version`` does, the active version the files name (the import's, or the previous
         one with --no-activate) and the history entries it appended, as ``add_calibration`` does."""
         with self._write() as session, session.begin():
             model = self._model_row(session, recipe_id, role_id, roi_id, store.relative(folder))
+            before = model.active_version
+            threshold_before = self._threshold(session, model)
             self._register_versions(session, model, store, folder)
             model.active_version = store.active_version(folder)
             for entry in calibrations:
                 session.add(_calibration_row(model.id, calibration_uid(store.relative(folder), entry), entry))
             model.updated_at = utc_now()
+            if audit is not None:
+                session.flush()
+                write_audit(session, audit.about(
+                    recipe_id=recipe_id, role_id=role_id, roi_id=roi_id, version_before=before,
+                    version_after=model.active_version, threshold_before=threshold_before,
+                    threshold_after=self._threshold(session, model),
+                ))
 
     @staticmethod
     def _register_versions(session: Session, model: Model, store: ModelStore, folder: Path) -> None:
@@ -363,12 +379,19 @@ class Registry:
 
     def add_calibration(
         self, store: ModelStore, role_id: str, roi_id: str, folder: Path, entry: dict[str, Any], *,
-        recipe_id: str = DEFAULT_RECIPE,
+        recipe_id: str = DEFAULT_RECIPE, audit: AuditEvent | None = None,
     ) -> None:
+        """Register one calibration; ``audit``'s row (thresholds before and after filled in) commits with it."""
         with self._write() as session, session.begin():
             model = self._model_row(session, recipe_id, role_id, roi_id, store.relative(folder))
+            threshold_before = self._threshold(session, model)
             session.add(_calibration_row(model.id, calibration_uid(store.relative(folder), entry), entry))
             model.updated_at = utc_now()
+            if audit is not None:
+                write_audit(session, audit.about(
+                    recipe_id=recipe_id, role_id=role_id, roi_id=roi_id, version_after=entry.get("memory_version"),
+                    threshold_before=threshold_before, threshold_after=float(entry["calibration"]["threshold"]),
+                ))
 
     def remove_missing(self, store: ModelStore) -> list[tuple[str, str, str]]:
         """Drop the rows of models whose folder is gone from disk (the files are the truth); (recipe, role, roi)
@@ -381,14 +404,36 @@ class Registry:
                     session.delete(model)
         return removed
 
-    def remove_model(self, role_id: str, roi_id: str, *, recipe_id: str = DEFAULT_RECIPE) -> bool:
-        """Drop one model's rows (versions and calibrations go with it); False when there were none."""
+    def remove_model(
+        self, role_id: str, roi_id: str, *, recipe_id: str = DEFAULT_RECIPE, audit: AuditEvent | None = None
+    ) -> bool:
+        """Drop one model's rows (versions and calibrations go with it); False when there were none. ``audit``'s
+        row (the last version and threshold) commits with it, even when the registry had no rows."""
         with self._write() as session, session.begin():
             model = self._find(session, recipe_id, role_id, roi_id)
+            if audit is not None:
+                write_audit(session, audit.about(
+                    recipe_id=recipe_id, role_id=role_id, roi_id=roi_id,
+                    version_before=model.active_version if model is not None else None,
+                    threshold_before=self._threshold(session, model) if model is not None else None,
+                ))
             if model is None:
                 return False
             session.delete(model)
             return True
+
+    def record(self, event: AuditEvent) -> None:
+        """The audit row of a change made in files only (a dataset upload), written once the change is done."""
+        with self._write() as session, session.begin():
+            write_audit(session, event)
+
+    @staticmethod
+    def _threshold(session: Session, model: Model) -> float | None:
+        """The threshold of the model's newest calibration (None: uncalibrated)."""
+        return session.scalar(
+            select(Calibration.threshold).where(Calibration.model_id == model.id)
+            .order_by(Calibration.id.desc()).limit(1)
+        )
 
     @classmethod
     def _model_row(cls, session: Session, recipe_id: str, role_id: str, roi_id: str, folder: str) -> Model:
@@ -413,14 +458,21 @@ class Registry:
         with self._read() as session, session.begin():
             return dict(session.execute(select(Recipe.recipe_id, Recipe.mm_per_px).order_by(Recipe.recipe_id)).all())
 
-    def sync_recipe(self, recipe_id: str, mm_per_px: float | None, created_at: str) -> None:
-        """Make the row of one recipe say what its recipe.json says."""
+    def sync_recipe(
+        self, recipe_id: str, mm_per_px: float | None, created_at: str, audit: AuditEvent | None = None
+    ) -> None:
+        """Make the row of one recipe say what its recipe.json says; ``audit``'s row (the value before and
+        after in its details) commits with it."""
         with self._write() as session, session.begin():
             row = session.get(Recipe, recipe_id)
+            before = row.mm_per_px if row is not None else None
             if row is None:
                 session.add(Recipe(recipe_id=recipe_id, mm_per_px=mm_per_px, created_at=created_at))
             else:
                 row.mm_per_px = mm_per_px
+            if audit is not None:
+                details = {**(audit.details or {}), "mm_per_px_before": before, "mm_per_px_after": mm_per_px}
+                write_audit(session, audit.about(recipe_id=recipe_id, details=details))
 
     def sync_recipes(self, store: ModelStore) -> None:
         """The recipes table rebuilt from the recipes' files (start-up, reindex)."""
