@@ -180,9 +180,20 @@ def _verify_version(files: VersionFiles) -> list[str]:
 
 
 def index_problems(data: bytes, memory_shape: tuple[int, ...]) -> list[str]:
-    """The faiss index must hold exactly as many vectors, of the same dim, as the memory."""
-    if not patchcore.FAISS_AVAILABLE:
+    """The faiss index must hold exactly as many vectors, of the same dim, as the memory. Read from its
+    length and header alone, never deserialised: faiss trusts the file's length fields, so a few bytes on
+    disk could make ``bdi models verify`` allocate gigabytes."""
+    if len(memory_shape) != 2:
         return []
+    rows, dim = memory_shape
+    problem = patchcore.flat_index_problem(data, rows, dim)
+    if problem is None:
+        return []
+    if len(data) >= patchcore.FLAT_INDEX_HEADER.size:
+        _, held_dim, held_rows, *_ = patchcore.FLAT_INDEX_HEADER.unpack_from(data)
+        if patchcore.flat_index_problem(data, held_rows, held_dim) is None:  # a whole flat index, of other vectors
+            return [f"{INDEX_FILE} holds {held_rows} vectors of dim {held_dim}, {MEMORY_FILE} holds {rows} of dim {dim}"]
+    return [problem.removeprefix("its ")]
     try:
         index = patchcore.faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     except RuntimeError:
