@@ -6,10 +6,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -17,7 +16,7 @@ from rich.table import Table
 
 from ..errors import BadRequest
 from ..settings import Settings
-from ..storage import ModelState, ModelStore, RecordStore, Registry, open_storage
+from ..storage import ModelState, ModelStore, RecordStore, Registry, open_storage, parse_moment
 from ..validation import DEFAULT_RECIPE, normalize_recipe
 
 EXIT_PROBLEMS, EXIT_USAGE = 1, 2
@@ -117,24 +116,17 @@ def open_models(models_dir: Path | None, check_registry: bool = True) -> OpenedM
 
 
 class Moment(click.ParamType):
-    """A point in time: ISO 8601 (no offset means UTC) or an age such as ``7d``, ``12h``, ``30m``, ``2w``."""
+    """A point in time as ``storage.parse_moment`` reads it (the same forms GET /inspections takes)."""
 
     name = "time"
-    _AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
-    _SECONDS: ClassVar[dict[str, int]] = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.datetime:
         if isinstance(value, dt.datetime):
             return value
-        text = str(value).strip()
-        if age := self._AGE.fullmatch(text.lower()):
-            return dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=float(age[1]) * self._SECONDS[age[2]])
         try:
-            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            self.fail(f"{text!r} is neither an ISO 8601 time (2026-12-01T08:00) nor an age (7d, 12h, 30m, 2w)",
-                      param, ctx)
-        return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment
+            return parse_moment(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def rich_console(stderr: bool = False) -> Console:

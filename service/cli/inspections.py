@@ -44,7 +44,7 @@ def filter_options(command: F) -> F:
         click.option("--decision", type=click.Choice(["ok", "ng", "none"]), help="Only this decision (none: "
                      "uncalibrated)."),
         click.option("--since", type=Moment(), help="From this time: ISO 8601 (UTC unless an offset is given) or an "
-                     "age (7d, 12h)."),
+                     "age (7d, 12h), as GET /inspections takes."),
         click.option("--until", type=Moment(), help="Before this time (same forms)."),
         click.option("--part", "part_id", help="Only this part id."),
     ]):
@@ -68,7 +68,7 @@ def inspections() -> None:
 @models_dir_option
 @json_option
 def list_inspections(limit: int, models_dir: Path | None, as_json: bool, **filters: Any) -> None:
-    """The newest records (filters as GET /inspections)."""
+    """The newest records of every recipe, or of --recipe (filters as GET /inspections)."""
     opened = open_models(models_dir)
     items, _ = opened.records.page(_filter(**filters), limit)
     if as_json:
@@ -77,9 +77,11 @@ def list_inspections(limit: int, models_dir: Path | None, as_json: bool, **filte
     if not items:
         rich_console().print("No inspection records match.")
         return
-    columns = ("time (UTC)", "role", "roi", "version", "score", "threshold", "decision", "regions", "part", "id")
+    columns = ("time (UTC)", "recipe", "role", "roi", "version", "score", "threshold", "decision", "regions", "part",
+               "id")
     print_table(None, columns,
-                ((item.created_at.strftime("%Y-%m-%d %H:%M:%S"), item.role_id, item.roi_id, item.version, item.score,
+                ((item.created_at.strftime("%Y-%m-%d %H:%M:%S"), item.recipe_id, item.role_id, item.roi_id,
+                  item.version, item.score,
                   item.threshold, item.decision, item.n_regions, item.part_id, item.id) for item in items))
 
 

@@ -50,6 +50,7 @@ from .locks import FileLocks, Locks
 from .reading import ModelFolder
 from .recipes import check_mm_per_px, claim_mm_per_px
 from .records import (
+    MOMENT_FORMS,
     PUBLIC_FIELDS,
     InspectionRecord,
     PendingRecord,
@@ -57,17 +58,18 @@ from .records import (
     RecordStore,
     RecordWriter,
     new_record_id,
+    parse_moment,
 )
 from .registry import CalibrationInfo, ModelState, Registry, VersionInfo, open_storage
 from .versions import VersionFiles
 
 __all__ = [
-    "ACTIVATED", "ADOPTED", "ALREADY_MIGRATED", "FAILED", "IMPORTED", "LABELS", "MEDIA_TYPES", "NEW_VERSION",
+    "ACTIVATED", "ADOPTED", "MOMENT_FORMS", "ALREADY_MIGRATED", "FAILED", "IMPORTED", "LABELS", "MEDIA_TYPES", "NEW_VERSION",
     "PUBLIC_FIELDS", "UNCHANGED", "WOULD", "Bundle", "BundleError", "CalibrationInfo", "DatasetFolder", "DatasetStore",
     "FileLocks", "ImportResult", "IncompatibleBundle", "InspectionRecord", "LegacyError", "Locks", "MigrationAction",
     "ModelFolder", "ModelState", "ModelStore", "NewSample", "PendingRecord", "RecordFilter", "RecordStore",
     "RecordWriter", "Registry", "StoredSample", "VersionFiles", "VersionInfo", "check_mm_per_px", "claim_mm_per_px",
-    "export_bundle", "fitted_by_content", "import_bundle", "migrate", "new_record_id", "normalize_label", "open_storage", "prepare_sample",
+    "export_bundle", "fitted_by_content", "import_bundle", "migrate", "new_record_id", "normalize_label", "open_storage", "parse_moment", "prepare_sample",
     "prepare_upload", "read_bundle", "recorded_files", "remove_files", "sample_name", "samples_provenance", "sha256_file", "sidecar_mm_per_px",
     "sidecar_shape", "split_holdout", "store_samples", "utc_now",
 ]

@@ -26,6 +26,7 @@ import datetime as dt
 import logging
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -70,6 +71,32 @@ def utc(value: dt.datetime) -> dt.datetime:
 
 def iso(value: dt.datetime) -> str:
     return utc(value).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_AGE_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_ISO_START = re.compile(r"\d{4}-\d{2}-\d{2}")
+_ISO_FORM = "an ISO 8601 time (2026-12-01T08:00:00Z; without an offset, UTC)"
+_AGE_FORM = "an age before now (7d, 12h, 30m, 2w)"
+MOMENT_FORMS = f"{_ISO_FORM} or {_AGE_FORM}"
+
+
+def parse_moment(text: str, now: dt.datetime | None = None) -> dt.datetime:
+    """A point in time as the records' filters take it, over HTTP and in the CLI alike: an ISO 8601 time
+    (no offset means UTC) or an age before ``now`` such as ``7d``. A bare number is refused rather than taken
+    as a Unix time. ValueError with a sentence naming the accepted forms otherwise."""
+    stripped = text.strip()
+    if age := _AGE.fullmatch(stripped.lower()):
+        start = now or dt.datetime.now(dt.timezone.utc)
+        return start - dt.timedelta(seconds=float(age[1]) * _AGE_SECONDS[age[2]])
+    if _ISO_START.match(stripped):
+        try:
+            moment = dt.datetime.fromisoformat(stripped.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment
+    raise ValueError(f"{stripped!r} is neither {_ISO_FORM} nor {_AGE_FORM}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +147,8 @@ class InspectionRecord:
     review_verdict: str | None = None
     review_outcome: str | None = None
     reviewed_at: dt.datetime | None = None
+    reviewed_by: str | None = None
+    threshold_distance: float | None = None  # |score / threshold - 1|: the review queue's order
     learned_version: int | None = None
 
     @classmethod

@@ -3,21 +3,21 @@ API key when BDI_API_KEY is set."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import re
 from typing import Annotated, Any, Literal
 
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 from litestar.exceptions import ValidationException
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.params import Parameter
 
 from ...core import MAX_PAGE, InspectionService
-from ...storage import RecordFilter
+from ...storage import MOMENT_FORMS, RecordFilter, parse_moment
+from ..auth import ENGINEER
 from ..openapi import error_responses
-from ..shared import ID_SCHEMA, IDS_400, as_schema, off_loop
+from ..shared import ID_SCHEMA, IDS_400, RECIPE_400, RecipeHeader, as_schema, off_loop, recipe_of
 from .schemas import InspectionItem, InspectionPage
 
 _ID_FILTER = "Only the records of this {}."
@@ -28,29 +28,33 @@ _FILE_404 = (f"{_RECORD_404} Or the record exists but its {{}} was not kept: BDI
              "BDI_RECORD_MAX_MB.")
 
 
-_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})?")
-
-
 def _id_filter(what: str) -> Any:
     return Parameter(description=_ID_FILTER.format(what), required=False, schema_extra=ID_SCHEMA)
 
 
 def _time_filter(when: str) -> Any:
-    return Parameter(description=f"Only records made {when} this time: RFC 3339 (`2026-12-01T08:00:00Z`; without an "
-                     "offset, UTC).", required=False, schema_extra={"format": "date-time"})
+    return Parameter(description=f"Only records made {when} this time: {MOMENT_FORMS}, the forms `bdi inspections "
+                     "--since` takes. A bare number is not taken as a Unix time.", required=False,
+                     examples=[Example(value="2026-12-01T08:00:00Z"), Example(value="7d")])
 
 
 def _moment(name: str, text: str | None) -> dt.datetime | None:
-    """An RFC 3339 time (a 422 naming the parameter otherwise: numbers are not taken as Unix times)."""
+    """The time of a query parameter (a 422 naming the parameter and the accepted forms otherwise)."""
     if text is None:
         return None
-    if _TIME.fullmatch(text):
-        with contextlib.suppress(ValueError):  # e.g. month 13
-            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-            return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment
-    raise ValidationException("Invalid query parameters", extra=[
-        {"key": name, "message": "Expected an RFC 3339 time such as 2026-12-01T08:00:00Z", "source": "query"}
-    ])
+    try:
+        return parse_moment(text)
+    except ValueError as exc:
+        raise ValidationException("Invalid query parameters", extra=[
+            {"key": name, "message": f"Expected {MOMENT_FORMS}: {exc}", "source": "query"}
+        ]) from None
+
+
+def _recipe_filter(query: str | None, header: str | None) -> str | None:
+    """The recipe rule of every route: the ``recipe_id`` query, else the X-Recipe-Id header; with neither (both
+    absent or blank), every recipe is listed, as the list always did for clients that name none."""
+    given = query if query is not None and query.strip() else header
+    return recipe_of(given, None) if given is not None and given.strip() else None
 
 
 _RECORD_ID = Parameter(description="Id of the record (`id` in GET /inspections).")
@@ -65,6 +69,7 @@ class RecordsController(Controller):
     """List the records, read one, and fetch its kept image and heatmap."""
 
     tags = ["records"]
+    guards = [ENGINEER]
 
     @get(
         "/inspections",
@@ -73,12 +78,15 @@ class RecordsController(Controller):
         description="Every answered /infer is recorded: what judged what (model version, calibration, threshold), "
         "with what result, when and for whom. Newest first, filtered by the query; keyset pages: pass `next_cursor` "
         "back as `cursor` (a row is never listed twice or skipped, whatever is recorded meanwhile). Records reach "
-        "this list through a background writer, a moment after the /infer answer.",
+        "this list through a background writer, a moment after the /infer answer. The recipe follows the rule of "
+        "every route: the `recipe_id` query, else the `X-Recipe-Id` header; with neither, every recipe is listed "
+        "(each item names its `recipe_id`).",
         response_description="One page of records.",
         responses=error_responses({
             400: f"{IDS_400.replace('`role_id` or `roi_id`', 'A filter id')} Or `limit` is outside 1..{MAX_PAGE}, or "
-            "`cursor` is not a next_cursor of this service.",
-            422: "`limit` is not an integer, `since`/`until` are not RFC 3339 times or `decision` is not ok, ng or none.",
+            f"`cursor` is not a next_cursor of this service. {RECIPE_400}",
+            422: "`limit` is not an integer, `since`/`until` are neither ISO 8601 times nor ages (`7d`), or `decision` "
+            "is not ok, ng or none.",
             503: None,
         }),
     )
@@ -87,7 +95,10 @@ class RecordsController(Controller):
         service: NamedDependency[InspectionService],
         role_id: Annotated[str | None, _id_filter("role")] = None,
         roi_id: Annotated[str | None, _id_filter("ROI")] = None,
-        recipe_id: Annotated[str | None, _id_filter("recipe (`default` outside recipes)")] = None,
+        recipe_id: Annotated[str | None, Parameter(
+            description="Only the records of this recipe (`default` outside recipes); beats the `X-Recipe-Id` "
+            "header. Normalised by `strip().lower()` as every route does.", required=False,
+            examples=[Example(value="line2-disc")])] = None,
         decision: Annotated[
             Literal["ok", "ng", "none"] | None,
             Parameter(description="Only this decision; `none`: the uncalibrated inspections.", required=False),
@@ -98,8 +109,9 @@ class RecordsController(Controller):
         limit: Annotated[int, Parameter(description=f"Records per page, 1 to {MAX_PAGE}.", required=False,
                                         schema_extra={"minimum": 1, "maximum": MAX_PAGE})] = 100,
         cursor: Annotated[str | None, Parameter(description="`next_cursor` of the previous page.", required=False)] = None,
+        recipe_header: RecipeHeader = None,
     ) -> InspectionPage:
-        where = RecordFilter(recipe_id=recipe_id, role_id=role_id, roi_id=roi_id, decision=decision,
+        where = RecordFilter(recipe_id=_recipe_filter(recipe_id, recipe_header), role_id=role_id, roi_id=roi_id, decision=decision,
                              since=_moment("since", since), until=_moment("until", until), part_id=part_id)
         return as_schema(InspectionPage, await off_loop(service.inspections, where, limit, cursor))
 

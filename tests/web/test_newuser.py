@@ -1,0 +1,53 @@
+"""What a new user trips on (issue 22), through the real app: the records list follows the recipe rule of every
+route, and takes the time forms the CLI takes."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from tests.support import make_record
+
+UTC = dt.timezone.utc
+NOW = dt.datetime.now(UTC).replace(microsecond=0)
+
+
+def _two_recipes(client):
+    store = client.app.state.service.records
+    rows = [make_record(NOW - dt.timedelta(minutes=1), recipe_id="line2-disc"),
+            make_record(NOW - dt.timedelta(minutes=2), recipe_id="default"),
+            make_record(NOW - dt.timedelta(days=10), recipe_id="line2-disc")]
+    store.insert(rows)
+    return rows
+
+
+def _recipes(response):
+    assert response.status_code == 200, response.text
+    return [item["recipe_id"] for item in response.json()["items"]]
+
+
+def test_the_records_list_follows_the_recipe_header_and_the_query_beats_it(client):
+    _two_recipes(client)
+    assert _recipes(client.get("/inspections")) == ["line2-disc", "default", "line2-disc"]  # neither: every recipe
+    assert _recipes(client.get("/inspections", headers={"X-Recipe-Id": "Line2-Disc"})) == ["line2-disc"] * 2
+    assert _recipes(client.get("/inspections", headers={"X-Recipe-Id": "  "})) == ["line2-disc", "default", "line2-disc"]
+    assert _recipes(client.get("/inspections", params={"recipe_id": "default"},
+                               headers={"X-Recipe-Id": "Line2-Disc"})) == ["default"]
+    assert _recipes(client.get("/inspections", params={"recipe_id": " LINE2-disc "})) == ["line2-disc"] * 2
+    bad = client.get("/inspections", headers={"X-Recipe-Id": "My Layout"})
+    assert bad.status_code == 400 and bad.json()["error"].startswith("Invalid recipe_id 'My Layout'.")
+
+
+def test_since_takes_an_age_as_the_cli_does(client):
+    rows = _two_recipes(client)
+    week = client.get("/inspections", params={"since": "7d"})
+    assert week.status_code == 200, week.text
+    assert [item["id"] for item in week.json()["items"]] == [rows[0].id, rows[1].id]
+    assert len(client.get("/inspections", params={"since": "2w"}).json()["items"]) == 3
+    assert len(client.get("/inspections", params={"until": "5m"}).json()["items"]) == 1
+    iso = client.get("/inspections", params={"since": (NOW - dt.timedelta(minutes=90)).isoformat()})
+    assert len(iso.json()["items"]) == 2
+    for bad in ("yesterday", "1700000000", "2026-13-01T00:00:00Z"):
+        refused = client.get("/inspections", params={"since": bad})
+        assert refused.status_code == 422, bad
+        [problem] = refused.json()["detail"]
+        assert problem["loc"] == ["query", "since"] and "7d" in problem["msg"], problem
