@@ -9,7 +9,9 @@ Create Date: 2026-12-03
 - models.shadow_version / shadow_since: the staged version that scores live traffic beside the active one.
 - inspections: the whole shape definition and the regions (boxes and areas), the shadow's score and
   decision, and the current review (verdict, outcome, time) denormalised from ``reviews`` so the review
-  queue and the outcome filters are index scans; ``learned_version`` marks a false reject already learned.
+  queue and the outcome filters are index scans; ``learned_version`` marks a false reject already learned;
+  ``threshold_distance`` (|score / threshold - 1|, filled for the rows already there) orders the review queue,
+  whose partial index holds only the unreviewed rows with a kept image.
 - reviews: every verdict ever given (a later one replaces the current one on the record, the row stays).
 - jobs: replay jobs, leased by the host that runs them (heartbeat), readable from every host.
 """
@@ -23,6 +25,8 @@ revision = "0009"
 down_revision = "0008"
 branch_labels = None
 depends_on = None
+
+QUEUE_WHERE = "review_verdict IS NULL AND image_path IS NOT NULL AND threshold_distance IS NOT NULL"
 
 
 def upgrade() -> None:
@@ -44,11 +48,16 @@ def upgrade() -> None:
         batch.add_column(sa.Column("review_verdict", sa.String(2), nullable=True))
         batch.add_column(sa.Column("review_outcome", sa.String(16), nullable=True))
         batch.add_column(sa.Column("reviewed_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("reviewed_by", sa.String(128), nullable=True))
+        batch.add_column(sa.Column("threshold_distance", sa.Float(), nullable=True))
         batch.add_column(sa.Column("learned_version", sa.Integer(), nullable=True))
     op.create_index("ix_inspections_model_decision_time", "inspections",
                     ["role_id", "roi_id", "decision", "created_at", "id"])
     op.create_index("ix_inspections_model_outcome_time", "inspections",
                     ["role_id", "roi_id", "review_outcome", "created_at", "id"])
+    op.execute("UPDATE inspections SET threshold_distance = ABS(score / threshold - 1) WHERE threshold > 0")
+    op.create_index("ix_inspections_review_queue", "inspections", ["role_id", "roi_id", "threshold_distance", "id"],
+                    sqlite_where=sa.text(QUEUE_WHERE), postgresql_where=sa.text(QUEUE_WHERE))
     op.create_table(
         "reviews",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
@@ -85,11 +94,12 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("jobs")
     op.drop_table("reviews")
+    op.drop_index("ix_inspections_review_queue", "inspections")
     op.drop_index("ix_inspections_model_outcome_time", "inspections")
     op.drop_index("ix_inspections_model_decision_time", "inspections")
     with op.batch_alter_table("inspections") as batch:
-        for name in ("learned_version", "reviewed_at", "review_outcome", "review_verdict", "shadow_decision",
-                     "shadow_score", "shadow_version", "regions", "shape"):
+        for name in ("learned_version", "threshold_distance", "reviewed_by", "reviewed_at", "review_outcome",
+                     "review_verdict", "shadow_decision", "shadow_score", "shadow_version", "regions", "shape"):
             batch.drop_column(name)
     with op.batch_alter_table("models") as batch:
         batch.drop_column("shadow_since")

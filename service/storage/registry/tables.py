@@ -8,7 +8,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -108,6 +120,10 @@ class Recipe(Base):
     created_at: Mapped[str] = mapped_column(String(40))
 
 
+REVIEW_QUEUE_WHERE = text("review_verdict IS NULL AND image_path IS NOT NULL AND threshold_distance IS NOT NULL")
+"""The rows the review queue can list (``ix_inspections_review_queue`` holds only these)."""
+
+
 class InspectionRow(Base):
     """One answered /infer (audit data): what judged what, when, for whom. Written by the records writer
     (``service.storage.records``), never read by the inspection path."""
@@ -123,6 +139,9 @@ class InspectionRow(Base):
         # the review queue and the decision / outcome filters of one model, newest first
         Index("ix_inspections_model_decision_time", "role_id", "roi_id", "decision", "created_at", "id"),
         Index("ix_inspections_model_outcome_time", "role_id", "roi_id", "review_outcome", "created_at", "id"),
+        # the review queue of one model: its unreviewed records with a kept image, nearest the threshold first
+        Index("ix_inspections_review_queue", "role_id", "roi_id", "threshold_distance", "id",
+              sqlite_where=REVIEW_QUEUE_WHERE, postgresql_where=REVIEW_QUEUE_WHERE),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -171,6 +190,10 @@ class InspectionRow(Base):
     review_verdict: Mapped[str | None] = mapped_column(String(2), doc="current review (history in reviews)")
     review_outcome: Mapped[str | None] = mapped_column(String(16))
     reviewed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    reviewed_by: Mapped[str | None] = mapped_column(String(128), doc="who gave the current review")
+    threshold_distance: Mapped[float | None] = mapped_column(
+        Float, doc="|score / threshold - 1|: how near the threshold the decision was (null: uncalibrated)"
+    )
     learned_version: Mapped[int | None] = mapped_column(Integer, doc="a false reject learned into this version")
 
 
