@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -160,16 +159,3 @@ def analyse_drift(
 def _iso(value: dt.datetime) -> str:
     return value.astimezone(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
-
-def plot_drift(series: DriftSeries, report: dict[str, Any], path: Path) -> None:
-    """The scores of the window over time with the threshold and the calibration's level (``plots``)."""
-    from .plots import save_png, scores_over_time
-
-    stored = report["calibration"]["ok_scores_stored"]
-    figure = scores_over_time(
-        series.times, series.scores, series.decisions, series.threshold,
-        reference=series.reference_median if np.isfinite(series.reference_median) else None,
-        reference_label=f"calibration OK {'median' if stored else 'mean'}", near_band=NEAR_BAND,
-        title=f"{report['role_id']} / {report['roi_id']}, version {report['version']}: {report['verdict']}",
-    )
-    save_png(figure, path)
