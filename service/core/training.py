@@ -36,6 +36,7 @@ from ..storage import (
     split_holdout,
     utc_now,
 )
+from ..storage.versions import ACTIVE, STAGED
 from ..validation import DEFAULT_RECIPE, validate_mm_per_px
 from .memory import ActiveMemories
 from .request import LOGGER_NAME, RequestContext, Upload, about_model, checked_recipe
@@ -59,6 +60,11 @@ class Growth:
     admitted: int  # new patches farther than the parent's radius from its rows
     parent_radius: float
     parent_radius_source: str  # "recorded" at the parent's fit or append, or "derived" from its rows
+
+
+def written(version: int, activate: bool) -> dict[str, Any]:
+    """The end of a fit's or an append's answer: the version it wrote and that version's status."""
+    return {"version": version, "status": ACTIVE if activate else STAGED}
 
 
 def stored_name(sample: StoredSample) -> str:
@@ -85,11 +91,12 @@ class Training:
     def fit(
         self, role_id: str, roi_id: str, mm_per_px: float, images: list[Upload], memory_fit: bool = False,
         context: RequestContext = RequestContext(), provenance: dict[str, Any] | None = None,
-        progress: Callable[[int, int], None] | None = None, *, recipe_id: str | None = None,
+        progress: Callable[[int, int], None] | None = None, *, recipe_id: str | None = None, activate: bool = True,
     ) -> dict[str, Any]:
-        """Build and activate a new memory version; ``provenance`` (the samples it was fitted on and those
-        held out) is kept in the version's manifest so a later calibration can score the held-out samples.
-        ``progress(done, total)`` after each batch of the feature extraction, the slow part."""
+        """Build and activate a new memory version (``staged`` without ``activate``: /infer keeps the active one);
+        ``provenance`` (the samples it was fitted on and those held out) is kept in the version's manifest so a
+        later calibration can score the held-out samples. ``progress(done, total)`` after each batch of the
+        feature extraction, the slow part. The answer ends with the new ``version`` and its ``status``."""
         recipe = checked_recipe(role_id, roi_id, recipe_id)
         validate_mm_per_px(mm_per_px)
         check_mm_per_px(self.registry, recipe, [mm_per_px])
@@ -122,10 +129,10 @@ class Training:
         }
         claim_mm_per_px(self.store, self.registry, recipe, mm_per_px)
         with self.store.writing(role_id, roi_id, recipe_id=recipe) as folder:
-            files = self.store.write_version(folder, memory, grid, metadata, index.to_bytes())
-            self.registry.add_version(self.store, role_id, roi_id, folder, files, recipe_id=recipe)
+            files = self.store.write_version(folder, memory, grid, metadata, index.to_bytes(), activate=activate)
+            self.registry.add_version(self.store, role_id, roi_id, folder, files, recipe_id=recipe, activate=activate)
         state = self.registry.state(role_id, roi_id, recipe_id=recipe)
-        if state is not None:
+        if state is not None and state.active_version == files.version:
             self.memories.keep(state, index)
         self.metrics.fits.labels("fit").inc()
         self.metrics.fit_seconds.labels("fit").observe(time.perf_counter() - started)
@@ -141,6 +148,7 @@ class Training:
             "token_shape": [grid[0], grid[1]],
             "coreset_rate_requested": rate,
             "coreset_rate_applied": memory.shape[0] / n_embeddings,
+            **written(files.version, activate),
         }
 
     def _decode_ok_images(self, images: list[Upload]) -> list[np.ndarray]:
@@ -159,9 +167,10 @@ class Training:
     def append(
         self, role_id: str, roi_id: str, mm_per_px: float, images: list[Upload], memory_fit: bool = False,
         context: RequestContext = RequestContext(), progress: Callable[[int, int], None] | None = None, *,
-        recipe_id: str | None = None,
+        recipe_id: str | None = None, activate: bool = True,
     ) -> dict[str, Any]:
-        """Grow the active memory with these OK images into a new version whose parent is the active one.
+        """Grow the active memory with these OK images into a new version whose parent is the active one
+        (made active, or ``staged`` without ``activate``).
 
         The new patches are extracted once; only those farther from the memory than its covering radius
         are candidates, and the seeded k-center greedy picks among them, the memory's rows counting as
@@ -201,8 +210,8 @@ class Training:
             metadata = self._append_metadata(parent, state.active_version, images, new, grown, len(memory), mm_per_px)
             n_embeddings = metadata["n_embeddings"]
             files = self.store.write_version(folder, memory, self.extractor.grid, metadata, index.to_bytes(),
-                                             source="append")
-            self.registry.add_version(self.store, role_id, roi_id, folder, files, recipe_id=recipe)
+                                             source="append", activate=activate)
+            self.registry.add_version(self.store, role_id, roi_id, folder, files, recipe_id=recipe, activate=activate)
         fresh = self.registry.state(role_id, roi_id, recipe_id=recipe)
         if fresh is not None and fresh.active_version == files.version:
             self.memories.keep(fresh, index)
@@ -230,6 +239,7 @@ class Training:
                 "admitted": grown.admitted,
                 "added_rows": len(memory) - len(rows),
             },
+            **written(files.version, activate),
         }
 
     def _append_metadata(
@@ -315,11 +325,11 @@ class Training:
 
     def fit_dataset(
         self, role_id: str, roi_id: str, mm_per_px: float, memory_fit: bool = False,
-        context: RequestContext = RequestContext(), *, recipe_id: str | None = None,
+        context: RequestContext = RequestContext(), *, recipe_id: str | None = None, activate: bool = True,
     ) -> dict[str, Any]:
         """/fit_ok with ``use_dataset=true``: fit from the recipe's stored OK samples of (role, roi). With
         BDI_DATASET_HOLDOUT a seeded share of them stays out of the memory (recorded in the version), for
-        /calibrate_dataset to take the OK threshold from."""
+        /calibrate_dataset to take the OK threshold from. ``activate`` as for ``fit``."""
         recipe = checked_recipe(role_id, roi_id, recipe_id)
         folder = self.datasets.folder(recipe, role_id, roi_id)
         stored = self.datasets.samples(folder, "ok")
@@ -334,4 +344,5 @@ class Training:
         uploads = [Upload(sample.name, sample.path.read_bytes()) for sample in fit_samples]
         provenance = samples_provenance(folder, fit_samples, held_out, self.settings.dataset_holdout, HOLDOUT_SEED,
                                         stored_name)
-        return self.fit(role_id, roi_id, mm_per_px, uploads, memory_fit, context, provenance, recipe_id=recipe)
+        return self.fit(role_id, roi_id, mm_per_px, uploads, memory_fit, context, provenance, recipe_id=recipe,
+                        activate=activate)

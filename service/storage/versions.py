@@ -18,12 +18,15 @@ import numpy as np
 
 from .files import (
     ACTIVE_FILE,
+    HISTORY_FILE,
     INDEX_FILE,
     MEMORY_FILE,
     TMP_PREFIX,
     VERSION_FILE,
     VERSIONS_DIR,
+    _append_json_line,
     _fsync_dir,
+    _read_json_lines,
     read_json,
     reporting_full_disk,
     sha256_file,
@@ -36,6 +39,9 @@ if TYPE_CHECKING:
     from .undo import WriteUndo
 
 logger = logging.getLogger(__name__)
+
+ACTIVE, STAGED, RETIRED = "active", "staged", "retired"
+VERSION_STATUS_KEY = "version_status"  # history.jsonl entries that stage or activate a version (not calibrations)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +99,10 @@ class ModelVersions:
         index_bytes: bytes | None,
         source: str = "fit",
         legacy_path: str | None = None,
+        activate: bool = True,
     ) -> VersionFiles:
-        """Write a new immutable version and make it active. Call inside ``writing()`` (or ``locked(folder)``)."""
+        """Write a new immutable version and make it active, or ``staged`` without ``activate``. Call inside
+        ``writing()`` (or ``locked(folder)``)."""
         buffer = io.BytesIO()
         np.savez(
             buffer,
@@ -125,14 +133,15 @@ class ModelVersions:
             "ancestors": metadata.get("ancestors") or [],  # parent first, back to the fit
             "append": metadata.get("append"),  # an append's: images added (name, sha256) and patch counts
         }
-        return self.add_version_files(folder, memory, index_bytes, fields)
+        return self.add_version_files(folder, memory, index_bytes, fields, activate)
 
     def add_version_files(
         self, folder: Path, memory: bytes, index_bytes: bytes | None, fields: dict[str, Any], activate: bool = True
     ) -> VersionFiles:
         """Write a new immutable version from its files' bytes and ``fields`` (version.json's numbers and
         provenance; the number, time, sha256s and sizes are added here), and make it active unless told not to
-        (a bundle imported with --no-activate). Call inside ``writing()`` (or ``locked(folder)``)."""
+        (a bundle imported with --no-activate, a fit with activate=false): then it is ``staged``, which
+        history.jsonl records (the files alone rebuild the statuses). Call inside ``writing()`` (or ``locked``)."""
         existing = self.versions(folder)
         number = max([v.version for v in existing] + [self.active_version(folder) or 0]) + 1
         manifest = {
@@ -165,12 +174,41 @@ class ModelVersions:
                 raise
             if activate:
                 self.activate(folder, number)
+            else:
+                self._log_version_status(folder, number, STAGED)
         self.prune(folder, keep=number)
         return VersionFiles(number, final, manifest)
 
+    def staged_versions(self, folder: Path) -> set[int]:
+        """The versions written without being activated and never activated since (history.jsonl's word)."""
+        staged: set[int] = set()
+        for entry in _read_json_lines(folder / HISTORY_FILE):
+            version = entry.get("version")
+            if isinstance(version, int) and entry.get(VERSION_STATUS_KEY) == STAGED:
+                staged.add(version)
+            elif isinstance(version, int) and entry.get(VERSION_STATUS_KEY) == ACTIVE:
+                staged.discard(version)
+        return staged
+
+    def version_statuses(self, folder: Path) -> dict[int, str]:
+        """Each kept version's status: the pointer's is active, a staged one staged, every other retired."""
+        active, staged = self.active_version(folder), self.staged_versions(folder)
+        return {
+            files.version: ACTIVE if files.version == active else STAGED if files.version in staged else RETIRED
+            for files in self.versions(folder)
+        }
+
+    def _log_version_status(self, folder: Path, version: int, status: str) -> None:
+        entry = {VERSION_STATUS_KEY: status, "version": version, "created_at": utc_now()}
+        with reporting_full_disk(f"the status of version {version} ({HISTORY_FILE})", self.root, 200):
+            _append_json_line(folder / HISTORY_FILE, entry)
+
     def activate(self, folder: Path, version: int) -> None:
-        """Switch the pointer to ``version`` (one atomic replace), then refresh the canonical files."""
+        """Switch the pointer to ``version`` (one atomic replace), then refresh the canonical files. A staged
+        version stops being staged (logged first: a pointer that fails to move is put back by ``writing()``)."""
         self.version_files(folder, version)  # raises when the version is not complete on disk
+        if version in self.staged_versions(folder):
+            self._log_version_status(folder, version, ACTIVE)
         write_json_atomic(folder / ACTIVE_FILE, {"version": version, "activated_at": utc_now()})
         self.refresh_canonical(folder, version)
 
@@ -206,9 +244,9 @@ class ModelVersions:
         return True
 
     def prune(self, folder: Path, keep: int | None = None) -> list[int]:
-        """Drop the oldest versions beyond ``keep_versions``; the active one (and ``keep``, a version just
-        written without activating it) always stays."""
-        protected = {self.active_version(folder), keep} - {None}
+        """Drop the oldest versions beyond ``keep_versions``; the active one, the staged ones (and ``keep``, a
+        version just written without activating it) always stay."""
+        protected = ({self.active_version(folder), keep} | self.staged_versions(folder)) - {None}
         stale = [v for v in self.versions(folder) if v.version not in protected]
         removed = []
         undo = self._undo.get(folder)

@@ -22,14 +22,16 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from ...errors import Conflict, NotFound
 from ...settings import Settings
 from ...validation import DEFAULT_RECIPE
 from ..artifacts import ModelStore
 from ..audit import AuditEvent, AuditLog, write_audit
 from ..files import utc_now
+from ..keys import KeyStore
 from ..locks import MIGRATIONS
 from ..reading import ModelFolder
-from ..versions import VersionFiles
+from ..versions import ACTIVE, RETIRED, STAGED, VersionFiles
 from .engine import is_sqlite, make_engine, make_locks, unavailable_as_503
 from .tables import Calibration, MemoryVersion, Model, Recipe
 
@@ -70,6 +72,17 @@ class CalibrationInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class ShadowInfo:
+    """The version scoring a model's live traffic beside the active one (POST /models/shadow): since when, and
+    the calibration made for it (the newest whose ``memory_version`` is the shadow's; None: the active one's
+    threshold judges its scores)."""
+
+    version: int
+    since: str
+    calibration: CalibrationInfo | None
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelState:
     """A detached snapshot of one model's registry rows."""
 
@@ -81,6 +94,7 @@ class ModelState:
     active: VersionInfo | None
     calibration: CalibrationInfo | None
     recipe_id: str = DEFAULT_RECIPE
+    shadow: ShadowInfo | None = None
 
     @property
     def calib_stale(self) -> bool:
@@ -141,6 +155,7 @@ class Registry:
         self._unbounded = self.engine if is_sqlite(url) else make_engine(url, connect_timeout, None)
         self.locks = make_locks(self._unbounded, Path(models_dir))
         self.audit_log = AuditLog(self.engine)
+        self.keys = KeyStore(self.engine)
 
     @property
     def display_url(self) -> str:
@@ -246,7 +261,19 @@ class Registry:
         return ModelState(
             model.id, model.role_id, model.roi_id, model.folder, model.active_version, active,
             _calibration_info(calibration) if calibration is not None else None, model.recipe_id,
+            self._shadow(session, model),
         )
+
+    @staticmethod
+    def _shadow(session: Session, model: Model) -> ShadowInfo | None:
+        if model.shadow_version is None or model.shadow_since is None:
+            return None
+        own = session.scalar(
+            select(Calibration).where(Calibration.model_id == model.id,
+                                      Calibration.memory_version == model.shadow_version)
+            .order_by(Calibration.id.desc()).limit(1)
+        )
+        return ShadowInfo(model.shadow_version, model.shadow_since, _calibration_info(own) if own is not None else None)
 
     def history(
         self, role_id: str, roi_id: str, *, recipe_id: str = DEFAULT_RECIPE
@@ -317,6 +344,8 @@ class Registry:
                     on_disk.pop(row.version)
             for files in on_disk.values():
                 session.add(_version_row(model.id, store, files))
+            session.flush()
+            self._set_statuses(session, model, store, folder.path)
             known = set(session.scalars(select(Calibration.uid).where(Calibration.model_id == model.id)).all())
             for entry in folder.calibrations:
                 uid = calibration_uid(store.relative(folder.path), entry)
@@ -327,16 +356,18 @@ class Registry:
 
     def add_version(
         self, store: ModelStore, role_id: str, roi_id: str, folder: Path, files: VersionFiles, *,
-        recipe_id: str = DEFAULT_RECIPE, audit: AuditEvent | None = None,
+        recipe_id: str = DEFAULT_RECIPE, audit: AuditEvent | None = None, activate: bool = True,
     ) -> None:
-        """Register a new active version (and any kept version not registered yet, ``_register_versions``);
-        ``audit``'s row (version before and after filled in) commits with it."""
+        """Register a new version, active (or staged without ``activate``), and any kept version not registered
+        yet (``_register_versions``); ``audit``'s row (version before and after filled in) commits with it."""
         with self._write() as session, session.begin():
             model = self._model_row(session, recipe_id, role_id, roi_id, store.relative(folder))
             before = model.active_version
             self._register_versions(session, model, store, folder)
-            model.active_version = files.version
+            if activate:
+                model.active_version = files.version
             model.updated_at = utc_now()
+            self._set_statuses(session, model, store, folder)
             if audit is not None:
                 write_audit(session, audit.about(recipe_id=recipe_id, role_id=role_id, roi_id=roi_id,
                                                  version_before=before, version_after=files.version))
@@ -354,6 +385,7 @@ class Registry:
             threshold_before = self._threshold(session, model)
             self._register_versions(session, model, store, folder)
             model.active_version = store.active_version(folder)
+            self._set_statuses(session, model, store, folder)
             for entry in calibrations:
                 session.add(_calibration_row(model.id, calibration_uid(store.relative(folder), entry), entry))
             model.updated_at = utc_now()
@@ -376,6 +408,15 @@ class Registry:
         registered = set(session.scalars(select(MemoryVersion.version).where(MemoryVersion.model_id == model.id)))
         for number in sorted(set(on_disk) - registered):
             session.add(_version_row(model.id, store, on_disk[number]))
+        session.flush()
+
+    @staticmethod
+    def _set_statuses(session: Session, model: Model, store: ModelStore, folder: Path) -> None:
+        """Each version row's status: the model's active version is active, those the files say are staged
+        staged, every other retired."""
+        staged = store.staged_versions(folder)
+        for row in session.scalars(select(MemoryVersion).where(MemoryVersion.model_id == model.id)).all():
+            row.status = ACTIVE if row.version == model.active_version else STAGED if row.version in staged else RETIRED
 
     def add_calibration(
         self, store: ModelStore, role_id: str, roi_id: str, folder: Path, entry: dict[str, Any], *,
@@ -426,6 +467,37 @@ class Registry:
         """The audit row of a change made in files only (a dataset upload), written once the change is done."""
         with self._write() as session, session.begin():
             write_audit(session, event)
+
+    def set_shadow(
+        self, role_id: str, roi_id: str, version: int | None, audit: AuditEvent, *, recipe_id: str = DEFAULT_RECIPE
+    ) -> tuple[int | None, str | None]:
+        """Make ``version`` (a registered version other than the active one) score the model's live traffic beside
+        the active one, or stop with None; ``audit``'s row commits with it. (version, since): the same version
+        again keeps its ``since``, so the comparison it has gathered goes on."""
+        with self._write() as session, session.begin():
+            model = self._find(session, recipe_id, role_id, roi_id)
+            if model is None:
+                raise NotFound(f"There is no model role_id={role_id!r}, roi_id={roi_id!r} of recipe {recipe_id!r}; "
+                               "fit it first.")
+            before = model.shadow_version
+            if version is not None and version != before:
+                if version == model.active_version:
+                    raise Conflict(f"Version {version} is the active version of role_id={role_id!r}, "
+                                   f"roi_id={roi_id!r}; shadow a staged or retired version (GET /models/versions).")
+                registered = session.scalar(select(MemoryVersion.id).where(
+                    MemoryVersion.model_id == model.id, MemoryVersion.version == version))
+                if registered is None:
+                    raise NotFound(f"role_id={role_id!r}, roi_id={roi_id!r} has no version {version}; "
+                                   "GET /models/versions lists the versions it keeps.")
+                model.shadow_since = utc_now()
+            model.shadow_version = version
+            if version is None:
+                model.shadow_since = None
+            write_audit(session, audit.about(
+                recipe_id=recipe_id, role_id=role_id, roi_id=roi_id, version_before=model.active_version,
+                version_after=model.active_version, details={"shadow_before": before, "shadow_after": version},
+            ))
+            return model.shadow_version, model.shadow_since
 
     @staticmethod
     def _threshold(session: Session, model: Model) -> float | None:
