@@ -7,7 +7,8 @@ min(W, H)/2) is the inscribed circle, symmetric under left/right and up/down fli
 the centres at distance <= r; an annulus is that circle minus the open disc of radius r_inner
 (r_inner <= d <= r), so an annulus with r_inner = 0 is the circle.
 
-The text is parsed before the image is decoded; defaults that need the image size (whole image,
+A key the shape's kind does not take (``width`` for ``w``, a circle's ``cx`` on a rect) is refused: ignored,
+it would leave the mask at its default, the whole image. The text is parsed before the image is decoded; defaults that need the image size (whole image,
 centre, half the short side) are resolved by ``shape_mask``.
 """
 
@@ -23,6 +24,8 @@ from ..errors import BadRequest
 
 _KEYS = {"rect": ("x", "y", "w", "h"), "circle": ("cx", "cy", "r"), "annulus": ("cx", "cy", "r", "r_inner")}
 _EXAMPLE = '{"kind": "circle", "cx": 256, "cy": 256, "r": 200}'
+_TAKES = "the keys each kind takes (besides 'kind'): " + "; ".join(
+    f"{kind}: {', '.join(keys)}" for kind, keys in _KEYS.items())
 _JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 MAX_MAGNITUDE = 1e7
 """Largest absolute coordinate accepted: far beyond any image, small enough to stay exact."""
@@ -44,6 +47,19 @@ class Shape:
     r: float | None = None
     r_inner: float | None = None
 
+    def resolved(self, width: int, height: int) -> Shape:
+        """The same shape with every default filled in for a ``width`` x ``height`` image (what the mask covers)."""
+        if self.kind == "rect":
+            return Shape("rect", x=_default(self.x, 0.0), y=_default(self.y, 0.0), w=_default(self.w, width),
+                         h=_default(self.h, height))
+        ring = {"r_inner": _default(self.r_inner, 0.0)} if self.kind == "annulus" else {}
+        return Shape(self.kind, cx=_default(self.cx, width / 2), cy=_default(self.cy, height / 2),
+                     r=_default(self.r, min(width, height) / 2), **ring)
+
+    def as_dict(self) -> dict[str, float | str]:
+        """The kind and the coordinates that are set, as /infer's ``shape`` field takes them."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
 
 def parse_shape(text: str | None) -> Shape | None:
     """The shape described by the JSON ``text``; None (whole image) for no text or blank text."""
@@ -59,6 +75,10 @@ def parse_shape(text: str | None) -> Shape | None:
     if not isinstance(kind, str) or kind.strip().lower() not in _KEYS:
         raise BadRequest(f"shape kind {kind!r:.40} is unknown; use 'rect', 'circle' or 'annulus'.")
     kind = kind.strip().lower()
+    unknown = sorted(key for key in data if key != "kind" and key not in _KEYS[kind])
+    if unknown:
+        raise BadRequest(f"shape has key(s) {', '.join(map(repr, unknown)):.120} that a {kind} does not take, so the "
+                         f"mask would silently cover more than meant; {_TAKES}.")
     values = {key: _number(key, data[key]) for key in _KEYS[kind] if key in data}
     for side in ("w", "h"):
         if values.get(side, 1) <= 0:
@@ -78,13 +98,13 @@ def shape_mask(shape: Shape | None, width: int, height: int) -> np.ndarray:
     if shape is None:
         mask[:] = True
     elif shape.kind == "rect":
-        x = _default(shape.x, 0.0)
-        y = _default(shape.y, 0.0)
-        cols = _centres_in(x, x + _default(shape.w, width), width, closed=False)
-        rows = _centres_in(y, y + _default(shape.h, height), height, closed=False)
+        rect = shape.resolved(width, height)
+        assert rect.x is not None and rect.y is not None and rect.w is not None and rect.h is not None
+        cols = _centres_in(rect.x, rect.x + rect.w, width, closed=False)
+        rows = _centres_in(rect.y, rect.y + rect.h, height, closed=False)
         mask[rows, cols] = True
     else:
-        _fill_disc(mask, shape)
+        _fill_disc(mask, shape.resolved(width, height))
     if not mask.any():
         raise BadRequest(
             f"shape covers no pixel of the {width}x{height} image; give its coordinates in the "
@@ -94,11 +114,10 @@ def shape_mask(shape: Shape | None, width: int, height: int) -> np.ndarray:
 
 
 def _fill_disc(mask: np.ndarray, shape: Shape) -> None:
-    """Set the circle's (or annulus's) pixels, computing distances only inside its bounding box."""
+    """Set the pixels of a resolved circle (or annulus), computing distances only inside its bounding box."""
     height, width = mask.shape
-    cx = _default(shape.cx, width / 2)
-    cy = _default(shape.cy, height / 2)
-    r = _default(shape.r, min(width, height) / 2)
+    assert shape.cx is not None and shape.cy is not None and shape.r is not None
+    cx, cy, r = shape.cx, shape.cy, shape.r
     r_inner = _default(shape.r_inner, 0.0)
     _check_ring(r, r_inner)
     rows = _centres_in(cy - r, cy + r, height, closed=True)

@@ -11,12 +11,13 @@ from .. import __version__
 from ..core import InspectionService
 from ..logs import configure_logging
 from ..settings import Settings
+from .auth import authenticate, route_roles
 from .datasets.controller import DatasetsController
 from .error_handlers import EXCEPTION_HANDLERS
 from .inspection.controller import InspectionController
-from .middleware import CorrelationMiddleware, echo_correlation_id, require_api_key
+from .middleware import CorrelationMiddleware, echo_correlation_id
 from .monitoring.controller import MonitoringController
-from .openapi import CORRELATION_HEADER, DOC_ROUTES, finish_document, openapi_config
+from .openapi import CORRELATION_HEADER, DOC_ROUTES, document_roles, finish_document, openapi_config
 from .records.controller import RecordsController
 
 
@@ -41,7 +42,7 @@ def create_app(settings: Settings | None = None, service: InspectionService | No
         dependencies={"service": Provide(lambda: service, use_cache=True, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[CorrelationMiddleware()],
-        guards=[require_api_key],
+        guards=[authenticate],
         cors_config=CORSConfig(
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, service: InspectionService | No
         debug=False,
     )
     finish_document(app.openapi_schema)
+    document_roles(app.openapi_schema, route_roles(app.routes))
     app.state.settings = settings
     app.state.service = service
     return app

@@ -7,6 +7,7 @@ is a snapshot of it that the tests compare against.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from http import HTTPStatus
 from typing import Any
@@ -15,12 +16,24 @@ from litestar import Request, Response, Router, get
 from litestar.datastructures import ResponseHeader
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Example, OpenAPI, OpenAPIFormat, Schema, Tag
+from litestar.openapi.spec import (
+    Components,
+    Example,
+    OpenAPI,
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    Reference,
+    Schema,
+    SecurityScheme,
+    Tag,
+)
 from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
 
 from ..errors import InsufficientStorage
-from . import shared
+from . import auth, shared
+from .auth import INSPECTOR
 from .datasets import schemas as datasets_schemas
 from .inspection import schemas as inspection_schemas
 from .records import schemas as records_schemas
@@ -91,6 +104,9 @@ CORRELATION_HEADER = ResponseHeader(
 )
 
 _ERROR_MESSAGES = {
+    401: auth.NEEDS_KEY,
+    403: "The key 'cell-3-gui' has the role inspector; POST /fit_ok needs the role setup or higher. Ask an "
+    "administrator for a key with that role (`bdi keys add NAME --role setup`).",
     400: "role_id is empty; send the name of the role (1 to 128 characters).",
     404: "file not found: no ok sample '20261201T153458123456Z-000042.png' for (Inspection, inspection-1) in recipe "
     "'default'; GET /datasets/list names the stored files.",
@@ -173,7 +189,49 @@ def finish_document(openapi: OpenAPI) -> None:
             schema.examples = [example]
         for key, prop in (schema.properties or {}).items():
             if isinstance(prop, Schema) and prop.one_of and len(prop.one_of) == 1:
-                schema.properties[key] = prop.one_of[0]
+                # the field's Meta (description, examples) sits on the wrapper: keep it on what replaces it
+                kept = {field.name: getattr(prop, field.name) for field in dataclasses.fields(prop)
+                        if field.name != "one_of" and getattr(prop, field.name) is not None}
+                schema.properties[key] = dataclasses.replace(prop.one_of[0], **kept)
+
+
+SECURITY_SCHEMES = {
+    "ApiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header",
+                             description="A key from `bdi keys add NAME --role ROLE`, or BDI_API_KEY (an admin key)."),
+    "Bearer": SecurityScheme(type="http", scheme="bearer",
+                             description="The same key as `Authorization: Bearer` (Prometheus' scrape setting)."),
+}
+
+
+def document_roles(openapi: OpenAPI, roles: dict[tuple[str, str], str]) -> None:
+    """Each operation's role (``auth.route_roles``): the key it accepts (security) and its 401 and 403 answers,
+    the 403 naming the role. Public operations (/health) get neither."""
+    openapi.components = openapi.components or Components()
+    openapi.components.security_schemes = dict(SECURITY_SCHEMES)
+    for path, item in (openapi.paths or {}).items():
+        for method in ("get", "post", "delete", "put", "patch"):
+            operation = getattr(item, method)
+            role = roles.get((path, method.upper()))
+            if operation is None or role is None or role == auth.PUBLIC:
+                continue
+            operation.security = [{"ApiKey": []}, {"Bearer": []}]
+            operation.responses = {
+                **(operation.responses or {}),
+                "401": _error_response(401, "No API key, or one this service does not know or that was revoked, "
+                                            "while keys exist (`bdi keys add`, BDI_API_KEY); with none the service "
+                                            "is open."),
+                "403": _error_response(403, f"The key's role is below {role}: this operation needs the role "
+                                            f"`{role}` or higher (inspector < setup < engineer < admin)."),
+            }
+            operation.responses = dict(sorted(operation.responses.items()))
+
+
+def _error_response(status: int, description: str) -> OpenAPIResponse:
+    example = _example(status)
+    return OpenAPIResponse(description=description, content={"application/json": OpenAPIMediaType(
+        schema=Reference(ref="#/components/schemas/ErrorResponse"),
+        examples={"errorresponse-example-1": example},
+    )})
 
 
 def openapi_30(document: dict[str, Any]) -> dict[str, Any]:
@@ -247,7 +305,8 @@ def openapi_config(version: str) -> OpenAPIConfig:
         description=DESCRIPTION,
         tags=TAGS,
         render_plugins=[VIEWER, JsonRenderPlugin()],
-        openapi_router=Router("/schema", route_handlers=[], include_in_schema=False, after_request=_json_not_found),
+        openapi_router=Router("/schema", route_handlers=[], include_in_schema=False, after_request=_json_not_found,
+                              guards=[INSPECTOR]),
     )
 
 
@@ -258,20 +317,21 @@ def _json_not_found(response: Response[Any]) -> Response[Any]:
     return Response(ErrorResponse(error=message, detail=message), status_code=404, media_type="application/json")
 
 
-@get("/openapi.json", include_in_schema=False, sync_to_thread=False, media_type="application/json")
+@get("/openapi.json", include_in_schema=False, guards=[INSPECTOR], sync_to_thread=False, media_type="application/json")
 def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """Where FastAPI clients and generators look for the document."""
     return request.app.openapi_schema.to_schema()
 
 
-@get("/docs", include_in_schema=False, sync_to_thread=False, media_type="text/html")
+@get("/docs", include_in_schema=False, guards=[INSPECTOR], sync_to_thread=False, media_type="text/html")
 def docs(request: Request[Any, Any, Any]) -> bytes:
     """The viewer at FastAPI's address."""
     return VIEWER.render(request, request.app.openapi_schema.to_schema())
 
 
 viewer_assets = create_static_files_router(
-    path=VIEWER_ASSETS, directories=[swagger_ui_path], name="viewer_assets", include_in_schema=False
+    path=VIEWER_ASSETS, directories=[swagger_ui_path], name="viewer_assets", include_in_schema=False,
+    guards=[INSPECTOR],
 )
 
 DOC_ROUTES = [openapi_json, docs, viewer_assets]

@@ -87,8 +87,18 @@ def test_kind_is_case_insensitive_and_numbers_may_be_strings_or_floats() -> None
     assert parse_shape('{"kind": " Annulus ", "r": 1e2, "r_inner": "2"}') == Shape("annulus", r=100.0, r_inner=2.0)
 
 
-def test_unknown_extra_keys_are_ignored() -> None:
-    assert parse_shape('{"kind": "rect", "w": 5, "colour": "red", "r": "not a number"}') == Shape("rect", w=5.0)
+@pytest.mark.parametrize("text", [
+    '{"kind": "rect", "x": 10, "y": 10, "width": 100, "height": 100}',  # a misspelt rect: would be the whole image
+    '{"kind": "rect", "w": 5, "colour": "red"}',
+    '{"kind": "rect", "cx": 5}',  # another kind's key
+    '{"kind": "circle", "cx": 5, "cy": 5, "radius": 4}',
+])
+def test_a_key_the_kind_does_not_take_is_refused_naming_the_keys_of_each_kind(text: str) -> None:
+    with pytest.raises(BadRequest) as refused:
+        parse_shape(text)
+    message = refused.value.message
+    assert "does not take" in message
+    assert "rect: x, y, w, h; circle: cx, cy, r; annulus: cx, cy, r, r_inner" in message
 
 
 def test_large_masks_are_fast_enough() -> None:

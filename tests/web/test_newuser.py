@@ -4,6 +4,7 @@ route, and takes the time forms the CLI takes."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from tests.support import make_record
 
@@ -51,3 +52,21 @@ def test_since_takes_an_age_as_the_cli_does(client):
         assert refused.status_code == 422, bad
         [problem] = refused.json()["detail"]
         assert problem["loc"] == ["query", "since"] and "7d" in problem["msg"], problem
+
+
+def test_a_misspelt_shape_is_refused_instead_of_scoring_the_whole_image(client):
+    from tests.support import fit, infer, synthetic_roi
+
+    assert fit(client, "Master1", "inspection-1", [synthetic_roi(64, 48, 0)]).status_code == 200
+    misspelt = json.dumps({"kind": "rect", "x": 10, "y": 10, "width": 100, "height": 100})
+    response = infer(client, "Master1", "inspection-1", synthetic_roi(64, 48, 1), shape=misspelt)
+    assert response.status_code == 400, response.text  # CONTRACT.md: an invalid shape is a 400
+    assert "'height', 'width'" in response.json()["error"] and "rect: x, y, w, h" in response.json()["error"]
+
+
+def test_the_documents_infer_form_describes_its_optional_fields_with_an_example(client):
+    document = client.get("/schema/openapi.json").json()
+    form = document["components"]["schemas"]["InferForm"]["properties"]
+    for name in ("shape", "part_id", "include_heatmap", "recipe_id"):
+        assert form[name].get("description") and form[name].get("examples"), (name, form[name])
+    assert "does not take" in form["shape"]["description"]

@@ -102,8 +102,9 @@ class InferForm(msgspec.Struct):
             'floats): `{"kind": "rect", "x", "y", "w", "h"}`, `{"kind": "circle", "cx", "cy", "r"}` or '
             '`{"kind": "annulus", "cx", "cy", "r", "r_inner"}`. `kind` is case-insensitive and defaults to '
             "`rect`; missing keys default to the whole image, its centre, half its short side, and 0. "
-            "Without `shape` the whole image is inspected. Invalid JSON, bad numbers or a mask that covers "
-            "no pixel of the image are a 400.",
+            "Without `shape` the whole image is inspected. Invalid JSON, bad numbers, a key the kind does not "
+            "take (`width` instead of `w`: ignored, it would leave the whole image) or a mask that covers "
+            "no pixel of the image are a 400 whose sentence names the keys each kind takes.",
             examples=['{"kind": "circle", "cx": 224, "cy": 224, "r": 200}'],
         ),
     ] | msgspec.UnsetType = msgspec.UNSET
@@ -111,7 +112,7 @@ class InferForm(msgspec.Struct):
     include_heatmap: Annotated[
         bool,
         Meta(description="Text `true`/`false`. `false`: `heatmap_png_base64` is null (and not computed); absent: "
-             "the heatmap is always sent, as before."),
+             "the heatmap is always sent, as before.", examples=[False]),
     ] | msgspec.UnsetType = msgspec.UNSET
     recipe_id: RecipeIdField | msgspec.UnsetType = msgspec.UNSET
     part_id: Annotated[
