@@ -1,19 +1,14 @@
-"""Request middleware: the correlation id of each request (logged, echoed), the request metrics and the
-optional API key."""
+"""Request middleware: the correlation id of each request (logged, echoed) and the request metrics (the API
+keys and roles: ``auth``)."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import time
 import uuid
-from typing import Any
 
-from litestar.connection import ASGIConnection
 from litestar.datastructures import MutableScopeHeaders
-from litestar.exceptions import NotAuthorizedException
-from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -76,15 +71,3 @@ async def echo_correlation_id(message: Message, scope: Scope) -> None:
         headers["X-Correlation-Id"] = cid
         if scope["state"].get("correlation_header") == "x-request-id":
             headers["X-Request-Id"] = cid
-
-
-def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
-    """With BDI_API_KEY set, every route but /health (and CORS preflights) needs ``X-API-Key`` or, for clients
-    that can only send a bearer token (Prometheus' ``authorization`` scrape setting), ``Authorization: Bearer``."""
-    expected = connection.app.state.settings.api_key
-    if not expected or connection.scope["path"] == "/health" or connection.scope.get("method") == "OPTIONS":
-        return
-    scheme, _, token = connection.headers.get("authorization", "").partition(" ")
-    given = connection.headers.get("x-api-key") or (token.strip() if scheme.lower() == "bearer" else "")
-    if not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
-        raise NotAuthorizedException("missing or wrong X-API-Key")

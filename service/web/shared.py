@@ -27,10 +27,11 @@ from litestar.params import HeaderParameter, Parameter
 from msgspec import Meta
 from multipart import ParserLimitReached
 
-from ..errors import BadRequest, PayloadTooLarge
 from ..core import RequestContext
+from ..errors import BadRequest, PayloadTooLarge
 from ..logs import correlation_id
 from ..validation import MAX_ID_LENGTH, MAX_MM_PER_PX, RECIPE_PATTERN, normalize_recipe
+from .auth import caller
 
 # Constraints for the document only: Litestar copies a Meta's ``extra_json_schema["extra"]`` into the field's
 # schema and msgspec validates none of it, so the service's own checks, with the contract's 400s, stay the rule.
@@ -122,9 +123,12 @@ async def off_loop(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 def request_context(request: Request[Any, Any, Any]) -> RequestContext:
-    """Who asked (the correlation id and the client's address), for the service's logs and records."""
+    """Who asked (the correlation id, the client's address, the API key's name and role), for the service's logs,
+    records and audit trail."""
     client = f"{request.client.host}:{request.client.port}" if request.client else None
-    return RequestContext(correlation_id=correlation_id.get(), client=client, source="api")
+    identity = caller(request)
+    return RequestContext(correlation_id=correlation_id.get(), client=client, source="api",
+                          actor=identity.name if identity else None, role=identity.role if identity else None)
 
 
 def as_schema(schema: type[T], value: dict[str, Any]) -> T:

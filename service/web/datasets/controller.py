@@ -11,9 +11,10 @@ from litestar.enums import RequestEncodingType
 from litestar.openapi import ResponseSpec
 from litestar.params import Body, JSONBody, Parameter
 
-from ...errors import BadRequest
 from ...core import InspectionService, Upload
+from ...errors import BadRequest
 from ...logs import correlation_id
+from ..auth import INSPECTOR, SETUP
 from ..openapi import error_responses
 from ..shared import (
     FORM_422,
@@ -97,6 +98,7 @@ class DatasetsController(Controller):
 
     @post(
         "/datasets/ok/upload",
+        guards=[SETUP],
         status_code=200,
         operation_id="upload_ok_datasets_ok_upload_post",
         summary="Store OK samples",
@@ -116,6 +118,7 @@ class DatasetsController(Controller):
 
     @post(
         "/datasets/ng/upload",
+        guards=[SETUP],
         status_code=200,
         operation_id="upload_ng_datasets_ng_upload_post",
         summary="Store NG samples",
@@ -135,6 +138,7 @@ class DatasetsController(Controller):
 
     @get(
         "/datasets/list",
+        guards=[INSPECTOR],
         operation_id="list_datasets_list_get",
         summary="List the stored samples",
         description="The stored OK and NG samples of (role_id, roi_id) in the request's recipe, oldest first, and which "
@@ -157,6 +161,7 @@ class DatasetsController(Controller):
 
     @get(
         "/datasets/file",
+        guards=[INSPECTOR],
         operation_id="get_file_datasets_file_get",
         summary="Download a stored sample",
         description="The stored bytes of one sample. The answer's `Content-Type` is that of its extension (`image/png`, "
@@ -187,6 +192,7 @@ class DatasetsController(Controller):
 
     @delete(
         "/datasets/file",
+        guards=[SETUP],
         status_code=200,
         operation_id="delete_file_datasets_file_delete",
         summary="Delete a stored sample",
@@ -214,6 +220,7 @@ class DatasetsController(Controller):
 
     @get(
         "/datasets/meta",
+        guards=[INSPECTOR],
         operation_id="get_meta_datasets_meta_get",
         summary="A stored sample's sidecar",
         description="The sidecar of one stored sample: the client's meta plus the keys the service set, with "
@@ -242,6 +249,7 @@ class DatasetsController(Controller):
 
     @post(
         "/calibrate_dataset",
+        guards=[SETUP],
         status_code=200,
         operation_id="calibrate_dataset_calibrate_dataset_post",
         summary="Calibrate from the stored samples",

@@ -17,9 +17,10 @@ from litestar.enums import RequestEncodingType
 from litestar.exceptions import ValidationException
 from litestar.params import Body, HeaderParameter, JSONBody, Parameter
 
-from ...errors import BadRequest
 from ...core import InspectionService, Upload
+from ...errors import BadRequest
 from ...logs import correlation_id
+from ..auth import ANYONE, INSPECTOR, SETUP
 from ..openapi import error_responses
 from ..shared import (
     FORM_422,
@@ -80,6 +81,7 @@ class InspectionController(Controller):
 
     @get(
         "/health",
+        guards=[ANYONE],
         operation_id="health_health_get",
         summary="Service health",
         description="What runs (device, backbone, weights, input size) and whether the service can serve. Always 200: "
@@ -103,6 +105,7 @@ class InspectionController(Controller):
 
     @post(
         "/fit_ok",
+        guards=[SETUP],
         status_code=200,
         operation_id="fit_ok_fit_ok_post",
         summary="Fit a ROI from OK images",
@@ -165,6 +168,7 @@ class InspectionController(Controller):
 
     @post(
         "/calibrate_ng",
+        guards=[SETUP],
         status_code=200,
         operation_id="calibrate_ng_calibrate_ng_post",
         summary="Calibrate the threshold",
@@ -198,6 +202,7 @@ class InspectionController(Controller):
 
     @post(
         "/infer",
+        guards=[INSPECTOR],
         status_code=200,
         operation_id="infer_infer_post",
         summary="Inspect one ROI image",
@@ -256,6 +261,7 @@ class InspectionController(Controller):
 
     @get(
         "/state",
+        guards=[INSPECTOR],
         operation_id="state_state_get",
         summary="State of one model",
         description="Whether (role_id, roi_id) of the request's recipe has an active memory and a calibration, and whether "

@@ -7,6 +7,7 @@ from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 
 from ...core import InspectionService
+from ..auth import INSPECTOR
 from ..openapi import error_responses
 from ..shared import off_loop
 
@@ -18,6 +19,7 @@ class MonitoringController(Controller):
 
     @get(
         "/metrics",
+        guards=[INSPECTOR],
         operation_id="metrics",
         summary="Prometheus metrics",
         description="Prometheus text format: requests by route and status, latency histograms, backbone forward time and "
