@@ -26,6 +26,7 @@ from .calibration import Calibration
 from .datasets import DatasetSamples
 from .inspection import Inspector
 from .memory import ActiveMemories, MemoryCache
+from .overview import ModelOverview
 from .records import RecordReader
 from .request import LOGGER_NAME
 from .status import ModelStatus
@@ -67,6 +68,8 @@ class InspectionService:
     inspections = _calls("record_reader", RecordReader.page)
     inspection = _calls("record_reader", RecordReader.get)
     inspection_file = _calls("record_reader", RecordReader.file)
+    overview = _calls("overview_reader", ModelOverview.models)
+    model_overview = _calls("overview_reader", ModelOverview.model)
 
     def __init__(self, settings: Settings, extractor: FeatureExtractor | None = None) -> None:
         self.settings = settings
@@ -107,6 +110,7 @@ class InspectionService:
                                        self.inspector)
         self.datasets = DatasetSamples(settings, samples, registry)
         self.record_reader = RecordReader(settings, self.records)
+        self.overview_reader = ModelOverview(settings, store, registry, self.records)
 
     def start(self) -> None:
         """Migrate the registry, clean what killed writes left, import what earlier backends wrote, and

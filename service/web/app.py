@@ -6,12 +6,16 @@ import msgspec
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
 
 from .. import __version__
 from ..core import InspectionService
 from ..logs import configure_logging
 from ..settings import Settings
 from .auth import authenticate, route_roles
+from .console.controller import STATIC, TEMPLATES, ConsoleController
 from .datasets.controller import DatasetsController
 from .error_handlers import EXCEPTION_HANDLERS
 from .inspection.controller import InspectionController
@@ -38,7 +42,9 @@ def create_app(settings: Settings | None = None, service: InspectionService | No
 
     app = Litestar(
         route_handlers=[InspectionController, DatasetsController, RecordsController, MonitoringController,
-                        *DOC_ROUTES],
+                        *DOC_ROUTES, ConsoleController,
+                        create_static_files_router("/console/static", [STATIC], include_in_schema=False)],
+        template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         dependencies={"service": Provide(lambda: service, use_cache=True, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[CorrelationMiddleware()],

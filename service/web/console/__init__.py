@@ -1,0 +1,1 @@
+"""The quality engineer's console (/console/): server-rendered pages, their templates and static assets."""
