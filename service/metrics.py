@@ -85,6 +85,10 @@ class Metrics:
             "bdi_inspections", "Answered inspections by model and decision (none: uncalibrated).",
             ["recipe_id", "role_id", "roi_id", "decision"], registry=registry,
         )
+        self.inspection_warnings = Counter(
+            "bdi_inspection_warnings", "Inspections answered with a warning, by kind (image_size: the image's size "
+            "differs from the training images').", ["recipe_id", "role_id", "roi_id", "kind"], registry=registry,
+        )
         self.fits = Counter("bdi_fits", "Completed fits and appends (new memory versions), by kind.", ["kind"],
                             registry=registry)
         self.fit_seconds = Histogram(

@@ -46,6 +46,8 @@ from .request import LOGGER_NAME, RequestContext, Upload, about_model, checked_r
 from .status import ModelStatus
 
 logger = logging.getLogger(LOGGER_NAME)
+SIZE_TOLERANCE = 0.1
+"""How far (a fraction of the training size) an image's width or height may differ before /infer warns."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +116,7 @@ class Inspector:
         bgr = decode_image(image.data, image.filename, self.settings.max_image_pixels)
         height, width = bgr.shape[:2]
         mask = shape_mask(parsed_shape, width, height)
+        warnings = self._size_warnings(state, width, height)
         claim_mm_per_px(self.store, self.registry, recipe, mm_per_px)
         index = self.memories.index(state)
         loaded = time.perf_counter()
@@ -146,6 +149,8 @@ class Inspector:
             "heatmap_png_base64": heatmap,
             "regions": regions,
         }
+        if warnings:  # the web layer shows them to newer clients only
+            response["warnings"] = warnings
         self.metrics.inspections.labels(recipe, role_id, roi_id, decision or "none").inc()
         if recording:
             record = InspectionRecord(
@@ -159,6 +164,7 @@ class Inspector:
                 image_sha256=hashlib.sha256(image.data).hexdigest(),
                 shape_kind=parsed_shape.kind if parsed_shape is not None else None, mm_per_px=mm_per_px,
                 correlation_id=context.correlation_id, client=context.client, part_id=context.part_id,
+                warnings=warnings or None,
                 source=context.source, load_ms=1000 * (loaded - started), forward_ms=1000 * (extracted - loaded),
                 total_ms=1000 * (finished - started),
             )
@@ -180,6 +186,24 @@ class Inspector:
             area_thr = self.settings.area_mm2_thr if area_thr is None else area_thr
             regions = find_regions(amap, mask, threshold, mm_per_px, area_thr)
         return score, threshold, percentile, regions
+
+    def _size_warnings(self, state: ModelState, width: int, height: int) -> list[str]:
+        """A warning (logged and counted too) when the image's size is not the training images' within
+        SIZE_TOLERANCE: the letterbox scales any image onto the backbone's input, so a 1x1 PNG or a 600x150 crop
+        against a 256x256 memory is scored without complaint, at another scale than the calibration saw."""
+        active = state.active
+        assert active is not None
+        trained = (active.train_width, active.train_height)
+        if None in trained or all(abs(got - want) <= SIZE_TOLERANCE * want
+                                  for got, want in zip((width, height), trained)):
+            return []
+        warning = (f"image_size: the image is {width}x{height} px but version {state.active_version} was fitted on "
+                   f"{trained[0]}x{trained[1]} px images; an image of another size or shape is scaled differently "
+                   "onto the backbone's input, so its score is not comparable with the calibration. Crop the ROI as "
+                   "for the training images, or refit on images of this size.")
+        logger.warning("infer recipe=%r role=%r roi=%r: %s", state.recipe_id, state.role_id, state.roi_id, warning)
+        self.metrics.inspection_warnings.labels(state.recipe_id, state.role_id, state.roi_id, "image_size").inc()
+        return [warning]
 
     def anomaly_map(self, index: MemoryIndex, features: np.ndarray, width: int, height: int) -> np.ndarray:
         """The blurred anomaly map of one image's patch features, in its own pixels (shared by /infer and

@@ -48,6 +48,14 @@ CORESET_SEED = 0
 HOLDOUT_SEED = 0
 
 
+def training_size(images: list[np.ndarray]) -> dict[str, int]:
+    """The size of a fit's images, kept with the version so /infer can warn about an image of another size
+    (the letterbox scales any size to the backbone's input, so the scores would not say so): the median width
+    and height, which is the size when they all share one."""
+    return {"train_width": int(np.median([image.shape[1] for image in images])),
+            "train_height": int(np.median([image.shape[0] for image in images]))}
+
+
 @dataclasses.dataclass(frozen=True)
 class Growth:
     """What an append adds to a memory, and the numbers its version records."""
@@ -125,6 +133,7 @@ class Training:
             "mm_per_px": mm_per_px,
             "extractor": self.extractor.fingerprint,
             "dataset": provenance,
+            **training_size(decoded),
             "created_at": utc_now(),
         }
         claim_mm_per_px(self.store, self.registry, recipe, mm_per_px)
@@ -263,6 +272,9 @@ class Training:
             "mm_per_px": mm_per_px,
             "extractor": self.extractor.fingerprint,
             "dataset": dataset,
+            # the appended images are scored against the fit's size: they don't redefine it
+            "train_width": parent.get("train_width"),
+            "train_height": parent.get("train_height"),
             "parent_version": parent_version,
             "ancestors": [parent_version, *(parent.get("ancestors") or [])],
             "append": {

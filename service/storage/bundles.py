@@ -122,6 +122,8 @@ class VersionNumbers(msgspec.Struct):
     parent_version: Positive | None = None
     ancestors: list[Positive] = msgspec.field(default_factory=list)
     imported: dict[str, Any] | None = None
+    train_width: Positive | None = None  # the training images' size: /infer warns about another size
+    train_height: Positive | None = None
 
 
 class CalibrationValues(msgspec.Struct):
@@ -633,6 +635,8 @@ def _fields(bundle: Bundle) -> dict[str, Any]:
         "ancestors": [],
         "append": None,
         "imported": imported,
+        "train_width": numbers.train_width,
+        "train_height": numbers.train_height,
     }
 
 

@@ -171,7 +171,7 @@ class InspectionRecord:
 FIELDS = [field.name for field in dataclasses.fields(InspectionRecord)]
 _INTERNAL = ("image_path", "heatmap_path", "image_bytes", "seq")
 # columns of migrations 0008/0009, shown by the API once the capabilities that fill them land
-_NOT_YET_SHOWN = ("warnings", "heatmap_low", "heatmap_high", "shape", "regions", "shadow_version", "shadow_score",
+_NOT_YET_SHOWN = ("heatmap_low", "heatmap_high", "shape", "regions", "shadow_version", "shadow_score",
                   "shadow_decision", "review_verdict", "review_outcome", "reviewed_at", "learned_version")
 PUBLIC_FIELDS = [name for name in FIELDS if name not in _INTERNAL + _NOT_YET_SHOWN] + ["image_kept"]
 """The record as the API, ``bdi inspections`` and the exports show it: the kept files only as ``image_kept``."""

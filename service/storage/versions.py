@@ -132,6 +132,9 @@ class ModelVersions:
             "parent_version": metadata.get("parent_version"),  # an append's: the version it grew from
             "ancestors": metadata.get("ancestors") or [],  # parent first, back to the fit
             "append": metadata.get("append"),  # an append's: images added (name, sha256) and patch counts
+            # the size of the images it was fitted on: /infer warns about images of another size
+            "train_width": metadata.get("train_width"),
+            "train_height": metadata.get("train_height"),
         }
         return self.add_version_files(folder, memory, index_bytes, fields, activate)
 

@@ -70,3 +70,36 @@ def test_the_documents_infer_form_describes_its_optional_fields_with_an_example(
     for name in ("shape", "part_id", "include_heatmap", "recipe_id"):
         assert form[name].get("description") and form[name].get("examples"), (name, form[name])
     assert "does not take" in form["shape"]["description"]
+
+
+def test_an_image_of_another_size_than_the_training_images_is_warned_about_to_newer_clients_only(make_client):
+    import cv2
+    import numpy as np
+
+    from tests.support import fit, infer, metric_values, png_bytes, synthetic_roi
+
+    client = make_client(BDI_RECORD_IMAGES="none")
+    service = client.app.state.service
+    assert fit(client, "Master1", "inspection-1", [synthetic_roi(64, 48, seed) for seed in range(2)]).status_code == 200
+    active = service.model_state("Master1", "inspection-1").active
+    assert (active.train_width, active.train_height) == (64, 48)
+
+    same = infer(client, "Master1", "inspection-1", synthetic_roi(66, 47, 5), headers={"X-Request-Id": "a"})
+    assert same.status_code == 200 and "warnings" not in same.json()  # within 10%: nothing to say
+    one_pixel = png_bytes(np.full((1, 1, 3), 120, np.uint8))
+    old = infer(client, "Master1", "inspection-1", one_pixel, headers={"X-Correlation-Id": "old-gui"})
+    assert old.status_code == 200 and list(old.json()) == ["score", "threshold", "decision", "token_shape",
+                                                           "heatmap_png_base64", "regions"]
+    crop = cv2.resize(synthetic_roi(64, 48, 6), (150, 20))
+    newer = infer(client, "Master1", "inspection-1", crop, headers={"X-Request-Id": "newer-gui"})
+    assert newer.status_code == 200
+    [warning] = newer.json()["warnings"]
+    assert warning.startswith("image_size: the image is 150x20 px") and "64x48" in warning
+
+    assert service.recorder.flush(30)
+    records = {item["correlation_id"]: item for item in client.get("/inspections").json()["items"]}
+    assert records["old-gui"]["warnings"][0].startswith("image_size: the image is 1x1 px")
+    assert records["newer-gui"]["warnings"] == [warning] and records["a"]["warnings"] is None
+    metrics = metric_values(client.get("/metrics").text)
+    labels = (("kind", "image_size"), ("recipe_id", "default"), ("roi_id", "inspection-1"), ("role_id", "Master1"))
+    assert metrics[("bdi_inspection_warnings_total", labels)] == 2

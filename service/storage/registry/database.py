@@ -58,6 +58,8 @@ class VersionInfo:
     parent_version: int | None = None
     ancestors: tuple[int, ...] = ()
     covering_radius: float | None = None
+    train_width: int | None = None  # the size of the images it was fitted on (None: fitted before 0008)
+    train_height: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -593,6 +595,8 @@ def _version_row(model_id: int, store: ModelStore, files: VersionFiles) -> Memor
         parent_version=manifest.get("parent_version"),
         ancestors=manifest.get("ancestors") or [],
         covering_radius=manifest.get("covering_radius"),
+        train_width=manifest.get("train_width"),
+        train_height=manifest.get("train_height"),
     )
 
 
@@ -628,7 +632,7 @@ def _version_info(row: MemoryVersion) -> VersionInfo:
         row.version, (row.token_h, row.token_w), row.n_embeddings, row.coreset_size,
         row.coreset_rate_requested, row.coreset_rate_applied, row.embed_dim, row.extractor,
         row.memory_sha256, row.index_sha256, row.source, row.legacy_path, row.created_at,
-        row.parent_version, tuple(row.ancestors or ()), row.covering_radius,
+        row.parent_version, tuple(row.ancestors or ()), row.covering_radius, row.train_width, row.train_height,
     )
 
 

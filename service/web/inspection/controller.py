@@ -255,8 +255,10 @@ class InspectionController(Controller):
             service.infer, data.role_id, data.roi_id, data.mm_per_px, upload, _given(data.shape), context,
             recipe_id=recipe, include_heatmap=data.include_heatmap is not False,
         )
+        warnings = result.pop("warnings", None)  # an old GUI gets exactly CONTRACT.md's keys
         if _newer_gui(request, data.recipe_id, data.include_heatmap):
-            result = {**result, "request_id": correlation_id.get(), "recipe_id": recipe}
+            result = {**result, "request_id": correlation_id.get(), "recipe_id": recipe,
+                      **({"warnings": warnings} if warnings else {})}
         return as_schema(InferResponse, result)
 
     @get(

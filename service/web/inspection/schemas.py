@@ -351,6 +351,13 @@ class InferResponse(msgspec.Struct):
     ]
     request_id: RequestIdKey | msgspec.UnsetType = msgspec.UNSET
     recipe_id: RecipeIdKey | msgspec.UnsetType = msgspec.UNSET
+    warnings: Annotated[list[str], Meta(
+        description="What the client should know about this answer, each sentence starting with its kind: "
+        "`image_size:` the image's size differs from the model's training images' by more than 10%, so the "
+        "score is not comparable with the calibration (crop as for the training images, or refit). Absent when "
+        "there is nothing to say. " + NEWER_GUI_KEYS,
+        examples=[["image_size: the image is 600x150 px but version 3 was fitted on 256x256 px images; ..."]],
+    )] | msgspec.UnsetType = msgspec.UNSET
 
 
 class StateResponse(msgspec.Struct):

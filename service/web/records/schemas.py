@@ -43,6 +43,7 @@ class InspectionItem(msgspec.Struct):
         "load_ms": 3.1,
         "forward_ms": 452.7,
         "total_ms": 489.0,
+        "warnings": None,
         "image_kept": True,
     }
 
@@ -76,6 +77,11 @@ class InspectionItem(msgspec.Struct):
     load_ms: Annotated[float, Meta(description="Registry check, decoding and memory lookup, in ms.")]
     forward_ms: Annotated[float, Meta(description="Waiting for and running the backbone forward, in ms.")]
     total_ms: Annotated[float, Meta(description="The whole inspection in the service, in ms.")]
+    warnings: Annotated[list[str] | None, Meta(
+        description="What the answer warned about (shown to newer clients in /infer's `warnings`), each starting "
+        "with its kind: `image_size:` the image's size differs from the training images' by more than 10%, so "
+        "its score is not comparable with the calibration. Null: none.",
+        examples=[["image_size: the image is 600x150 px but version 3 was fitted on 256x256 px images; ..."]])]
     image_kept: Annotated[bool, Meta(description="The upload and heatmap are kept (`/inspections/{id}/image`, "
                                      "`/heatmap`); see BDI_RECORD_IMAGES.")]
 
