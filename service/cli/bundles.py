@@ -16,6 +16,7 @@ from .common import (
     EXIT_USAGE,
     CliError,
     as_text,
+    cli_audit,
     echo_json,
     json_option,
     model_label,
@@ -87,7 +88,7 @@ def import_model(
     running = extractor_fingerprint(settings.input_size, settings.weights, settings.precision)
     role_id, roi_id = target or (None, None)
     result = import_bundle(opened.store, opened.registry, bundle, running, role_id=role_id, roi_id=roi_id,
-                           recipe_id=recipe_id, activate=activate, force=force)
+                           recipe_id=recipe_id, activate=activate, force=force, audit=cli_audit("import"))
     if as_json:
         echo_json(dataclasses.asdict(result))
         return

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import getpass
 import json
+import os
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -17,10 +20,35 @@ from rich.table import Table
 from ..errors import BadRequest
 from ..settings import Settings
 from ..storage import ModelState, ModelStore, RecordStore, Registry, open_storage, parse_moment
+from ..storage.audit import AuditEvent
 from ..validation import DEFAULT_RECIPE, normalize_recipe
+
+if TYPE_CHECKING:
+    from ..core import RequestContext
 
 EXIT_PROBLEMS, EXIT_USAGE = 1, 2
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def cli_actor() -> str:
+    """Who the audit trail names for a change made from the command line: ``cli:<OS user>`` (no role)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid without a passwd entry
+        user = str(os.getuid())
+    return f"cli:{user}"
+
+
+def cli_audit(action: str, **fields: Any) -> AuditEvent:
+    """The audit event of a change an admin command makes (they never load the core, which pulls in torch)."""
+    return AuditEvent(action, actor=cli_actor(), correlation_id=uuid.uuid4().hex, **fields)
+
+
+def cli_context(**fields: Any) -> RequestContext:
+    """The request context of a command that runs the service's core (fit, calibrate, eval)."""
+    from ..core import RequestContext  # the core pulls in torch: only the commands that run the backbone
+
+    return RequestContext(correlation_id=uuid.uuid4().hex, source="cli", actor=cli_actor(), **fields)
 
 
 class CliError(click.ClickException):

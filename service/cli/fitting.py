@@ -4,7 +4,6 @@ stored in the service (``--recipe`` names its namespace)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,7 +15,16 @@ from ..errors import ServiceError
 from ..quality import Dataset, MmPerPx, Sample, fit_provenance, load_dataset, split_holdout, split_seen
 from ..settings import Settings
 from ..storage import DatasetStore, ModelState, ModelStore
-from .common import EXIT_USAGE, CliError, model_label, models_dir_option, print_table, recipe_option, rich_console
+from .common import (
+    EXIT_USAGE,
+    CliError,
+    cli_context,
+    model_label,
+    models_dir_option,
+    print_table,
+    recipe_option,
+    rich_console,
+)
 
 if TYPE_CHECKING:  # the service pulls in torch; admin commands never import it
     from ..core import InspectionService, Upload
@@ -122,7 +130,6 @@ def fit(role_id: str, roi_id: str, dataset_dir: Path | None, memory_fit: bool, m
     dataset scores those instead of the images the memory was built from. With --append every OK sample
     grows the active memory (a new version whose parent is the active one; the parent's holdout stays).
     """
-    from ..core import RequestContext
 
     if append and holdout:
         raise CliError("--holdout splits a fit's samples; an append adds every sample it is given. Leave out "
@@ -142,7 +149,7 @@ def fit(role_id: str, roi_id: str, dataset_dir: Path | None, memory_fit: bool, m
             progress.update(task, completed=done,
                             description="Extracting features" if done < total else "Building the memory")
 
-        context = RequestContext(correlation_id=uuid.uuid4().hex, source="cli")
+        context = cli_context()
         if append:
             result = service.append(role_id, roi_id, mm_per_px, uploads, memory_fit=memory_fit, context=context,
                                     progress=extracted, recipe_id=recipe_id)
@@ -177,7 +184,6 @@ def calibrate(role_id: str, roi_id: str, dataset_dir: Path | None, mm_per_px: fl
               area_mm2_thr: float | None, score_percentile: int | None, recipe_id: str, record: bool,
               models_dir: Path | None) -> None:
     """Score every OK and NG sample of a dataset folder, then calibrate the threshold of ROLE_ID / ROI_ID."""
-    from ..core import RequestContext
     from ..quality import overlap_warning
 
     dataset = _dataset(dataset_dir, role_id, roi_id, recipe_id, models_dir)
@@ -187,7 +193,7 @@ def calibrate(role_id: str, roi_id: str, dataset_dir: Path | None, mm_per_px: fl
     rule = _mm_per_px(service, state, mm_per_px)
     err = rich_console(stderr=True)
     err.print(f"{rule.describe(ok + ng)}; the calibration records {rule.common(ok + ng):g}.")
-    context = RequestContext(correlation_id=uuid.uuid4().hex, source="cli", record=record)
+    context = cli_context(record=record)
     scores: dict[str, list[float]] = {"ok": [], "ng": []}
     with _progress() as progress:
         for sample in progress.track(ok + ng, description="Scoring samples"):
@@ -252,7 +258,6 @@ def evaluate_command(role_id: str, roi_id: str, dataset_dir: Path | None, report
                      models_dir: Path | None) -> None:
     """Score the samples of a labelled dataset like /infer and write a quality report; its figures are on the
     samples the memory was not fitted on."""
-    from ..core import RequestContext
     from ..quality import evaluate
 
     dataset = _dataset(dataset_dir, role_id, roi_id, recipe_id, models_dir)
@@ -273,7 +278,7 @@ def evaluate_command(role_id: str, roi_id: str, dataset_dir: Path | None, report
                                fitted={sample.path for sample in split.fitted}, include_fitted=include_fitted,
                                seen_note=split.describe(), mm_per_px=rule, overlay_scale=overlay_scale,
                                progress=lambda done, _total: progress.update(task, completed=done), recipe_id=recipe_id,
-                               context=RequestContext(correlation_id=uuid.uuid4().hex, source="cli", record=record))
+                               context=cli_context(record=record))
         except ServiceError as exc:
             raise CliError(exc.message) from None
         except ValueError as exc:

@@ -19,10 +19,12 @@ from ..errors import ConfigError, RegistryUnavailable, ServiceError
 from ..logs import configure_logging
 from ..quality import DatasetError
 from ..storage import BundleError, IncompatibleBundle, LegacyError
+from .audit import audit
 from .common import EXIT_USAGE, CliError
 from .datasets import datasets
 from .fitting import calibrate, evaluate_command, fit
 from .inspections import drift, inspections
+from .keys import keys
 from .models import models
 from .openapi import openapi
 from .serve import serve
@@ -74,5 +76,5 @@ def main(debug: bool) -> None:
 
 
 models.add_command(drift)
-for command in (serve, models, datasets, inspections, fit, calibrate, evaluate_command, openapi):
+for command in (serve, models, datasets, inspections, fit, calibrate, evaluate_command, openapi, keys, audit):
     main.add_command(command)

@@ -15,6 +15,7 @@ from ..storage import FAILED, WOULD, migrate, recorded_files, remove_files
 from ..validation import DEFAULT_RECIPE
 from .bundles import export_model, import_model
 from .common import (
+    cli_audit,
     EXIT_PROBLEMS,
     CliError,
     OpenedModels,
@@ -183,7 +184,7 @@ def rollback(role_id: str, roi_id: str, version: int, recipe_id: str, models_dir
         store.activate(folder, version)
         described = store.describe(folder)
         assert described is not None  # the folder's id.json was just read by state_or_import
-        opened.registry.sync_folder(store, described)
+        opened.registry.sync_folder(store, described, cli_audit("rollback"))
     console = rich_console()
     console.print(f"Version {version} of {model_label(recipe_id, role_id, roi_id)} is active (was {as_text(previous)}).")
     calibration = state.calibration
@@ -219,7 +220,8 @@ def delete(role_id: str, roi_id: str, yes: bool, recipe_id: str, models_dir: Pat
         click.confirm(f"Delete model {label} ({where}){extra}? This can't be undone", abort=True)
     remove_files(store.root, legacy)
     store.delete_model(role_id, roi_id, recipe_id=recipe_id)
-    opened.registry.remove_model(role_id, roi_id, recipe_id=recipe_id)
+    opened.registry.remove_model(role_id, roi_id, recipe_id=recipe_id, audit=cli_audit(
+        "delete", details={"legacy_files": len(legacy)}))
     note = f" and {len(legacy)} legacy file(s)" if legacy else ""
     rich_console().print(f"Deleted model {label}{note}.")
 

@@ -101,7 +101,8 @@ class Calibration:
             }
             self.store.write_calibration(folder, values, entry)
             self.registry.add_calibration(
-                self.store, role_id, roi_id, folder, {**entry, "calibration": values}, recipe_id=recipe
+                self.store, role_id, roi_id, folder, {**entry, "calibration": values}, recipe_id=recipe,
+                audit=context.audit("calibrate", details={"source": context.source}),
             )
 
     def calibrate_dataset(

@@ -44,7 +44,8 @@ class DatasetSamples:
         samples = prepare_upload(
             label, [(upload.filename, upload.data) for upload in images], metas or [], self.settings.max_image_pixels
         )
-        saved = store_samples(self.store, self.registry, recipe, role_id, roi_id, label, samples)
+        saved = store_samples(self.store, self.registry, recipe, role_id, roi_id, label, samples,
+                              context.audit("dataset_upload"))
         logger.info("dataset upload recipe=%r role=%r roi=%r label=%s saved=%s", recipe, role_id, roi_id, label, saved)
         return {"status": "ok", "saved": saved}
 
@@ -94,6 +95,8 @@ class DatasetSamples:
         recipe, label, folder, sample = self._stored(role_id, roi_id, label, filename, recipe_id)
         deleted = self.store.delete(folder, sample)
         if deleted:
+            self.registry.record(context.audit("dataset_delete", recipe_id=recipe, role_id=role_id, roi_id=roi_id,
+                                               details={"label": label, "file": sample.name if sample else None}))
             logger.info("dataset delete recipe=%r role=%r roi=%r label=%s file=%s", recipe, role_id, roi_id, label,
                         sample.name if sample else None)
         return {"deleted": deleted, "filename": sample_name(filename)}

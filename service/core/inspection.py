@@ -117,7 +117,7 @@ class Inspector:
         height, width = bgr.shape[:2]
         mask = shape_mask(parsed_shape, width, height)
         warnings = self._size_warnings(state, width, height)
-        claim_mm_per_px(self.store, self.registry, recipe, mm_per_px)
+        claim_mm_per_px(self.store, self.registry, recipe, mm_per_px, context.audit("recipe_mm_per_px"))
         index = self.memories.index(state)
         loaded = time.perf_counter()
         self.metrics.queue_depth.inc()

@@ -136,10 +136,11 @@ class Training:
             **training_size(decoded),
             "created_at": utc_now(),
         }
-        claim_mm_per_px(self.store, self.registry, recipe, mm_per_px)
+        claim_mm_per_px(self.store, self.registry, recipe, mm_per_px, context.audit("recipe_mm_per_px"))
         with self.store.writing(role_id, roi_id, recipe_id=recipe) as folder:
             files = self.store.write_version(folder, memory, grid, metadata, index.to_bytes(), activate=activate)
-            self.registry.add_version(self.store, role_id, roi_id, folder, files, recipe_id=recipe, activate=activate)
+            self.registry.add_version(self.store, role_id, roi_id, folder, files, recipe_id=recipe, activate=activate,
+                                      audit=context.audit("fit", details={"images": len(images), "activate": activate}))
         state = self.registry.state(role_id, roi_id, recipe_id=recipe)
         if state is not None and state.active_version == files.version:
             self.memories.keep(state, index)
@@ -198,7 +199,7 @@ class Training:
         features = self.extractor.extract(decoded, batch_size=self.settings.fit_batch_size, progress=progress)
         extracted = time.perf_counter()
         new = features.reshape(-1, features.shape[-1])
-        claim_mm_per_px(self.store, self.registry, recipe, mm_per_px)
+        claim_mm_per_px(self.store, self.registry, recipe, mm_per_px, context.audit("recipe_mm_per_px"))
         with self.store.writing(role_id, roi_id, recipe_id=recipe) as folder:
             # Under the lock: the parent is the version active now, not the one seen before extracting
             # (a model deleted meanwhile: "fit first", and writing() removes the folder it made again).
@@ -220,7 +221,10 @@ class Training:
             n_embeddings = metadata["n_embeddings"]
             files = self.store.write_version(folder, memory, self.extractor.grid, metadata, index.to_bytes(),
                                              source="append", activate=activate)
-            self.registry.add_version(self.store, role_id, roi_id, folder, files, recipe_id=recipe, activate=activate)
+            self.registry.add_version(
+                self.store, role_id, roi_id, folder, files, recipe_id=recipe, activate=activate,
+                audit=context.audit("append", details={"images": len(images), "activate": activate}),
+            )
         fresh = self.registry.state(role_id, roi_id, recipe_id=recipe)
         if fresh is not None and fresh.active_version == files.version:
             self.memories.keep(fresh, index)

@@ -50,6 +50,7 @@ from ..pipeline.patchcore import flat_index_problem
 from ..settings import PATCH_SIZE
 from ..validation import DEFAULT_RECIPE, normalize_recipe, validate_id, validate_mm_per_px
 from .artifacts import ModelStore
+from .audit import AuditEvent
 from .files import CALIB_FILE, HISTORY_FILE, INDEX_FILE, MEMORY_FILE, TMP_PREFIX, VERSION_FILE, _fsync_dir, utc_now
 from .reading import ModelFolder
 from .recipes import check_mm_per_px, claim_mm_per_px, release_mm_per_px
@@ -532,6 +533,7 @@ def _weights(fingerprint: dict[str, Any]) -> str:
 def import_bundle(
     store: ModelStore, registry: Registry, bundle: Bundle, running: dict[str, Any], *, role_id: str | None = None,
     roi_id: str | None = None, recipe_id: str | None = None, activate: bool = True, force: bool = False,
+    audit: AuditEvent | None = None,
 ) -> ImportResult:
     """Add the bundle's memory as a new version of (recipe, role, roi) (the bundle's own ids unless given),
     activated with its calibration unless ``activate`` is False. Everything is checked first
@@ -547,9 +549,11 @@ def import_bundle(
     applied = bundle.calibration if activate else None
     values = [value for value in (bundle.fit_mm_per_px, (applied or {}).get("mm_per_px")) if value is not None]
     check_mm_per_px(registry, recipe, values)
-    claimed = bool(values) and claim_mm_per_px(store, registry, recipe, values[0])
+    claimed = bool(values) and claim_mm_per_px(
+        store, registry, recipe, values[0], audit.about(action="recipe_mm_per_px") if audit is not None else None
+    )
     try:
-        return _write_import(store, registry, bundle, role_id, roi_id, recipe, activate, notes)
+        return _write_import(store, registry, bundle, role_id, roi_id, recipe, activate, notes, audit)
     except BaseException:
         if claimed:
             try:
@@ -562,9 +566,10 @@ def import_bundle(
 
 def _write_import(
     store: ModelStore, registry: Registry, bundle: Bundle, role_id: str, roi_id: str, recipe: str, activate: bool,
-    notes: list[str],
+    notes: list[str], audit: AuditEvent | None = None,
 ) -> ImportResult:
-    """The import's one write, under the model's lock, undone as a whole when it fails."""
+    """The import's one write, under the model's lock, undone as a whole when it fails; ``audit``'s row commits
+    with its registration."""
     manifest = bundle.manifest
     with store.writing(role_id, roi_id, recipe_id=recipe) as folder:
         previous = store.active_version(folder)
@@ -580,7 +585,9 @@ def _write_import(
         entries = _history_entries(bundle, store, folder, number) if activate else []
         for entry in entries:
             store.write_calibration(folder, entry["calibration"], {k: v for k, v in entry.items() if k != "calibration"})
-        registry.add_import(store, role_id, roi_id, folder, entries, recipe_id=recipe)
+        registry.add_import(store, role_id, roi_id, folder, entries, recipe_id=recipe, audit=audit.about(
+            details={**(audit.details or {}), "bundle_id": manifest.bundle_id, "activate": activate},
+        ) if audit is not None else None)
         notes += _calibration_notes(bundle, store, folder, activate, previous, number)
     return ImportResult(outcome, recipe, role_id, roi_id, number, activate, len(entries), notes)
 

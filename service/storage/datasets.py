@@ -41,6 +41,7 @@ from ..pipeline.images import decode_image, image_format
 from ..pipeline.masks import parse_shape
 from ..validation import DEFAULT_RECIPE, validate_mm_per_px
 from .artifacts import ModelStore
+from .audit import AuditEvent
 from .files import (
     DATASETS_DIR,
     _append_json_line,
@@ -392,12 +393,19 @@ def _parse_time(value: object) -> dt.datetime | None:
 
 def store_samples(
     datasets: DatasetStore, registry: Registry, recipe_id: str, role_id: str, roi_id: str, label: str,
-    samples: Sequence[NewSample],
+    samples: Sequence[NewSample], audit: AuditEvent | None = None,
 ) -> list[str]:
     """Store checked samples (an upload, ``bdi datasets import``): their mm_per_px values must agree with the
-    named recipe's lock, the first one locking it, before anything is written (409 otherwise)."""
+    named recipe's lock, the first one locking it, before anything is written (409 otherwise). ``audit``
+    (the upload's event): its ``recipe_mm_per_px`` row when the samples lock the recipe, its own row once they
+    are stored."""
     mm_values = [sample.mm_per_px for sample in samples if sample.mm_per_px is not None]
     check_mm_per_px(registry, recipe_id, mm_values)
     if mm_values:
-        claim_mm_per_px(datasets.models, registry, recipe_id, mm_values[0])
-    return datasets.add(recipe_id, role_id, roi_id, label, samples)
+        claim_mm_per_px(datasets.models, registry, recipe_id, mm_values[0],
+                        audit.about(action="recipe_mm_per_px") if audit is not None else None)
+    saved = datasets.add(recipe_id, role_id, roi_id, label, samples)
+    if audit is not None:
+        registry.record(audit.about(recipe_id=recipe_id, role_id=role_id, roi_id=roi_id,
+                                    details={**(audit.details or {}), "label": label, "saved": saved}))
+    return saved

@@ -19,8 +19,8 @@ import time
 from sqlalchemy import Engine, insert, select, update
 
 from ..errors import BadRequest, NotFound, ServiceError
-from .audit import AuditEvent, write_audit
 from .files import utc_now
+from .registry.audit import AuditEvent, write_audit
 from .registry.engine import unavailable_as_503
 from .registry.tables import ApiKey
 

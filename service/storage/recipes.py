@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from ..errors import Conflict
 from ..validation import DEFAULT_RECIPE
 from .artifacts import ModelStore
+from .audit import AuditEvent
 from .files import utc_now
 from .registry import Registry
 
@@ -40,9 +41,12 @@ def check_mm_per_px(registry: Registry, recipe_id: str, values: Iterable[float])
             raise conflict
 
 
-def claim_mm_per_px(store: ModelStore, registry: Registry, recipe_id: str, mm_per_px: float) -> bool:
+def claim_mm_per_px(
+    store: ModelStore, registry: Registry, recipe_id: str, mm_per_px: float, audit: AuditEvent | None = None
+) -> bool:
     """Lock ``mm_per_px`` for a named recipe that has none yet; 409 when the lock holds another value. True
-    when this call locked it (for ``release_mm_per_px`` should the write it was claimed for fail)."""
+    when this call locked it (for ``release_mm_per_px`` should the write it was claimed for fail); ``audit``
+    (a ``recipe_mm_per_px`` event) is recorded with the lock when this call takes it."""
     if recipe_id == DEFAULT_RECIPE:
         return False
     expected = registry.recipe_mm_per_px(recipe_id)
@@ -62,7 +66,7 @@ def claim_mm_per_px(store: ModelStore, registry: Registry, recipe_id: str, mm_pe
                 store.write_recipe(folder, recorded)
                 claimed = True
             expected = float(recorded["mm_per_px"])
-            registry.sync_recipe(recipe_id, expected, str(recorded["created_at_utc"]))
+            registry.sync_recipe(recipe_id, expected, str(recorded["created_at_utc"]), audit if claimed else None)
     if (conflict := _mismatch(recipe_id, expected, mm_per_px)) is not None:
         raise conflict
     return claimed

@@ -14,6 +14,7 @@ from .. import __version__
 from ..core import InspectionService
 from ..logs import configure_logging
 from ..settings import Settings
+from .audit.controller import AuditController
 from .auth import authenticate, route_roles
 from .console.controller import STATIC, TEMPLATES, ConsoleController
 from .datasets.controller import DatasetsController
@@ -41,7 +42,7 @@ def create_app(settings: Settings | None = None, service: InspectionService | No
             service.close()
 
     app = Litestar(
-        route_handlers=[InspectionController, DatasetsController, RecordsController, MonitoringController,
+        route_handlers=[InspectionController, DatasetsController, RecordsController, MonitoringController, AuditController,
                         *DOC_ROUTES, ConsoleController,
                         create_static_files_router("/console/static", [STATIC], include_in_schema=False)],
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),

@@ -26,12 +26,12 @@ from ...errors import Conflict, NotFound
 from ...settings import Settings
 from ...validation import DEFAULT_RECIPE
 from ..artifacts import ModelStore
-from ..audit import AuditEvent, AuditLog, write_audit
 from ..files import utc_now
 from ..keys import KeyStore
 from ..locks import MIGRATIONS
 from ..reading import ModelFolder
 from ..versions import ACTIVE, RETIRED, STAGED, VersionFiles
+from .audit import AuditEvent, AuditLog, write_audit
 from .engine import is_sqlite, make_engine, make_locks, unavailable_as_503
 from .tables import Calibration, MemoryVersion, Model, Recipe
 
@@ -333,10 +333,17 @@ class Registry:
                 self.sync_folder(store, folder)
             return folder
 
-    def sync_folder(self, store: ModelStore, folder: ModelFolder) -> None:
-        """Make the rows of one model say exactly what its files say (import, repair, reindex)."""
+    def sync_folder(self, store: ModelStore, folder: ModelFolder, audit: AuditEvent | None = None) -> None:
+        """Make the rows of one model say exactly what its files say (import, repair, reindex, rollback);
+        ``audit``'s row (active version before and after) commits with them."""
         with self._write() as session, session.begin():
             model = self._model_row(session, folder.recipe_id, folder.role_id, folder.roi_id, store.relative(folder.path))
+            if audit is not None:
+                write_audit(session, audit.about(
+                    recipe_id=folder.recipe_id, role_id=folder.role_id, roi_id=folder.roi_id,
+                    version_before=model.active_version, version_after=folder.active_version,
+                    threshold_before=self._threshold(session, model), threshold_after=self._threshold(session, model),
+                ))
             model.active_version = folder.active_version
             on_disk = {v.version: v for v in folder.versions}
             for row in session.scalars(select(MemoryVersion).where(MemoryVersion.model_id == model.id)).all():
