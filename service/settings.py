@@ -220,6 +220,9 @@ _FIELDS: dict[str, _Field] = {
     "record_queue_size": _Field(("BDI_RECORD_QUEUE_SIZE",), _parse_positive_int, 10_000,
                                 "records waiting for the background writer; when full, new records are dropped "
                                 "(logged and counted), never the inspection"),
+    "job_heartbeat_s": _Field(("BDI_JOB_HEARTBEAT_S",), _parse_positive_float, 5.0,
+                              "seconds between a host's heartbeats of the jobs it runs (replay); a job unrenewed "
+                              "for 6 beats is failed by whichever host reads it (its host died)"),
     "drift_min_inspections": _Field(("BDI_DRIFT_MIN_INSPECTIONS",), _parse_positive_int, 30,
                                     "bdi models drift: fewer inspections in the window give the verdict "
                                     "'too few inspections'"),
@@ -271,6 +274,7 @@ class Settings:
     record_max_mb: float
     record_retention_days: int
     record_queue_size: int
+    job_heartbeat_s: float
     drift_min_inspections: int
     drift_max_shift: float
     drift_max_near_increase: float

@@ -32,6 +32,7 @@ from .common import (
     recipe_option,
     rich_console,
 )
+from .replay import replay
 
 WEIGHTS_FINGERPRINT = "weights_sha256"  # the stored key, compared by the service: never renamed on disk
 WEIGHTS_DISPLAYED = "weights_tensor_sha256"
@@ -46,6 +47,7 @@ def models() -> None:
 
 models.add_command(export_model)
 models.add_command(import_model)
+models.add_command(replay)
 
 
 @models.command("list")

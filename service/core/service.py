@@ -22,12 +22,15 @@ from ..storage import (
     migrate,
     open_storage,
 )
+from ..storage.jobs import JobStore
 from .calibration import Calibration
 from .datasets import DatasetSamples
 from .inspection import Inspector
+from .jobs import JobRunner
 from .memory import ActiveMemories, MemoryCache
 from .overview import ModelOverview
 from .records import RecordReader
+from .replay import Replay
 from .request import LOGGER_NAME
 from .status import ModelStatus
 from .training import Training
@@ -68,6 +71,9 @@ class InspectionService:
     inspections = _calls("record_reader", RecordReader.page)
     inspection = _calls("record_reader", RecordReader.get)
     inspection_file = _calls("record_reader", RecordReader.file)
+    replay = _calls("replayer", Replay.start)
+    replay_here = _calls("replayer", Replay.run_here)
+    job = _calls("jobs", JobRunner.get)
     overview = _calls("overview_reader", ModelOverview.models)
     model_overview = _calls("overview_reader", ModelOverview.model)
 
@@ -110,6 +116,9 @@ class InspectionService:
                                        self.inspector)
         self.datasets = DatasetSamples(settings, samples, registry)
         self.record_reader = RecordReader(settings, self.records)
+        self.jobs = JobRunner(JobStore(registry.engine, settings.job_heartbeat_s))
+        self.replayer = Replay(settings, extractor, registry, self.records.root, memories, self.inspector,
+                               self.batcher, self.jobs)
         self.overview_reader = ModelOverview(settings, store, registry, self.records)
 
     def start(self) -> None:
@@ -142,6 +151,7 @@ class InspectionService:
         return actions
 
     def close(self) -> None:
+        self.jobs.close()  # first: its running replay stops at its next image, before the backbone's worker stops
         self.batcher.close()
         self.recorder.close()
         self.metrics.close()

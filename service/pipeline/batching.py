@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -30,14 +29,38 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(eq=False)
 class _Job:
+    """One image in a lane, and its features once forwarded."""
+
     tensor: np.ndarray  # preprocessed CHW float32
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    background: bool = False
+    queued_at: float = dataclasses.field(default_factory=time.monotonic)
     features: np.ndarray | None = None
     error: BaseException | None = None
 
+    def result(self) -> np.ndarray:
+        """The image's features once its forward ran (the forward's error, raised here, otherwise)."""
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.features is not None
+        return self.features
+
+
+BACKGROUND_GAP = 0.5
+"""A background forward (a replay's) starts only once no /infer forward ran for this fraction of the last forward's
+time: a client that sends its next image right after an answer finds the backbone free."""
+BACKGROUND_MAX_WAIT = 4.0
+"""...unless a background image has waited this many forward times: under a steady stream of /infer, about one
+forward in five goes to the background, so a replay progresses without delaying the median /infer."""
+
 
 class MicroBatcher:
-    """``extract(bgr)`` from any number of threads; forwards batched by one worker thread."""
+    """``extract(bgr)`` from any number of threads; forwards batched by one worker thread. ``extract_later(bgr,
+    background=True)`` queues an image of a background task (a replay) in a second lane that yields to /infer: the
+    worker takes it only when no /infer image waits, and only after the gap above (``BACKGROUND_GAP``,
+    ``BACKGROUND_MAX_WAIT``); a background forward already running is not interrupted, so an /infer arriving then
+    waits for it at most one forward."""
 
     def __init__(
         self, extractor: FeatureExtractor, max_batch: int, on_forward: Callable[[int, float], None] | None = None
@@ -50,26 +73,36 @@ class MicroBatcher:
         self.on_forward = on_forward
         self._batch_sizes: collections.Counter[int] = collections.Counter()  # size -> forwards run
         self._stats_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()  # orders start/submit/close so nothing is queued behind the stop
+        self._lanes: tuple[collections.deque[_Job], collections.deque[_Job]] = (collections.deque(),
+                                                                                collections.deque())
+        self._ready = threading.Condition()  # guards the lanes, the worker's start and the closing flag
         self._worker: threading.Thread | None = None
         self._closed = False
+        self._last_forward_s = 0.0
+        self._foreground_done_at = 0.0  # monotonic end of the last /infer forward
 
     def extract(self, bgr: np.ndarray) -> np.ndarray:
         """(H*W, 1152) unit rows of one HxWx3 uint8 BGR image, as ``FeatureExtractor.extract`` gives."""
-        job = _Job(preprocess(bgr, self.extractor.input_size)[0])
-        with self._lock:
+        return self.extract_later(bgr).result()
+
+    def extract_later(self, bgr: np.ndarray, background: bool = False) -> _Job:
+        """Queue one image and return at once; ``.result()`` waits for its features. Preparing the next image
+        while this one's forward runs keeps the backbone busy (a replay)."""
+        job = _Job(preprocess(bgr, self.extractor.input_size)[0], background=background)
+        with self._ready:
             if self._closed:
                 raise RuntimeError("the inference worker is closed (the service is shutting down)")
             if self._worker is None:  # started on first use: CLI commands that never infer pay nothing
                 self._worker = threading.Thread(target=self._run, name="bdi-infer-forward", daemon=True)
                 self._worker.start()
-            self._queue.put(job)
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        assert job.features is not None
-        return job.features
+            self._lanes[background].append(job)
+            self._ready.notify()
+        return job
+
+    def waiting(self) -> int:
+        """Images queued and not yet taken by the worker, both lanes."""
+        with self._ready:
+            return len(self._lanes[0]) + len(self._lanes[1])
 
     def forwards_by_size(self) -> dict[int, int]:
         """How many forwards ran at each batch size, smallest first."""
@@ -78,33 +111,41 @@ class MicroBatcher:
 
     def close(self) -> None:
         """Finish the queued jobs, then stop the worker; later ``extract`` calls raise."""
-        with self._lock:
+        with self._ready:
             if self._closed:
                 return
             self._closed = True
             worker = self._worker
-            if worker is not None:
-                self._queue.put(None)
+            self._ready.notify()
         if worker is not None:
             worker.join()
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
+        while True:
+            with self._ready:
+                jobs = self._next_jobs()
+            if not jobs:
                 return
-            jobs = [first]
-            while len(jobs) < self.max_batch:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:  # the stop comes last: finish this batch first
-                    stopping = True
-                    break
-                jobs.append(job)
             self._forward(jobs)
+
+    def _next_jobs(self) -> list[_Job]:
+        """Under ``_ready``: the next batch, waiting for one; empty once closed and drained."""
+        foreground, background = self._lanes
+        while True:
+            if foreground:
+                return [foreground.popleft() for _ in range(min(self.max_batch, len(foreground)))]
+            if background:
+                now = time.monotonic()
+                free_at = self._foreground_done_at + BACKGROUND_GAP * self._last_forward_s
+                waited_enough = background[0].queued_at + BACKGROUND_MAX_WAIT * self._last_forward_s
+                start_at = min(free_at, waited_enough)
+                if self._closed or now >= start_at:
+                    return [background.popleft()]
+                self._ready.wait(start_at - now)
+                continue
+            if self._closed:
+                return []
+            self._ready.wait()
 
     def _forward(self, jobs: list[_Job]) -> None:
         started = time.perf_counter()
@@ -117,11 +158,14 @@ class MicroBatcher:
                 job.done.set()
             return
         seconds = time.perf_counter() - started
+        self._last_forward_s = seconds / len(jobs) if jobs[0].background else seconds
+        if not jobs[0].background:
+            self._foreground_done_at = time.monotonic()
         with self._stats_lock:
             self._batch_sizes[len(jobs)] += 1
         if self.on_forward is not None:
             self.on_forward(len(jobs), seconds)
-        logger.debug("forward batch=%d seconds=%.3f", len(jobs), seconds)
+        logger.debug("forward batch=%d seconds=%.3f background=%s", len(jobs), seconds, jobs[0].background)
         for job, rows in zip(jobs, features):
             job.features = rows
             job.done.set()

@@ -20,6 +20,7 @@ from .console.controller import STATIC, TEMPLATES, ConsoleController
 from .datasets.controller import DatasetsController
 from .error_handlers import EXCEPTION_HANDLERS
 from .inspection.controller import InspectionController
+from .jobs.controller import JobsController
 from .middleware import CorrelationMiddleware, echo_correlation_id
 from .monitoring.controller import MonitoringController
 from .openapi import CORRELATION_HEADER, DOC_ROUTES, document_roles, finish_document, openapi_config
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None, service: InspectionService | No
 
     app = Litestar(
         route_handlers=[InspectionController, DatasetsController, RecordsController, MonitoringController, AuditController,
+                        JobsController,
                         *DOC_ROUTES, ConsoleController,
                         create_static_files_router("/console/static", [STATIC], include_in_schema=False)],
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),

@@ -37,6 +37,7 @@ from .audit import schemas as audit_schemas
 from .auth import INSPECTOR
 from .datasets import schemas as datasets_schemas
 from .inspection import schemas as inspection_schemas
+from .jobs import schemas as jobs_schemas
 from .records import schemas as records_schemas
 from .shared import ErrorResponse
 
@@ -77,13 +78,15 @@ TAGS = [
         "upload, list, read and delete them, and calibrate from them."),
     Tag(name="records", description="The record of every answered /infer, with its image and heatmap when kept."),
     Tag(name="monitoring", description="The running service's metrics, in Prometheus text format."),
+    Tag(name="jobs", description="Work run off the request path, readable from every host: replay a model version "
+        "on the recorded inspections."),
     Tag(name="audit", description="Who changed what and when: every fit, calibration, activation, deletion, "
         "key... (engineer role and above)."),
 ]
 """One tag per domain of the web layer (its Controller's ``tags``), in the order of the document; generated clients
 group their operations by tag (openapi-python-client: ``bdi_client.api.<tag>``)."""
 
-SCHEMA_MODULES = (shared, inspection_schemas, datasets_schemas, records_schemas, audit_schemas)
+SCHEMA_MODULES = (shared, inspection_schemas, datasets_schemas, records_schemas, audit_schemas, jobs_schemas)
 """Where the component schemas' classes are defined: ``finish_document`` takes their docstrings and examples from
 there. A new domain with schemas adds its module."""
 

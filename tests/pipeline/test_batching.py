@@ -40,7 +40,7 @@ class GatedExtractor:
 
 def wait_queued(batcher: MicroBatcher, count: int) -> None:
     deadline = time.monotonic() + 60
-    while batcher._queue.qsize() < count:
+    while batcher.waiting() < count:
         assert time.monotonic() < deadline, "jobs did not queue"
         time.sleep(0.01)
 
@@ -119,6 +119,37 @@ def test_close_finishes_queued_jobs_then_refuses(extractor: FeatureExtractor, im
     with pytest.raises(RuntimeError, match="shutting down"):
         batcher.extract(images[0])
     batcher.close()  # twice is fine
+
+
+def test_background_images_yield_to_infer_images_queued_with_them(extractor: FeatureExtractor, images) -> None:
+    """A replay's images (background lane) wait while /infer images are queued, whatever came first."""
+    gated = GatedExtractor(extractor)
+    batcher = MicroBatcher(gated, max_batch=1)  # type: ignore[arg-type]
+    order: list[str] = []
+    replays: list[Any] = []
+    original = gated.embed
+
+    def embed(batch: np.ndarray) -> np.ndarray:
+        rows = original(batch)
+        order.append("replay" if any(np.array_equal(batch[0], job.tensor) for job in replays) else "infer")
+        return rows
+
+    gated.embed = embed  # type: ignore[method-assign]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            first = pool.submit(batcher.extract, images[0])
+            assert gated.entered.wait(60)
+            replays.extend(batcher.extract_later(image, background=True) for image in images[1:3])
+            infers = [pool.submit(batcher.extract, image) for image in images[3:5]]
+            wait_queued(batcher, 4)
+            gated.release.set()
+            assert first.result(timeout=120).shape == (256, 1152)
+            assert all(future.result(timeout=120).shape == (256, 1152) for future in infers)
+            assert all(job.result().shape == (256, 1152) for job in replays)
+        assert order == ["infer", "infer", "infer", "replay", "replay"]
+        assert np.array_equal(replays[0].result(), extractor.extract([images[1]])[0])
+    finally:
+        batcher.close()
 
 
 def test_a_closed_batcher_that_never_ran_starts_no_thread(extractor: FeatureExtractor) -> None:
