@@ -3,6 +3,7 @@ Two Registry objects stand for two hosts: each has its own engine and connection
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -56,6 +57,33 @@ def test_a_model_lock_excludes_another_host_and_other_models_do_not_wait(tmp_pat
         assert _order_of(one.locks.named(MIGRATIONS), other.locks.named(MIGRATIONS)) == [
             "first released", "second acquired"]
         assert _order_of(one.locks.model("R/a"), other.locks.model("R/b")) == ["second acquired", "first released"]
+    finally:
+        one.dispose()
+        other.dispose()
+
+
+@both_registries
+def test_a_thread_asking_again_for_a_lock_it_holds_gets_it_at_once_and_holds_it_until_its_outer_block_ends(
+    tmp_path, database_url
+):
+    one, other = _host(tmp_path, database_url), _host(tmp_path, database_url)
+    (tmp_path / "models" / "R" / "a").mkdir(parents=True)
+
+    @contextlib.contextmanager
+    def taken_twice():
+        with one.locks.model("R/a"):
+            with one.locks.model("R/a"):  # a recovery step under the writer's lock (re-indexing the model)
+                pass
+            yield  # the inner block has ended: the outer one still holds the lock
+
+    orders: list[list[str]] = []
+    runner = threading.Thread(target=lambda: orders.append(_order_of(taken_twice(), other.locks.model("R/a"))),
+                              daemon=True)
+    try:
+        runner.start()
+        runner.join(30)
+        assert not runner.is_alive(), "the holder waited for itself"
+        assert orders == [["first released", "second acquired"]]
     finally:
         one.dispose()
         other.dispose()

@@ -138,12 +138,13 @@ class AdvisoryLocks(Locks):
     connection and the server releases its locks."""
 
     def __init__(self, engine: Engine) -> None:
+        super().__init__()
         self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
 
-    def model(self, folder: str) -> contextlib.AbstractContextManager[None]:
+    def _acquire_model(self, folder: str) -> contextlib.AbstractContextManager[None]:
         return self._hold(f"model:{folder}")
 
-    def named(self, name: str) -> contextlib.AbstractContextManager[None]:
+    def _acquire_named(self, name: str) -> contextlib.AbstractContextManager[None]:
         return self._hold(f"named:{name}")
 
     @contextlib.contextmanager
