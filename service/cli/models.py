@@ -33,6 +33,7 @@ from .common import (
     rich_console,
 )
 from .replay import replay
+from .versions import activate, learn, list_versions
 
 WEIGHTS_FINGERPRINT = "weights_sha256"  # the stored key, compared by the service: never renamed on disk
 WEIGHTS_DISPLAYED = "weights_tensor_sha256"
@@ -48,6 +49,9 @@ def models() -> None:
 models.add_command(export_model)
 models.add_command(import_model)
 models.add_command(replay)
+models.add_command(list_versions)
+models.add_command(activate)
+models.add_command(learn)
 
 
 @models.command("list")

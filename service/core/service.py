@@ -27,6 +27,7 @@ from .calibration import Calibration
 from .datasets import DatasetSamples
 from .inspection import Inspector
 from .jobs import JobRunner
+from .learning import Learning
 from .memory import ActiveMemories, MemoryCache
 from .overview import ModelOverview
 from .records import RecordReader
@@ -34,6 +35,7 @@ from .replay import Replay
 from .request import LOGGER_NAME
 from .status import ModelStatus
 from .training import Training
+from .versions import Versions
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -71,6 +73,9 @@ class InspectionService:
     inspections = _calls("record_reader", RecordReader.page)
     inspection = _calls("record_reader", RecordReader.get)
     inspection_file = _calls("record_reader", RecordReader.file)
+    versions = _calls("version_control", Versions.list)
+    activate = _calls("version_control", Versions.activate)
+    learn = _calls("learning", Learning.learn)
     replay = _calls("replayer", Replay.start)
     replay_here = _calls("replayer", Replay.run_here)
     job = _calls("jobs", JobRunner.get)
@@ -116,6 +121,9 @@ class InspectionService:
                                        self.inspector)
         self.datasets = DatasetSamples(settings, samples, registry)
         self.record_reader = RecordReader(settings, self.records)
+        self.version_control = Versions(settings, store, registry, self.status, extractor.grid)
+        self.learning = Learning(settings, extractor, store, registry, memories, self.status, self.training,
+                                 self.inspector)
         self.jobs = JobRunner(JobStore(registry.engine, settings.job_heartbeat_s))
         self.replayer = Replay(settings, extractor, registry, self.records.root, memories, self.inspector,
                                self.batcher, self.jobs)

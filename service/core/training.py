@@ -33,6 +33,7 @@ from ..storage import (
     check_mm_per_px,
     claim_mm_per_px,
     samples_provenance,
+    sha256_file,
     split_holdout,
     utc_now,
 )
@@ -46,6 +47,7 @@ logger = logging.getLogger(LOGGER_NAME)
 
 CORESET_SEED = 0
 HOLDOUT_SEED = 0
+MAX_HOLDOUT = 0.9
 
 
 def training_size(images: list[np.ndarray]) -> dict[str, int]:
@@ -73,6 +75,14 @@ class Growth:
 def written(version: int, activate: bool) -> dict[str, Any]:
     """The end of a fit's or an append's answer: the version it wrote and that version's status."""
     return {"version": version, "status": ACTIVE if activate else STAGED}
+
+
+def checked_holdout(rate: float) -> float:
+    """A holdout share from a request: 0 (fit every sample) up to 0.9 (keep at least some to fit)."""
+    if not isinstance(rate, (int, float)) or not 0 <= rate <= MAX_HOLDOUT:
+        raise BadRequest(f"holdout must be a number from 0 to {MAX_HOLDOUT} (the share of the stored OK samples kept out "
+                         f"of the memory for calibration), got {rate!r}.")
+    return float(rate)
 
 
 def stored_name(sample: StoredSample) -> str:
@@ -193,7 +203,7 @@ class Training:
         recipe = checked_recipe(role_id, roi_id, recipe_id)
         validate_mm_per_px(mm_per_px)
         check_mm_per_px(self.registry, recipe, [mm_per_px])
-        self._check_appendable(self.status.model_state(role_id, roi_id, recipe_id=recipe), role_id, roi_id, recipe)
+        self.check_appendable(self.status.model_state(role_id, roi_id, recipe_id=recipe), role_id, roi_id, recipe)
         started = time.perf_counter()
         decoded = self._decode_ok_images(images)
         features = self.extractor.extract(decoded, batch_size=self.settings.fit_batch_size, progress=progress)
@@ -204,11 +214,11 @@ class Training:
             # Under the lock: the parent is the version active now, not the one seen before extracting
             # (a model deleted meanwhile: "fit first", and writing() removes the folder it made again).
             state = self.registry.state(role_id, roi_id, recipe_id=recipe)
-            self._check_appendable(state, role_id, roi_id, recipe)
+            self.check_appendable(state, role_id, roi_id, recipe)
             assert state is not None and state.active is not None
             parent = self.store.version_files(folder, state.active_version).manifest
             rows = self.memories.index(state).memory
-            grown = self._grow(rows, new, parent, memory_fit)
+            grown = self.grow(rows, new, parent, memory_fit)
             memory = np.concatenate([rows, grown.rows])
             if len(grown.rows) and len(memory) > self.settings.max_memory_rows:
                 raise PayloadTooLarge(
@@ -217,7 +227,7 @@ class Training:
                     "from a representative set of OK images (a fresh memory), or raise the limit."
                 )
             index = MemoryIndex.build(memory)
-            metadata = self._append_metadata(parent, state.active_version, images, new, grown, len(memory), mm_per_px)
+            metadata = self.append_metadata(parent, state.active_version, images, new, grown, len(memory), mm_per_px)
             n_embeddings = metadata["n_embeddings"]
             files = self.store.write_version(folder, memory, self.extractor.grid, metadata, index.to_bytes(),
                                              source="append", activate=activate)
@@ -255,7 +265,7 @@ class Training:
             **written(files.version, activate),
         }
 
-    def _append_metadata(
+    def append_metadata(
         self, parent: dict[str, Any], parent_version: int, images: list[Upload], new: np.ndarray, grown: Growth,
         memory_rows: int, mm_per_px: float,
     ) -> dict[str, Any]:
@@ -292,7 +302,7 @@ class Training:
             "created_at": utc_now(),
         }
 
-    def _grow(self, rows: np.ndarray, new: np.ndarray, parent: dict[str, Any], memory_fit: bool) -> Growth:
+    def grow(self, rows: np.ndarray, new: np.ndarray, parent: dict[str, Any], memory_fit: bool) -> Growth:
         """The rows an append adds to ``rows`` from the ``new`` patches, and the numbers the version records.
 
         The parent's radius is the one recorded at its fit or append; a version fitted before radii were
@@ -318,7 +328,7 @@ class Training:
         return Growth(np.ascontiguousarray(added, dtype=np.float32), rate, seed, int(projection_dim), reached,
                       admitted, float(radius), source)
 
-    def _check_appendable(self, state: ModelState | None, role_id: str, roi_id: str, recipe: str) -> None:
+    def check_appendable(self, state: ModelState | None, role_id: str, roi_id: str, recipe: str) -> None:
         """An append needs a memory whose patches are comparable with this extractor's."""
         if state is None or state.active is None:
             raise self._nothing_to_append(role_id, roi_id, recipe)
@@ -342,10 +352,12 @@ class Training:
     def fit_dataset(
         self, role_id: str, roi_id: str, mm_per_px: float, memory_fit: bool = False,
         context: RequestContext = RequestContext(), *, recipe_id: str | None = None, activate: bool = True,
+        holdout: float | None = None,
     ) -> dict[str, Any]:
-        """/fit_ok with ``use_dataset=true``: fit from the recipe's stored OK samples of (role, roi). With
-        BDI_DATASET_HOLDOUT a seeded share of them stays out of the memory (recorded in the version), for
-        /calibrate_dataset to take the OK threshold from. ``activate`` as for ``fit``."""
+        """/fit_ok with ``use_dataset=true``: fit from the recipe's stored OK samples of (role, roi). A seeded
+        share ``holdout`` of them (None: BDI_DATASET_HOLDOUT) stays out of the memory (recorded in the version),
+        for /calibrate_dataset to take the OK threshold from. ``activate`` as for ``fit``. The answer adds
+        ``dataset``: how many samples were fitted and held out."""
         recipe = checked_recipe(role_id, roi_id, recipe_id)
         folder = self.datasets.folder(recipe, role_id, roi_id)
         stored = self.datasets.samples(folder, "ok")
@@ -356,9 +368,59 @@ class Training:
         if len(stored) < self.settings.min_ok_samples:
             raise BadRequest(f"Insufficient OK samples: need at least {self.settings.min_ok_samples}, found {len(stored)}")
         assert folder is not None
-        fit_samples, held_out = split_holdout(stored, self.settings.dataset_holdout, HOLDOUT_SEED)
+        rate = self.settings.dataset_holdout if holdout is None else checked_holdout(holdout)
+        fit_samples, held_out = split_holdout(stored, rate, HOLDOUT_SEED)
         uploads = [Upload(sample.name, sample.path.read_bytes()) for sample in fit_samples]
-        provenance = samples_provenance(folder, fit_samples, held_out, self.settings.dataset_holdout, HOLDOUT_SEED,
-                                        stored_name)
-        return self.fit(role_id, roi_id, mm_per_px, uploads, memory_fit, context, provenance, recipe_id=recipe,
-                        activate=activate)
+        provenance = samples_provenance(folder, fit_samples, held_out, rate, HOLDOUT_SEED, stored_name)
+        answer = self.fit(role_id, roi_id, mm_per_px, uploads, memory_fit, context, provenance, recipe_id=recipe,
+                          activate=activate)
+        logger.info("fit from the dataset recipe=%r role=%r roi=%r stored=%d fitted=%d held_out=%d holdout=%.2f",
+                    recipe, role_id, roi_id, len(stored), len(fit_samples), len(held_out), rate)
+        return {**answer, "dataset": {"fitted": len(fit_samples), "held_out": len(held_out), "holdout": rate}}
+
+    def append_dataset(
+        self, role_id: str, roi_id: str, mm_per_px: float, memory_fit: bool = False,
+        context: RequestContext = RequestContext(), *, recipe_id: str | None = None, activate: bool = True,
+    ) -> dict[str, Any]:
+        """/fit_ok with ``use_dataset=true`` and ``append=true``: grow the active memory with the stored OK samples
+        it does not hold yet (neither fitted nor appended before, by content) and keeps out those its fit held out
+        for calibration. 400 when there is none. The answer adds ``dataset`` as ``fit_dataset``'s."""
+        recipe = checked_recipe(role_id, roi_id, recipe_id)
+        state = self.status.model_state(role_id, roi_id, recipe_id=recipe)
+        self.check_appendable(state, role_id, roi_id, recipe)
+        assert state is not None and state.active_version is not None
+        stored = self.datasets.samples(self.datasets.folder(recipe, role_id, roi_id), "ok")
+        fitted, held = self._samples_in_memory(state)
+        digests = {sample.path: sha256_file(sample.path) for sample in stored}
+        new = [sample for sample in stored if digests[sample.path] not in fitted | held]
+        if not new:
+            raise BadRequest(
+                f"None of the {len(stored)} stored OK samples of ({role_id}, {roi_id}) in recipe '{recipe}' is new to "
+                "the active memory (each was fitted, appended or held out for calibration before); upload new OK "
+                "samples first, or fit from the dataset again (use_dataset=true without append)."
+            )
+        uploads = [Upload(sample.name, sample.path.read_bytes()) for sample in new]
+        answer = self.append(role_id, roi_id, mm_per_px, uploads, memory_fit, context, recipe_id=recipe,
+                             activate=activate)
+        held_out = sum(digests[sample.path] in held for sample in stored)
+        logger.info("append from the dataset recipe=%r role=%r roi=%r stored=%d appended=%d held_out=%d", recipe,
+                    role_id, roi_id, len(stored), len(new), held_out)
+        return {**answer, "dataset": {"fitted": len(new), "held_out": held_out, "holdout": None}}
+
+    def _samples_in_memory(self, state: ModelState) -> tuple[set[str], set[str]]:
+        """(sha256 of the images in the active memory, sha256 of the samples its fit held out), from the manifests
+        of the active version and its ancestors: a dataset fit's provenance and every append's images."""
+        folder = self.store.root / state.folder
+        fitted: set[str] = set()
+        held: set[str] = set()
+        active = self.store.version_files(folder, state.active_version).manifest
+        for number in [state.active_version, *(active.get("ancestors") or [])]:
+            try:
+                manifest = active if number == state.active_version else self.store.version_files(folder, number).manifest
+            except (OSError, ValueError):  # an ancestor pruned: its appends are in the dataset provenance too
+                continue
+            dataset = manifest.get("dataset") or {}
+            fitted.update(dataset.get("fit_sha256") or [])
+            held.update(dataset.get("holdout_sha256") or [])
+            fitted.update(image["sha256"] for image in (manifest.get("append") or {}).get("images") or [])
+        return fitted, held - fitted

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ACTIVE, STAGED, RETIRED = "active", "staged", "retired"
+LEARN_FIELDS = ("learn", "calibration")
 VERSION_STATUS_KEY = "version_status"  # history.jsonl entries that stage or activate a version (not calibrations)
 
 
@@ -136,6 +137,9 @@ class ModelVersions:
             "train_width": metadata.get("train_width"),
             "train_height": metadata.get("train_height"),
         }
+        for key in LEARN_FIELDS:  # a learn's: the records it learned, and the calibration it proposes
+            if metadata.get(key) is not None:
+                fields[key] = metadata[key]
         return self.add_version_files(folder, memory, index_bytes, fields, activate)
 
     def add_version_files(

@@ -25,6 +25,7 @@ from .middleware import CorrelationMiddleware, echo_correlation_id
 from .monitoring.controller import MonitoringController
 from .openapi import CORRELATION_HEADER, DOC_ROUTES, document_roles, finish_document, openapi_config
 from .records.controller import RecordsController
+from .versions.controller import VersionsController
 
 
 def create_app(settings: Settings | None = None, service: InspectionService | None = None) -> Litestar:
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None, service: InspectionService | No
     app = Litestar(
         route_handlers=[InspectionController, DatasetsController, RecordsController, MonitoringController, AuditController,
                         JobsController,
+                        VersionsController,
                         *DOC_ROUTES, ConsoleController,
                         create_static_files_router("/console/static", [STATIC], include_in_schema=False)],
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),

@@ -40,6 +40,7 @@ from .inspection import schemas as inspection_schemas
 from .jobs import schemas as jobs_schemas
 from .records import schemas as records_schemas
 from .shared import ErrorResponse
+from .versions import schemas as versions_schemas
 
 DESCRIPTION = """\
 Anomaly detection for brake-disc inspection ROIs: DINOv2 ViT-S/14 patch features + PatchCore.
@@ -82,11 +83,14 @@ TAGS = [
         "on the recorded inspections."),
     Tag(name="audit", description="Who changed what and when: every fit, calibration, activation, deletion, "
         "key... (engineer role and above)."),
+    Tag(name="versions", description="A model's memory versions (active, staged, retired): list them, activate one "
+        "(rollback included), and learn a new one from the reviewed false rejects."),
 ]
 """One tag per domain of the web layer (its Controller's ``tags``), in the order of the document; generated clients
 group their operations by tag (openapi-python-client: ``bdi_client.api.<tag>``)."""
 
-SCHEMA_MODULES = (shared, inspection_schemas, datasets_schemas, records_schemas, audit_schemas, jobs_schemas)
+SCHEMA_MODULES = (shared, inspection_schemas, datasets_schemas, records_schemas, audit_schemas, jobs_schemas,
+                  versions_schemas)
 """Where the component schemas' classes are defined: ``finish_document`` takes their docstrings and examples from
 there. A new domain with schemas adds its module."""
 

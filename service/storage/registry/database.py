@@ -12,13 +12,13 @@ import importlib.util
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, event, func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -33,7 +33,7 @@ from ..reading import ModelFolder
 from ..versions import ACTIVE, RETIRED, STAGED, VersionFiles
 from .audit import AuditEvent, AuditLog, write_audit
 from .engine import is_sqlite, make_engine, make_locks, unavailable_as_503
-from .tables import Calibration, MemoryVersion, Model, Recipe
+from .tables import Calibration, InspectionRow, MemoryVersion, Model, Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class VersionInfo:
     parent_version: int | None = None
     ancestors: tuple[int, ...] = ()
     covering_radius: float | None = None
+    status: str = RETIRED  # active | staged | retired
     train_width: int | None = None  # the size of the images it was fitted on (None: fitted before 0008)
     train_height: int | None = None
 
@@ -224,6 +225,7 @@ class Registry:
     @contextlib.contextmanager
     def _write(self) -> Iterator[Session]:
         with unavailable_as_503(self.engine), Session(self._writer, expire_on_commit=False) as session:
+            event.listen(session, "before_commit", lambda _session: self.locks.confirm_held())
             yield session
 
     # ---- reads ----------------------------------------------------------------------------------
@@ -366,20 +368,58 @@ class Registry:
     def add_version(
         self, store: ModelStore, role_id: str, roi_id: str, folder: Path, files: VersionFiles, *,
         recipe_id: str = DEFAULT_RECIPE, audit: AuditEvent | None = None, activate: bool = True,
+        learned: Sequence[str] = (), calibration: dict[str, Any] | None = None,
     ) -> None:
         """Register a new version, active (or staged without ``activate``), and any kept version not registered
-        yet (``_register_versions``); ``audit``'s row (version before and after filled in) commits with it."""
+        yet (``_register_versions``); ``audit``'s row (version before and after filled in) commits with it, as do
+        the inspection records ``learned`` into it (their ``learned_version``) and the history ``calibration``
+        entry written with it (a learn activated at once)."""
         with self._write() as session, session.begin():
             model = self._model_row(session, recipe_id, role_id, roi_id, store.relative(folder))
             before = model.active_version
+            threshold_before = self._threshold(session, model)
             self._register_versions(session, model, store, folder)
             if activate:
                 model.active_version = files.version
             model.updated_at = utc_now()
             self._set_statuses(session, model, store, folder)
+            if learned:
+                session.execute(
+                    update(InspectionRow).where(InspectionRow.id.in_(list(learned)))
+                    .values(learned_version=files.version)
+                )
+            if calibration is not None:
+                session.add(_calibration_row(model.id, calibration_uid(store.relative(folder), calibration), calibration))
+                session.flush()
             if audit is not None:
-                write_audit(session, audit.about(recipe_id=recipe_id, role_id=role_id, roi_id=roi_id,
-                                                 version_before=before, version_after=files.version))
+                write_audit(session, audit.about(
+                    recipe_id=recipe_id, role_id=role_id, roi_id=roi_id, version_before=before,
+                    version_after=files.version, threshold_before=threshold_before,
+                    threshold_after=self._threshold(session, model),
+                ))
+
+    def activate_version(
+        self, store: ModelStore, role_id: str, roi_id: str, folder: Path, version: int, audit: AuditEvent, *,
+        recipe_id: str = DEFAULT_RECIPE, calibration: dict[str, Any] | None = None,
+    ) -> None:
+        """Register what an activation wrote to the files: ``version`` active, the one before retired, the
+        version's own calibration (its history entry) when it brought one, and ``audit``'s row, in one
+        transaction."""
+        with self._write() as session, session.begin():
+            model = self._model_row(session, recipe_id, role_id, roi_id, store.relative(folder))
+            before = model.active_version
+            threshold_before = self._threshold(session, model)
+            self._register_versions(session, model, store, folder)
+            model.active_version = version
+            model.updated_at = utc_now()
+            self._set_statuses(session, model, store, folder)
+            if calibration is not None:
+                session.add(_calibration_row(model.id, calibration_uid(store.relative(folder), calibration), calibration))
+                session.flush()
+            write_audit(session, audit.about(
+                recipe_id=recipe_id, role_id=role_id, roi_id=roi_id, version_before=before, version_after=version,
+                threshold_before=threshold_before, threshold_after=self._threshold(session, model),
+            ))
 
     def add_import(
         self, store: ModelStore, role_id: str, roi_id: str, folder: Path, calibrations: list[dict[str, Any]], *,
@@ -639,7 +679,8 @@ def _version_info(row: MemoryVersion) -> VersionInfo:
         row.version, (row.token_h, row.token_w), row.n_embeddings, row.coreset_size,
         row.coreset_rate_requested, row.coreset_rate_applied, row.embed_dim, row.extractor,
         row.memory_sha256, row.index_sha256, row.source, row.legacy_path, row.created_at,
-        row.parent_version, tuple(row.ancestors or ()), row.covering_radius, row.train_width, row.train_height,
+        row.parent_version, tuple(row.ancestors or ()), row.covering_radius, row.status, row.train_width,
+        row.train_height,
     )
 
 

@@ -121,7 +121,8 @@ class InspectionController(Controller):
             "not UTF-8, a file part without a file name). With `append=true`: (role_id, roi_id) has no memory (fit "
             "first), or its memory was fitted at another token grid (`error` starts `Token grid mismatch: got (H, W), "
             "expected (H', W')`) or with other backbone weights (`Extractor mismatch: got weights …, expected …`); "
-            "`append=true` with `use_dataset=true`. With `use_dataset=true`: no OK samples are stored (`No OK dataset "
+            "`append=true` with `use_dataset=true` and no stored OK sample new to the memory, or with `holdout`. "
+            "With `use_dataset=true`: `holdout` outside 0..0.9, no OK samples are stored (`No OK dataset "
             "samples found for (role, roi) in recipe '<r>'; upload OK samples first.`) or fewer than BDI_MIN_OK_SAMPLES "
             f"(`Insufficient OK samples: need at least 10, found N`). {RECIPE_400} Nothing is stored.",
             409: MM_PER_PX_409,
@@ -143,14 +144,19 @@ class InspectionController(Controller):
         recipe_header: RecipeHeader = None,
     ) -> FitResponse:
         recipe = recipe_of(data.recipe_id, recipe_header)
+        activate = data.activate is not False
         if data.use_dataset is True:
+            if data.append and data.holdout is not msgspec.UNSET:
+                raise BadRequest("holdout applies to a fit from the dataset; an append (append=true) keeps the samples "
+                                 "its fit held out: send one of them.")
+            fields = (data.role_id, data.roi_id, data.mm_per_px, data.memory_fit, request_context(request))
             if data.append:
-                raise BadRequest("append=true grows a memory with the images sent, use_dataset=true fits one from the "
-                                 "stored samples: send one of them.")
-            result = await off_loop(
-                service.fit_dataset, data.role_id, data.roi_id, data.mm_per_px, data.memory_fit, request_context(request),
-                recipe_id=recipe,
-            )
+                result = await off_loop(service.append_dataset, *fields, recipe_id=recipe, activate=activate)
+            else:
+                result = await off_loop(service.fit_dataset, *fields, recipe_id=recipe, activate=activate,
+                                        holdout=_given(data.holdout))
+            if data.holdout is msgspec.UNSET and not data.append:  # the GUI's request: its answer as it was
+                result.pop("dataset")
         else:
             if not data.images:  # required unless use_dataset=true: the 422 the field's absence always gave
                 raise ValidationException(
@@ -160,8 +166,10 @@ class InspectionController(Controller):
             uploads = [Upload(f.filename or f"images[{i}]", await f.read()) for i, f in enumerate(data.images)]
             result = await off_loop(
                 service.append if data.append else service.fit, data.role_id, data.roi_id, data.mm_per_px, uploads,
-                data.memory_fit, request_context(request), recipe_id=recipe,
+                data.memory_fit, request_context(request), recipe_id=recipe, activate=activate,
             )
+        if data.activate is msgspec.UNSET:  # the body of clients that do not know versions: exactly as before
+            result = {key: value for key, value in result.items() if key not in ("version", "status")}
         if _newer_gui(request, data.recipe_id, data.use_dataset):
             result = {**result, "request_id": correlation_id.get(), "recipe_id": recipe}
         return as_schema(FitResponse, result)

@@ -83,9 +83,25 @@ class FitOkForm(msgspec.Struct):
         bool,
         Meta(description="Text `true`/`false`. `true`: train from the recipe's stored OK samples of (role_id, "
              "roi_id) (POST /datasets/ok/upload) and ignore any images sent; at least BDI_MIN_OK_SAMPLES (default "
-             "10) must be stored, else 400.", examples=[True]),
+             "10) must be stored, else 400. With `append=true`: grow the active memory with the stored OK samples it "
+             "does not hold yet (by content; those its fit held out for calibration stay out), 400 when none is "
+             "new.", examples=[True]),
+    ] | msgspec.UnsetType = msgspec.UNSET
+    holdout: Annotated[
+        float,
+        Meta(description="Only with `use_dataset=true` (without `append`): the share of the stored OK samples kept out "
+             "of the memory (seeded, recorded in the version) for /calibrate_dataset to take the OK side from; 0 to "
+             "0.9, else 400. Absent: BDI_DATASET_HOLDOUT. When sent, the answer gains `dataset` (samples fitted and "
+             "held out).", examples=[0.3]),
     ] | msgspec.UnsetType = msgspec.UNSET
     recipe_id: RecipeIdField | msgspec.UnsetType = msgspec.UNSET
+    activate: Annotated[
+        bool,
+        Meta(description="Text `true`/`false`, default `true`: the new version becomes the active one. `false` "
+             "writes and registers it as `staged` (with `append=true` and `use_dataset=true` too): /infer keeps "
+             "answering with the active version until POST /models/activate. When sent, the answer gains "
+             "`version` and `status`.", examples=[False]),
+    ] | msgspec.UnsetType = msgspec.UNSET
 
 
 class InferForm(msgspec.Struct):
@@ -235,6 +251,15 @@ class AppendSummary(msgspec.Struct):
     added_rows: Annotated[int, Meta(description="Rows added to the memory.")]
 
 
+class DatasetFitSummary(msgspec.Struct):
+    """Which stored OK samples a fit (or append) from the dataset used."""
+
+    fitted: Annotated[int, Meta(description="Samples fitted (appended, with `append=true`).")]
+    held_out: Annotated[int, Meta(description="Samples kept out of the memory for calibration.")]
+    holdout: Annotated[float | None, Meta(description="The holdout share applied; null for an append (the fit's "
+                                          "holdout stays out).")]
+
+
 class FitResponse(msgspec.Struct):
     """The memory just built (or grown, with `append=true`); it is now the active version of (role_id, roi_id)."""
 
@@ -256,8 +281,17 @@ class FitResponse(msgspec.Struct):
     append: Annotated[AppendSummary, Meta(description="Only with `append=true`: what the append added.")] | (
         msgspec.UnsetType
     ) = msgspec.UNSET
+    version: Annotated[int, Meta(description="Only when `activate` was sent: the version written.")] | (
+        msgspec.UnsetType
+    ) = msgspec.UNSET
+    status: Annotated[Literal["active", "staged"], Meta(description="Only when `activate` was sent: `active`, or "
+                      "`staged` with `activate=false`.")] | msgspec.UnsetType = msgspec.UNSET
     request_id: RequestIdKey | msgspec.UnsetType = msgspec.UNSET
     recipe_id: RecipeIdKey | msgspec.UnsetType = msgspec.UNSET
+    dataset: Annotated[DatasetFitSummary, Meta(description="Only with `use_dataset=true` and `holdout` or `append=true` "
+                       "sent (fields the GUI never sends, so its answer stays as it was): the stored samples used.")] | (
+        msgspec.UnsetType
+    ) = msgspec.UNSET
 
 
 class CalibrationResponse(msgspec.Struct):
