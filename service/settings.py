@@ -122,7 +122,7 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
-RECORD_IMAGES = ("none", "ng", "all")
+RECORD_IMAGES = ("none", "ng", "review", "all")
 LOG_FORMATS = ("text", "json")
 
 
@@ -210,9 +210,14 @@ _FIELDS: dict[str, _Field] = {
                          "role_id, roi_id) for log shippers"),
     "record": _Field(("BDI_RECORD",), _parse_bool, True,
                      "keep a record of every answered /infer in the registry (audit trail, drift, bdi inspections)"),
-    "record_images": _Field(("BDI_RECORD_IMAGES",), _choice(*RECORD_IMAGES), "ng",
+    "record_images": _Field(("BDI_RECORD_IMAGES",), _choice(*RECORD_IMAGES), "review",
                             "which inspections keep their uploaded image and heatmap under <models_dir>/@records: "
-                            "none, ng (NG decisions) or all"),
+                            "none, ng (NG decisions), review (NG decisions and the OK decisions within "
+                            "BDI_RECORD_NEAR_MARGIN of the threshold, where a missed defect hides: what the review "
+                            "queue lists) or all"),
+    "record_near_margin": _Field(("BDI_RECORD_NEAR_MARGIN",), _parse_rate, 0.10,
+                                 "BDI_RECORD_IMAGES=review: an OK decision keeps its image when |score / threshold "
+                                 "- 1| <= this (0.10: scores from 90 % of the threshold up)"),
     "record_max_mb": _Field(("BDI_RECORD_MAX_MB",), _parse_positive_float, 2048.0,
                             "most MB of kept images and heatmaps; the oldest are deleted first"),
     "record_retention_days": _Field(("BDI_RECORD_RETENTION_DAYS",), _parse_non_negative_int, 365,
@@ -271,6 +276,7 @@ class Settings:
     log_format: str
     record: bool
     record_images: str
+    record_near_margin: float
     record_max_mb: float
     record_retention_days: int
     record_queue_size: int

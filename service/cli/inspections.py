@@ -16,6 +16,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..storage import PUBLIC_FIELDS, RecordFilter
+from ..storage.reviews import OUTCOMES
 from .common import (
     EXIT_PROBLEMS,
     CliError,
@@ -52,9 +53,18 @@ def filter_options(command: F) -> F:
     return command
 
 
-def _filter(**options: Any) -> RecordFilter:
-    return RecordFilter(**{key: options[key] for key in ("role_id", "roi_id", "recipe_id", "decision", "since",
-                                                         "until", "part_id")})
+def review_options(command: F) -> F:
+    """The review filters of GET /inspections, as options."""
+    command = click.option("--outcome", type=click.Choice(OUTCOMES),
+                           help="Only the records whose current review has this outcome.")(command)
+    return click.option("--review", type=click.Choice(["pending", "reviewed"]),
+                        help="Only the records not reviewed yet (pending), or only the reviewed ones.")(command)
+
+
+def record_filter(**options: Any) -> RecordFilter:
+    """The records the filter options select (options a command does not take select any)."""
+    return RecordFilter(**{key: options.get(key) for key in ("role_id", "roi_id", "recipe_id", "decision", "since",
+                                                             "until", "part_id", "review", "outcome")})
 
 
 @click.group()
@@ -64,29 +74,32 @@ def inspections() -> None:
 
 @inspections.command("list")
 @filter_options
+@review_options
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="Newest records shown.")
 @models_dir_option
 @json_option
 def list_inspections(limit: int, models_dir: Path | None, as_json: bool, **filters: Any) -> None:
     """The newest records of every recipe, or of --recipe (filters as GET /inspections)."""
     opened = open_models(models_dir)
-    items, _ = opened.records.page(_filter(**filters), limit)
+    items, _ = opened.records.page(record_filter(**filters), limit)
     if as_json:
         echo_json([item.as_dict() for item in items])
         return
     if not items:
         rich_console().print("No inspection records match.")
         return
-    columns = ("time (UTC)", "recipe", "role", "roi", "version", "score", "threshold", "decision", "regions", "part",
-               "id")
+    columns = ("time (UTC)", "recipe", "role", "roi", "version", "score", "threshold", "decision", "regions", "review",
+               "part", "id")
     print_table(None, columns,
                 ((item.created_at.strftime("%Y-%m-%d %H:%M:%S"), item.recipe_id, item.role_id, item.roi_id,
                   item.version, item.score,
-                  item.threshold, item.decision, item.n_regions, item.part_id, item.id) for item in items))
+                  item.threshold, item.decision, item.n_regions, item.review_outcome, item.part_id, item.id)
+                 for item in items))
 
 
 @inspections.command()
 @filter_options
+@review_options
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="File to write.")
 @models_dir_option
@@ -94,7 +107,7 @@ def export(fmt: str, output: Path, models_dir: Path | None, **filters: Any) -> N
     """Write every matching record, newest first, as CSV or JSON lines. Streams: memory stays bounded
     whatever the number of rows; the file appears complete or not at all."""
     opened = open_models(models_dir)
-    where = _filter(**filters)
+    where = record_filter(**filters)
     total = opened.records.count(where)
     tmp = output.with_name(f".tmp-{uuid.uuid4().hex}-{output.name}")
     written = 0
@@ -109,8 +122,9 @@ def export(fmt: str, output: Path, models_dir: Path | None, **filters: Any) -> N
                 writer.writeheader()
             for record in opened.records.iterate(where):
                 row = record.as_dict()
-                if writer is not None:
-                    writer.writerow(row)
+                if writer is not None:  # the nested fields (shape, regions, review) as JSON text in their cell
+                    writer.writerow({key: json.dumps(value) if isinstance(value, (dict, list)) else value
+                                     for key, value in row.items()})
                 else:
                     handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                 written += 1

@@ -27,6 +27,7 @@ from .inspections import drift, inspections
 from .keys import keys
 from .models import models
 from .openapi import openapi
+from .reviews import review, review_inspection, shadow
 from .serve import serve
 
 
@@ -76,5 +77,7 @@ def main(debug: bool) -> None:
 
 
 models.add_command(drift)
-for command in (serve, models, datasets, inspections, fit, calibrate, evaluate_command, openapi, keys, audit):
+models.add_command(shadow)
+inspections.add_command(review_inspection)
+for command in (serve, models, datasets, inspections, review, fit, calibrate, evaluate_command, openapi, keys, audit):
     main.add_command(command)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadRequest, NotFitted, TokenGridMismatch
+from ..errors import BadRequest, NotFitted, ServiceError, TokenGridMismatch
 from ..metrics import Metrics
 from ..pipeline import (
     FeatureExtractor,
@@ -46,6 +46,8 @@ from .request import LOGGER_NAME, RequestContext, Upload, about_model, checked_r
 from .status import ModelStatus
 
 logger = logging.getLogger(LOGGER_NAME)
+RECORDED_REGION_KEYS = ("x", "y", "w", "h", "area_px", "area_mm2")
+"""What a record keeps of each answered region: its box and area (the outline can be long and is not needed)."""
 SIZE_TOLERANCE = 0.1
 """How far (a fraction of the training size) an image's width or height may differ before /infer warns."""
 
@@ -129,9 +131,9 @@ class Inspector:
         amap = self.anomaly_map(index, features, width, height)
         score, threshold, percentile, regions = self._judge(amap, mask, state, mm_per_px)
         decision = None if threshold is None else ("ng" if score >= threshold else "ok")
+        distance = abs(score / threshold - 1) if threshold is not None and threshold > 0 else None
         recording = context.record and self.settings.record
-        keep = recording and (self.settings.record_images == "all"
-                              or (self.settings.record_images == "ng" and decision == "ng"))
+        keep = recording and self._keeps_image(decision, distance)
         heatmap_bytes = heatmap_png(amap, mask) if include_heatmap or keep else None
         heatmap = base64.b64encode(heatmap_bytes).decode("ascii") if include_heatmap else None
         finished = time.perf_counter()
@@ -153,6 +155,7 @@ class Inspector:
             response["warnings"] = warnings
         self.metrics.inspections.labels(recipe, role_id, roi_id, decision or "none").inc()
         if recording:
+            shadow = self._shadow(state, features, mask, width, height)
             record = InspectionRecord(
                 id=new_record_id(), created_at=dt.datetime.now(dt.timezone.utc), recipe_id=recipe,
                 role_id=role_id, roi_id=roi_id, version=state.active_version, memory_sha256=state.active.memory_sha256,
@@ -166,10 +169,43 @@ class Inspector:
                 correlation_id=context.correlation_id, client=context.client, part_id=context.part_id,
                 warnings=warnings or None,
                 source=context.source, load_ms=1000 * (loaded - started), forward_ms=1000 * (extracted - loaded),
-                total_ms=1000 * (finished - started),
+                total_ms=1000 * (finished - started), threshold_distance=distance,
+                regions=[{key: region[key] for key in RECORDED_REGION_KEYS} for region in regions],
+                shape=parsed_shape.resolved(width, height).as_dict() if parsed_shape is not None else None,
+                **shadow,
             )
             self.recorder.submit(PendingRecord(record, image.data if keep else None, heatmap_bytes if keep else None))
         return Inspection(response, bgr, amap, mask)
+
+    def _keeps_image(self, decision: str | None, distance: float | None) -> bool:
+        """BDI_RECORD_IMAGES: ``review`` keeps the NG decisions and the OK ones within BDI_RECORD_NEAR_MARGIN of
+        the threshold (where a missed defect hides), ``ng`` the NG ones, ``all`` every one, ``none`` none."""
+        mode = self.settings.record_images
+        near = decision == "ok" and distance is not None and distance <= self.settings.record_near_margin
+        return mode == "all" or (mode in ("ng", "review") and decision == "ng") or (mode == "review" and near)
+
+    def _shadow(
+        self, state: ModelState, features: np.ndarray, mask: np.ndarray, width: int, height: int
+    ) -> dict[str, Any]:
+        """The record fields of the model's shadow version scoring the same features (one more memory search, no
+        second forward), under its own calibration if it has one, else the active threshold. Empty without a
+        shadow; a shadow that can't be scored (pruned meanwhile) is logged and left out, never failing /infer."""
+        shadow = state.shadow
+        if shadow is None or shadow.version == state.active_version:
+            return {}
+        try:
+            index = self.memories.of_version(state, shadow.version)
+            amap = self.anomaly_map(index, features, width, height)
+        except (ServiceError, OSError, ValueError) as exc:
+            logger.warning("The shadow version %d of recipe=%r role=%r roi=%r was not scored: %s", shadow.version,
+                           state.recipe_id, state.role_id, state.roi_id, exc)
+            return {}
+        calibration = (shadow.calibration or state.calibration)
+        values = calibration.values if calibration is not None else {}
+        score = image_score(amap, mask, values.get("score_percentile") or self.settings.score_percentile)
+        threshold = values.get("threshold")
+        decision = None if threshold is None else ("ng" if score >= threshold else "ok")
+        return {"shadow_version": shadow.version, "shadow_score": score, "shadow_decision": decision}
 
     def _judge(
         self, amap: np.ndarray, mask: np.ndarray, state: ModelState, mm_per_px: float

@@ -10,6 +10,7 @@ from typing import Any
 from ..errors import BadRequest, NotFound
 from ..settings import Settings
 from ..storage import MEDIA_TYPES, InspectionRecord, RecordFilter, RecordStore
+from ..storage.reviews import OUTCOMES
 from ..validation import normalize_recipe, validate_id
 
 MAX_PAGE = 1000
@@ -23,15 +24,24 @@ class RecordReader:
 
     def page(self, where: RecordFilter, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
         """One page of records, newest first: ``{"items": [...], "next_cursor": str | None}``."""
+        items, next_cursor = self.records.page(self.checked(where, limit), limit, cursor)
+        return {"items": [item.as_dict() for item in items], "next_cursor": next_cursor}
+
+    @staticmethod
+    def checked(where: RecordFilter, limit: int) -> RecordFilter:
+        """The filter and page size of a list, checked (400 with a sentence); the recipe as stored."""
         if not 1 <= limit <= MAX_PAGE:
             raise BadRequest(f"limit must be 1 to {MAX_PAGE}, got {limit}; page through more with next_cursor.")
         for name in ("role_id", "roi_id", "part_id"):
             if getattr(where, name) is not None:
                 validate_id(name, getattr(where, name))
+        if where.review not in (None, "pending", "reviewed"):
+            raise BadRequest(f"review must be 'pending' or 'reviewed', got {where.review!r:.40}.")
+        if where.outcome is not None and where.outcome not in OUTCOMES:
+            raise BadRequest(f"outcome {where.outcome!r:.40} is not one of {', '.join(OUTCOMES)}.")
         if where.recipe_id is not None:
             where = dataclasses.replace(where, recipe_id=normalize_recipe(where.recipe_id))
-        items, next_cursor = self.records.page(where, limit, cursor)
-        return {"items": [item.as_dict() for item in items], "next_cursor": next_cursor}
+        return where
 
     def get(self, record_id: str) -> InspectionRecord:
         if not RECORD_ID.fullmatch(record_id):
@@ -50,7 +60,8 @@ class RecordReader:
         if path is None:
             raise NotFound(
                 f"The {kind} of inspection {record_id} was not kept: images are kept per BDI_RECORD_IMAGES (now "
-                f"{self.settings.record_images!r}: none, ng or all) and the oldest are deleted past BDI_RECORD_MAX_MB."
+                f"{self.settings.record_images!r}: none, ng, review or all) and the oldest are deleted past "
+                "BDI_RECORD_MAX_MB."
             )
         try:
             data = (self.settings.models_dir / path).read_bytes()

@@ -33,6 +33,7 @@ from .overview import ModelOverview
 from .records import RecordReader
 from .replay import Replay
 from .request import LOGGER_NAME
+from .review import Reviews
 from .status import ModelStatus
 from .training import Training
 from .versions import Versions
@@ -76,6 +77,11 @@ class InspectionService:
     versions = _calls("version_control", Versions.list)
     activate = _calls("version_control", Versions.activate)
     learn = _calls("learning", Learning.learn)
+    review = _calls("reviews", Reviews.review)
+    review_history = _calls("reviews", Reviews.history)
+    review_queue = _calls("reviews", Reviews.queue)
+    set_shadow = _calls("reviews", Reviews.set_shadow)
+    shadow = _calls("reviews", Reviews.shadow)
     replay = _calls("replayer", Replay.start)
     replay_here = _calls("replayer", Replay.run_here)
     job = _calls("jobs", JobRunner.get)
@@ -121,6 +127,7 @@ class InspectionService:
                                        self.inspector)
         self.datasets = DatasetSamples(settings, samples, registry)
         self.record_reader = RecordReader(settings, self.records)
+        self.reviews = Reviews(registry, self.record_reader)
         self.version_control = Versions(settings, store, registry, self.status, extractor.grid)
         self.learning = Learning(settings, extractor, store, registry, memories, self.status, self.training,
                                  self.inspector)

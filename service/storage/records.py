@@ -161,20 +161,27 @@ class InspectionRecord:
         return {name: getattr(self, name) for name in FIELDS}
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: the time as ISO 8601 UTC, the kept files as ``image_kept``."""
-        values = {name: getattr(self, name) for name in PUBLIC_FIELDS[:-1]}
+        """JSON-ready: the time as ISO 8601 UTC, the kept files as ``image_kept``, the current review as
+        ``review`` (null: not reviewed)."""
+        values = {name: getattr(self, name) for name in PUBLIC_FIELDS if name not in _COMPUTED}
         values["created_at"] = iso(self.created_at)
         values["image_kept"] = self.image_path is not None
+        values["review"] = None if self.review_verdict is None else {
+            "verdict": self.review_verdict, "outcome": self.review_outcome, "reviewer": self.reviewed_by,
+            "reviewed_at": iso(self.reviewed_at) if self.reviewed_at is not None else None,
+        }
         return values
 
 
 FIELDS = [field.name for field in dataclasses.fields(InspectionRecord)]
-_INTERNAL = ("image_path", "heatmap_path", "image_bytes", "seq")
+_INTERNAL = ("image_path", "heatmap_path", "image_bytes", "seq", "threshold_distance")
 # columns of migrations 0008/0009, shown by the API once the capabilities that fill them land
-_NOT_YET_SHOWN = ("heatmap_low", "heatmap_high", "shape", "regions", "shadow_version", "shadow_score",
-                  "shadow_decision", "review_verdict", "review_outcome", "reviewed_at", "learned_version")
-PUBLIC_FIELDS = [name for name in FIELDS if name not in _INTERNAL + _NOT_YET_SHOWN] + ["image_kept"]
-"""The record as the API, ``bdi inspections`` and the exports show it: the kept files only as ``image_kept``."""
+_NOT_YET_SHOWN = ("heatmap_low", "heatmap_high", "learned_version")
+_REVIEW_COLUMNS = ("review_verdict", "review_outcome", "reviewed_by", "reviewed_at")
+_COMPUTED = ("image_kept", "review")
+PUBLIC_FIELDS = [name for name in FIELDS if name not in _INTERNAL + _NOT_YET_SHOWN + _REVIEW_COLUMNS] + list(_COMPUTED)
+"""The record as the API, ``bdi inspections`` and the exports show it: the kept files only as ``image_kept``, the
+current review as one ``review`` object."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +205,8 @@ class RecordFilter:
     until: dt.datetime | None = None
     part_id: str | None = None
     version: int | None = None
+    review: str | None = None  # "pending" (no review yet) or "reviewed"
+    outcome: str | None = None  # the current review's outcome (storage.reviews.OUTCOMES)
 
     def clauses(self) -> list[Any]:
         c = _TABLE.c
@@ -211,6 +220,10 @@ class RecordFilter:
             found.append(c.created_at >= utc(self.since))
         if self.until is not None:
             found.append(c.created_at < utc(self.until))
+        if self.review is not None:
+            found.append(c.review_verdict.is_(None) if self.review == "pending" else c.review_verdict.is_not(None))
+        if self.outcome is not None:
+            found.append(c.review_outcome == self.outcome)
         return found
 
 

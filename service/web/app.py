@@ -25,6 +25,7 @@ from .middleware import CorrelationMiddleware, echo_correlation_id
 from .monitoring.controller import MonitoringController
 from .openapi import CORRELATION_HEADER, DOC_ROUTES, document_roles, finish_document, openapi_config
 from .records.controller import RecordsController
+from .reviews.controller import ReviewsController, ShadowController
 from .versions.controller import VersionsController
 
 
@@ -45,7 +46,7 @@ def create_app(settings: Settings | None = None, service: InspectionService | No
 
     app = Litestar(
         route_handlers=[InspectionController, DatasetsController, RecordsController, MonitoringController, AuditController,
-                        JobsController,
+                        JobsController, ReviewsController, ShadowController,
                         VersionsController,
                         *DOC_ROUTES, ConsoleController,
                         create_static_files_router("/console/static", [STATIC], include_in_schema=False)],

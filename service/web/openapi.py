@@ -39,6 +39,7 @@ from .datasets import schemas as datasets_schemas
 from .inspection import schemas as inspection_schemas
 from .jobs import schemas as jobs_schemas
 from .records import schemas as records_schemas
+from .reviews import schemas as reviews_schemas
 from .shared import ErrorResponse
 from .versions import schemas as versions_schemas
 
@@ -83,6 +84,8 @@ TAGS = [
         "on the recorded inspections."),
     Tag(name="audit", description="Who changed what and when: every fit, calibration, activation, deletion, "
         "key... (engineer role and above)."),
+    Tag(name="reviews", description="People's verdicts on recorded inspections, the queue of records most worth one, "
+        "and a shadow version scoring live traffic beside the active one (CONTRACT-REVIEW.md)."),
     Tag(name="versions", description="A model's memory versions (active, staged, retired): list them, activate one "
         "(rollback included), and learn a new one from the reviewed false rejects."),
 ]
@@ -90,7 +93,7 @@ TAGS = [
 group their operations by tag (openapi-python-client: ``bdi_client.api.<tag>``)."""
 
 SCHEMA_MODULES = (shared, inspection_schemas, datasets_schemas, records_schemas, audit_schemas, jobs_schemas,
-                  versions_schemas)
+                  versions_schemas, reviews_schemas)
 """Where the component schemas' classes are defined: ``finish_document`` takes their docstrings and examples from
 there. A new domain with schemas adds its module."""
 

@@ -52,6 +52,11 @@ OPERATIONS = {
     ("/inspections/{inspection_id}/image", "get"): "get_inspection_image",
     ("/inspections/{inspection_id}/heatmap", "get"): "get_inspection_heatmap",
     ("/metrics", "get"): "metrics",
+    ("/inspections/{inspection_id}/review", "post"): "review_inspection",
+    ("/inspections/{inspection_id}/reviews", "get"): "list_inspection_reviews",
+    ("/review/queue", "get"): "review_queue",
+    ("/models/shadow", "post"): "set_shadow_version",
+    ("/models/shadow", "get"): "get_shadow_version",
 }
 RAW = "application/octet-stream"
 NOT_JSON = {("/datasets/file", "get"): RAW, ("/inspections/{inspection_id}/image", "get"): RAW,
@@ -203,6 +208,10 @@ def _locked(client, then: Any):
     return then(client)
 
 
+def _shadow(version: int | None = None) -> dict[str, Any]:
+    return {"role_id": ROLE, "roi_id": ROI, "version": version}
+
+
 def _upload(label: str, images: int = 1, **fields: Any) -> Any:
     files = [("images", (f"{i}.png", png_bytes(OK_IMAGES[0]), "image/png")) for i in range(images)]
     return lambda c: c.post(f"/datasets/{label}/upload", data={"role_id": ROLE, "roi_id": ROI, **fields}, files=files)
@@ -323,6 +332,47 @@ TRIGGERS = {
             lambda c, tail=tail: registry_down(c).get(f"/inspections/{'0' * 32}{tail}")
         for tail in ("", "/image", "/heatmap")
     },
+    **{
+        ("/inspections/{inspection_id}/review", "post", status): trigger
+        for status, trigger in (
+            ("400", lambda c: c.post("/inspections/not-an-id/review", json={"verdict": "ok"})),
+            ("404", lambda c: c.post(f"/inspections/{'0' * 32}/review", json={"verdict": "ok"})),
+            ("405", lambda c: c.get(f"/inspections/{'0' * 32}/review")),
+            ("422", lambda c: c.post(f"/inspections/{'0' * 32}/review", json={"verdict": "maybe"})),
+            ("500", lambda c: _boom(c, "review").post(f"/inspections/{'0' * 32}/review", json={"verdict": "ok"})),
+            ("503", lambda c: registry_down(c).post(f"/inspections/{'0' * 32}/review", json={"verdict": "ok"})),
+        )
+    },
+    **{
+        ("/inspections/{inspection_id}/reviews", "get", status): trigger
+        for status, trigger in (
+            ("400", lambda c: c.get("/inspections/not-an-id/reviews")),
+            ("404", lambda c: c.get(f"/inspections/{'0' * 32}/reviews")),
+            ("405", lambda c: c.post(f"/inspections/{'0' * 32}/reviews")),
+            ("500", lambda c: _boom(c, "review_history").get(f"/inspections/{'0' * 32}/reviews")),
+            ("503", lambda c: registry_down(c).get(f"/inspections/{'0' * 32}/reviews")),
+        )
+    },
+    ("/review/queue", "get", "400"): lambda c: c.get("/review/queue", params={"limit": 0}),
+    ("/review/queue", "get", "405"): lambda c: c.post("/review/queue"),
+    ("/review/queue", "get", "422"): lambda c: c.get("/review/queue", params={"decision": "maybe"}),
+    ("/review/queue", "get", "500"): lambda c: _boom(c, "review_queue").get("/review/queue"),
+    ("/review/queue", "get", "503"): lambda c: registry_down(c).get("/review/queue"),
+    ("/models/shadow", "post", "400"): lambda c: c.post("/models/shadow", json=_shadow(version=0)),
+    ("/models/shadow", "post", "404"): lambda c: c.post("/models/shadow", json=_shadow(version=9)),
+    ("/models/shadow", "post", "405"): lambda c: c.delete("/models/shadow"),
+    ("/models/shadow", "post", "409"): lambda c: c.post("/models/shadow", json=_shadow(version=1)),
+    ("/models/shadow", "post", "422"): lambda c: c.post("/models/shadow", json={"role_id": ROLE, "roi_id": ROI}),
+    ("/models/shadow", "post", "500"): lambda c: _boom(c, "set_shadow").post("/models/shadow", json=_shadow()),
+    ("/models/shadow", "post", "503"): lambda c: registry_down(c).post("/models/shadow", json=_shadow()),
+    ("/models/shadow", "get", "400"): lambda c: c.get("/models/shadow", params={"role_id": " ", "roi_id": ROI}),
+    ("/models/shadow", "get", "404"): lambda c: c.get("/models/shadow", params={"role_id": "ghost", "roi_id": ROI}),
+    ("/models/shadow", "get", "405"): lambda c: c.put("/models/shadow"),
+    ("/models/shadow", "get", "422"): lambda c: c.get("/models/shadow", params={"role_id": ROLE}),
+    ("/models/shadow", "get", "500"): lambda c: _boom(c, "shadow").get("/models/shadow", params={"role_id": ROLE,
+                                                                                              "roi_id": ROI}),
+    ("/models/shadow", "get", "503"): lambda c: registry_down(c).get("/models/shadow", params={"role_id": ROLE,
+                                                                                            "roi_id": ROI}),
     ("/metrics", "get", "405"): lambda c: c.post("/metrics"),
     ("/metrics", "get", "500"): lambda c: _boom(c, "render", c.app.state.service.metrics).get("/metrics"),
 }

@@ -15,6 +15,7 @@ from litestar.params import Parameter
 
 from ...core import MAX_PAGE, InspectionService
 from ...storage import MOMENT_FORMS, RecordFilter, parse_moment
+from ...storage.reviews import OUTCOMES
 from ..auth import ENGINEER
 from ..openapi import error_responses
 from ..shared import ID_SCHEMA, IDS_400, RECIPE_400, RecipeHeader, as_schema, off_loop, recipe_of
@@ -23,9 +24,9 @@ from .schemas import InspectionItem, InspectionPage
 _ID_FILTER = "Only the records of this {}."
 _RECORD_400 = "`inspection_id` is not a record id (32 hexadecimal digits)."
 _RECORD_404 = "No inspection record has this id (never made, or deleted past BDI_RECORD_RETENTION_DAYS)."
-_FILE_404 = (f"{_RECORD_404} Or the record exists but its {{}} was not kept: BDI_RECORD_IMAGES (`none`, `ng` or "
-             "`all`) decides which inspections keep their image and heatmap, and the oldest are deleted past "
-             "BDI_RECORD_MAX_MB.")
+_FILE_404 = (f"{_RECORD_404} Or the record exists but its {{}} was not kept: BDI_RECORD_IMAGES (`none`, `ng`, "
+             "`review` or `all`) decides which inspections keep their image and heatmap, and the oldest are deleted "
+             "past BDI_RECORD_MAX_MB.")
 
 
 def _id_filter(what: str) -> Any:
@@ -58,6 +59,19 @@ def _recipe_filter(query: str | None, header: str | None) -> str | None:
 
 
 _RECORD_ID = Parameter(description="Id of the record (`id` in GET /inspections).")
+_RoleFilter = Annotated[str | None, _id_filter("role")]
+_RoiFilter = Annotated[str | None, _id_filter("ROI")]
+_RecipeFilter = Annotated[str | None, Parameter(
+    description="Only the records of this recipe (`default` outside recipes); beats the `X-Recipe-Id` header. "
+    "Normalised by `strip().lower()` as every route does.", required=False, examples=[Example(value="line2-disc")])]
+_DecisionFilter = Annotated[Literal["ok", "ng", "none"] | None, Parameter(
+    description="Only this decision; `none`: the uncalibrated inspections.", required=False)]
+_SinceFilter = Annotated[str | None, _time_filter("at or after")]
+_UntilFilter = Annotated[str | None, _time_filter("before")]
+_PartFilter = Annotated[str | None, _id_filter("part (the `part_id` field or X-Part-Id header of /infer)")]
+_Limit = Annotated[int, Parameter(description=f"Records per page, 1 to {MAX_PAGE}.", required=False,
+                                  schema_extra={"minimum": 1, "maximum": MAX_PAGE})]
+_Cursor = Annotated[str | None, Parameter(description="`next_cursor` of the previous page.", required=False)]
 
 
 async def _file(service: InspectionService, inspection_id: str, kind: str) -> Response[bytes]:
@@ -85,35 +99,75 @@ class RecordsController(Controller):
         responses=error_responses({
             400: f"{IDS_400.replace('`role_id` or `roi_id`', 'A filter id')} Or `limit` is outside 1..{MAX_PAGE}, or "
             f"`cursor` is not a next_cursor of this service. {RECIPE_400}",
-            422: "`limit` is not an integer, `since`/`until` are neither ISO 8601 times nor ages (`7d`), or `decision` "
-            "is not ok, ng or none.",
+            422: "`limit` is not an integer, `since`/`until` are neither ISO 8601 times nor ages (`7d`), `decision` "
+            "is not ok, ng or none, `review` not pending or reviewed, or `outcome` not an outcome of the review table.",
             503: None,
         }),
     )
     async def list_inspections(
         self,
         service: NamedDependency[InspectionService],
-        role_id: Annotated[str | None, _id_filter("role")] = None,
-        roi_id: Annotated[str | None, _id_filter("ROI")] = None,
-        recipe_id: Annotated[str | None, Parameter(
-            description="Only the records of this recipe (`default` outside recipes); beats the `X-Recipe-Id` "
-            "header. Normalised by `strip().lower()` as every route does.", required=False,
-            examples=[Example(value="line2-disc")])] = None,
-        decision: Annotated[
-            Literal["ok", "ng", "none"] | None,
-            Parameter(description="Only this decision; `none`: the uncalibrated inspections.", required=False),
-        ] = None,
-        since: Annotated[str | None, _time_filter("at or after")] = None,
-        until: Annotated[str | None, _time_filter("before")] = None,
-        part_id: Annotated[str | None, _id_filter("part (the `part_id` field or X-Part-Id header of /infer)")] = None,
-        limit: Annotated[int, Parameter(description=f"Records per page, 1 to {MAX_PAGE}.", required=False,
-                                        schema_extra={"minimum": 1, "maximum": MAX_PAGE})] = 100,
-        cursor: Annotated[str | None, Parameter(description="`next_cursor` of the previous page.", required=False)] = None,
+        role_id: _RoleFilter = None,
+        roi_id: _RoiFilter = None,
+        recipe_id: _RecipeFilter = None,
+        decision: _DecisionFilter = None,
+        review: Annotated[Literal["pending", "reviewed"] | None, Parameter(
+            description="`pending`: only the records not reviewed yet; `reviewed`: only those with a review.",
+            required=False)] = None,
+        outcome: Annotated[Literal[OUTCOMES] | None, Parameter(  # type: ignore[valid-type]
+            description="Only the records whose current review has this outcome (POST /inspections/{id}/review).",
+            required=False)] = None,
+        since: _SinceFilter = None,
+        until: _UntilFilter = None,
+        part_id: _PartFilter = None,
+        limit: _Limit = 100,
+        cursor: _Cursor = None,
         recipe_header: RecipeHeader = None,
     ) -> InspectionPage:
-        where = RecordFilter(recipe_id=_recipe_filter(recipe_id, recipe_header), role_id=role_id, roi_id=roi_id, decision=decision,
-                             since=_moment("since", since), until=_moment("until", until), part_id=part_id)
+        where = RecordFilter(recipe_id=_recipe_filter(recipe_id, recipe_header), role_id=role_id, roi_id=roi_id,
+                             decision=decision, since=_moment("since", since), until=_moment("until", until),
+                             part_id=part_id, review=review, outcome=outcome)
         return as_schema(InspectionPage, await off_loop(service.inspections, where, limit, cursor))
+
+    @get(
+        "/review/queue",
+        tags=["reviews"],
+        operation_id="review_queue",
+        summary="The records most worth a review",
+        description="The unreviewed records whose image was kept, most informative first: nearest their threshold "
+        "(`|score / threshold - 1|` ascending), NG and OK decisions alike, so the OK decisions just under the "
+        "threshold, where a missed defect hides, come with the NG decisions just over it. Uncalibrated records (no "
+        "threshold) are not queued: GET /inspections?decision=none&review=pending lists them. Which images are kept "
+        "is BDI_RECORD_IMAGES (`review` by default: the NG decisions and the OK ones within BDI_RECORD_NEAR_MARGIN "
+        "of the threshold). Same filters and keyset pages as GET /inspections; a record reviewed meanwhile leaves "
+        "the queue.",
+        response_description="One page of the queue.",
+        responses=error_responses({
+            400: f"{IDS_400.replace('`role_id` or `roi_id`', 'A filter id')} Or `limit` is outside 1..{MAX_PAGE}, or "
+            f"`cursor` is not a next_cursor of the queue. {RECIPE_400}",
+            422: "`limit` is not an integer, `since`/`until` are neither ISO 8601 times nor ages (`7d`), or `decision` "
+            "is not ok, ng or none.",
+            503: None,
+        }),
+    )
+    async def review_queue(
+        self,
+        service: NamedDependency[InspectionService],
+        role_id: _RoleFilter = None,
+        roi_id: _RoiFilter = None,
+        recipe_id: _RecipeFilter = None,
+        decision: _DecisionFilter = None,
+        since: _SinceFilter = None,
+        until: _UntilFilter = None,
+        part_id: _PartFilter = None,
+        limit: _Limit = 100,
+        cursor: _Cursor = None,
+        recipe_header: RecipeHeader = None,
+    ) -> InspectionPage:
+        where = RecordFilter(recipe_id=_recipe_filter(recipe_id, recipe_header), role_id=role_id, roi_id=roi_id,
+                             decision=decision, since=_moment("since", since), until=_moment("until", until),
+                             part_id=part_id)
+        return as_schema(InspectionPage, await off_loop(service.review_queue, where, limit, cursor))
 
     @get(
         "/inspections/{inspection_id:str}",

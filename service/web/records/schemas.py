@@ -10,6 +10,31 @@ from msgspec import Meta
 from ..shared import Decision
 
 
+class RecordedRegion(msgspec.Struct):
+    """One defect region as /infer answered it: its box in the image's pixels and its area (the outline is not
+    recorded)."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    area_px: Annotated[float, Meta(description="Area in pixels².")]
+    area_mm2: float
+
+
+class ReviewSummary(msgspec.Struct):
+    """The record's current review (POST /inspections/{id}/review; its history: GET /inspections/{id}/reviews)."""
+
+    example: ClassVar[dict[str, Any]] = {"verdict": "ok", "outcome": "false_reject", "reviewer": "qa-anna",
+                                         "reviewed_at": "2026-12-03T10:15:02.123456Z"}
+
+    verdict: Decision
+    outcome: Annotated[str, Meta(description="`confirmed_ok`, `confirmed_ng`, `false_reject`, `missed_defect`, "
+                                 "`labelled_ok` or `labelled_ng`.")]
+    reviewer: str | None
+    reviewed_at: str
+
+
 class InspectionItem(msgspec.Struct):
     """One answered /infer as recorded: what judged what, when, for whom (audit data)."""
 
@@ -44,7 +69,13 @@ class InspectionItem(msgspec.Struct):
         "forward_ms": 452.7,
         "total_ms": 489.0,
         "warnings": None,
+        "shape": {"kind": "annulus", "cx": 150.0, "cy": 135.0, "r": 130.0, "r_inner": 60.0},
+        "regions": [{"x": 120, "y": 40, "w": 14, "h": 37, "area_px": 518.0, "area_mm2": 20.72}],
+        "shadow_version": 4,
+        "shadow_score": 0.4412,
+        "shadow_decision": "ok",
         "image_kept": True,
+        "review": ReviewSummary.example,
     }
 
     id: Annotated[str, Meta(description="Id of the record (32 hex digits).")]
@@ -82,8 +113,19 @@ class InspectionItem(msgspec.Struct):
         "with its kind: `image_size:` the image's size differs from the training images' by more than 10%, so "
         "its score is not comparable with the calibration. Null: none.",
         examples=[["image_size: the image is 600x150 px but version 3 was fitted on 256x256 px images; ..."]])]
+    shape: Annotated[dict[str, Any] | None, Meta(description="The whole mask as scored: `kind` and its coordinates "
+                                                  "in the image's pixels, defaults filled in (as /infer's `shape` "
+                                                  "takes it); null: the whole image.")]
+    regions: Annotated[list[RecordedRegion] | None, Meta(description="The regions as answered, without their "
+                                                         "outlines; null in records made before they were recorded.")]
+    shadow_version: Annotated[int | None, Meta(description="The shadow version that also scored this image (POST "
+                                               "/models/shadow); null: none.")]
+    shadow_score: Annotated[float | None, Meta(description="Its score, on the same backbone features.")]
+    shadow_decision: Annotated[Decision | None, Meta(description="Its decision under its own calibration, else the "
+                                                     "active threshold; null: no threshold.")]
     image_kept: Annotated[bool, Meta(description="The upload and heatmap are kept (`/inspections/{id}/image`, "
                                      "`/heatmap`); see BDI_RECORD_IMAGES.")]
+    review: Annotated[ReviewSummary | None, Meta(description="The current review; null: not reviewed.")]
 
 
 class InspectionPage(msgspec.Struct):

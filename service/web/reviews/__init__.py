@@ -1,0 +1,1 @@
+"""Reviews of recorded inspections and shadow versions (CONTRACT-REVIEW.md)."""
