@@ -15,11 +15,11 @@ from ..storage import FAILED, WOULD, migrate, recorded_files, remove_files
 from ..validation import DEFAULT_RECIPE
 from .bundles import export_model, import_model
 from .common import (
-    cli_audit,
     EXIT_PROBLEMS,
     CliError,
     OpenedModels,
     as_text,
+    cli_audit,
     echo_json,
     grid_text,
     json_option,
