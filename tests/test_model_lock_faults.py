@@ -8,9 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from service.core import InspectionService, Upload
-from service.errors import ServiceError
+from service.errors import RegistryUnavailable, ServiceError
+from service.storage import ModelStore
 from tests.support import both_registries, make_settings, png_bytes, synthetic_roi
 
 SIZE = (96, 80)
@@ -69,5 +71,59 @@ def test_append_to_a_memory_whose_file_is_gone_answers_a_sentence_instead_of_wai
         assert service.model_state("R", "roi").active_version == state.active_version  # nothing was written
         refit = finishes(lambda: service.fit("R", "roi", 0.2, uploads(range(20, 26), "c")))  # the lock is free
         assert refit["coreset_size"] > 0 and service.model_state("R", "roi").active_version == state.active_version + 1
+    finally:
+        service.close()
+
+
+def _terminate_the_advisory_lock_holder(database_url: str) -> None:
+    """What a restart, a failover, idle_session_timeout or an operator's pg_terminate_backend does to the
+    session that holds the model's advisory lock: it ends, and the server releases the lock."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            ended = connection.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )).scalars().all()
+        assert ended == [True]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_writer_whose_lock_session_died_commits_nothing_and_undoes_its_files(
+    database_url, tmp_path, extractor_112, monkeypatch
+):
+    models_dir = tmp_path / "models"
+    service = open_service(models_dir, extractor_112)
+    try:
+        service.fit("R", "roi", 0.2, uploads(range(6), "a"))
+        before = service.model_state("R", "roi")
+        registered = sorted((v.folder, v.version, v.memory_sha256) for v in service.registry.registered_versions())
+        folder = service.store.root / before.folder
+        kept = sorted(path.name for path in (folder / "versions").iterdir())
+        write_version = ModelStore.write_version
+
+        def lose_the_lock_meanwhile(store, *args, **kwargs):
+            files = write_version(store, *args, **kwargs)
+            _terminate_the_advisory_lock_holder(database_url)  # the files are written, the rows not yet
+            return files
+
+        monkeypatch.setattr(ModelStore, "write_version", lose_the_lock_meanwhile)
+        with pytest.raises(RegistryUnavailable) as refused:
+            finishes(lambda: service.fit("R", "roi", 0.2, uploads(range(10, 16), "b")))
+        assert refused.value.status_code == 503
+        assert "write lock" in refused.value.message and "undone" in refused.value.message
+        assert service.model_state("R", "roi") == before  # no registry change committed
+        assert sorted((v.folder, v.version, v.memory_sha256) for v in service.registry.registered_versions()) == (
+            registered)
+        assert sorted(path.name for path in (folder / "versions").iterdir()) == kept  # the new version's files undone
+        assert service.store.verify_folder(folder) == []
+
+        monkeypatch.setattr(ModelStore, "write_version", write_version)
+        second = finishes(lambda: service.fit("R", "roi", 0.2, uploads(range(20, 26), "c")))
+        assert second["coreset_size"] > 0
+        assert service.model_state("R", "roi").active_version == before.active_version + 1
+        assert service.store.verify_folder(folder) == []
     finally:
         service.close()

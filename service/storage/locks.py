@@ -47,6 +47,11 @@ class Locks(abc.ABC):
         """Serialise a whole-registry step (``MIGRATIONS``, ``LEGACY_IMPORT``)."""
         return self._reentrant(f"named:{name}", lambda: self._acquire_named(name))
 
+    def confirm_held(self) -> None:
+        """Raise ``RegistryUnavailable`` when a lock this thread holds has been lost meanwhile; called right
+        before each registry commit, so that a writer that no longer excludes the others changes nothing. A
+        lock file is held as long as its process lives: nothing to check."""
+
     @abc.abstractmethod
     def _acquire_model(self, folder: str) -> contextlib.AbstractContextManager[None]:
         """Take the model's lock itself (called once per outermost holder)."""

@@ -58,23 +58,3 @@ def test_an_imported_version_keeps_its_training_size(models_dir, tmp_path):
         assert (active.source, active.train_width, active.train_height) == ("imported", 60, 50)
     finally:
         registry.dispose()
-
-
-def test_an_import_with_the_hubs_weights_not_cached_asks_no_network_and_says_what_it_could_not_check(
-    models_dir, tmp_path, monkeypatch
-):
-    import service.pipeline.features as features
-    from tests.cli.support import PLAIN
-
-    def no_network(*_args, **_kwargs):
-        raise AssertionError("the import asked the hub")
-
-    monkeypatch.setattr(features.huggingface_hub, "try_to_load_from_cache", lambda *_args, **_kwargs: None)
-    monkeypatch.setattr(features, "_download", no_network)
-    monkeypatch.setattr(features.FeatureExtractor, "_build", no_network)  # nor the backbone
-    bundle = tmp_path / "plain.bdimodel"
-    assert bdi(models_dir, "models", "export", *PLAIN, "-o", str(bundle)).exit_code == 0
-    imported = bdi(models_dir, "models", "import", str(bundle), "--as", "Copy/roi-2", BDI_WEIGHTS="hub")
-    assert imported.exit_code == 0, imported.output
-    assert "not in the local cache" in imported.stderr
-    assert "could not check that the bundle's memory was built with them" in imported.stdout

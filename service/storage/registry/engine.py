@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,11 +136,17 @@ def lock_number(key: str) -> int:
 class AdvisoryLocks(Locks):
     """PostgreSQL session-level advisory locks, each held on a connection of its own (autocommit, no
     statement timeout: waiting for another host's fit is normal). A host that dies loses its
-    connection and the server releases its locks."""
+    connection and the server releases its locks.
+
+    So does a session that ends while its host lives (a restart, a failover, a killed backend): another host
+    gets the lock at once. ``confirm_held`` (before every registry commit) then finds the lock's connection
+    dead and the write is refused and undone instead of committed beside the other host's. The session is
+    kept from ending on its own: TCP keepalives (``make_engine``) and no ``idle_session_timeout``."""
 
     def __init__(self, engine: Engine) -> None:
         super().__init__()
         self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._connections = threading.local()
 
     def _acquire_model(self, folder: str) -> contextlib.AbstractContextManager[None]:
         return self._hold(f"model:{folder}")
@@ -147,28 +154,49 @@ class AdvisoryLocks(Locks):
     def _acquire_named(self, name: str) -> contextlib.AbstractContextManager[None]:
         return self._hold(f"named:{name}")
 
+    def confirm_held(self) -> None:
+        for key, connection in list(self._held_connections().items()):
+            try:
+                connection.execute(text("SELECT 1"))
+            except DBAPIError as exc:
+                connection.invalidate()  # the server released the lock with the session: nothing to unlock
+                raise RegistryUnavailable(
+                    f"the connection holding the write lock {key!r} was lost: {_reason(exc)}; another host may be "
+                    "writing the same model, so this write was undone and nothing was changed"
+                ) from None
+
+    def _held_connections(self) -> dict[str, Connection]:
+        held = getattr(self._connections, "by_key", None)
+        if held is None:
+            held = self._connections.by_key = {}
+        return held
+
     @contextlib.contextmanager
     def _hold(self, key: str) -> Iterator[None]:
         number = lock_number(key)
         with unavailable_as_503(self.engine):
             connection = self.engine.connect()
             try:
+                if (connection.dialect.server_version_info or (0,)) >= (14,):
+                    connection.execute(text("SET idle_session_timeout = 0"))  # a server default would end it
                 connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": number})
             except BaseException:
                 connection.close()
                 raise
+        self._held_connections()[key] = connection
         try:
             yield
         finally:
-            try:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": number})
-            except DBAPIError as exc:
-                # The connection died while held (database restarted): the server has already released
-                # the lock; what the block did stands on its own.
-                logger.warning("The registry connection holding the lock %r was lost: %s", key, _reason(exc))
-                connection.invalidate()
-            finally:
-                connection.close()
+            self._held_connections().pop(key, None)
+            if not connection.invalidated:  # else found lost by confirm_held, which said so
+                try:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": number})
+                except DBAPIError as exc:
+                    # The connection died after the block's last registry commit (confirm_held let that one
+                    # through): the server has already released the lock; what the block did stands.
+                    logger.warning("The registry connection holding the lock %r was lost: %s", key, _reason(exc))
+                    connection.invalidate()
+            connection.close()
 
 
 def make_locks(unbounded: Engine, models_dir: Path) -> Locks:
