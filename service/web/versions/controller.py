@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
+from litestar.params import JSONBody
 
 from ...core import InspectionService
 from ..auth import ENGINEER
@@ -76,7 +77,7 @@ class VersionsController(Controller):
         }),
     )
     async def activate_version(
-        self, data: ActivateRequest, request: Request[Any, Any, Any], service: NamedDependency[InspectionService],
+        self, data: JSONBody[ActivateRequest], request: Request[Any, Any, Any], service: NamedDependency[InspectionService],
         recipe_header: RecipeHeader = None,
     ) -> ActivatedState:
         recipe = recipe_of(data.recipe_id, recipe_header)
@@ -110,7 +111,7 @@ class VersionsController(Controller):
         }),
     )
     async def learn_from_reviews(
-        self, data: LearnRequest, request: Request[Any, Any, Any], service: NamedDependency[InspectionService],
+        self, data: JSONBody[LearnRequest], request: Request[Any, Any, Any], service: NamedDependency[InspectionService],
         recipe_header: RecipeHeader = None,
     ) -> LearnResponse:
         recipe = recipe_of(data.recipe_id, recipe_header)
