@@ -76,14 +76,25 @@ def inspections() -> None:
 @filter_options
 @review_options
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="Newest records shown.")
+@click.option("--after-seq", type=click.IntRange(0), default=None,
+              help="Follow instead: the records written after this sequence number (0: from the first), oldest write "
+              "first, and the --after-seq to run with next (on stderr; with --json, {items, next_after_seq}). Misses "
+              "no record written late, which --since can.")
 @models_dir_option
 @json_option
-def list_inspections(limit: int, models_dir: Path | None, as_json: bool, **filters: Any) -> None:
-    """The newest records of every recipe, or of --recipe (filters as GET /inspections)."""
+def list_inspections(limit: int, after_seq: int | None, models_dir: Path | None, as_json: bool,
+                     **filters: Any) -> None:
+    """The newest records of every recipe, or of --recipe (filters as GET /inspections); or, with --after-seq,
+    those written since the last run."""
     opened = open_models(models_dir)
-    items, _ = opened.records.page(record_filter(**filters), limit)
+    if after_seq is None:
+        items, _ = opened.records.page(record_filter(**filters), limit)
+    else:
+        items, next_after_seq = opened.records.follow(record_filter(**filters), after_seq, limit)
+        click.echo(f"Next: bdi inspections list --after-seq {next_after_seq}", err=True)
     if as_json:
-        echo_json([item.as_dict() for item in items])
+        items_json = [item.as_dict() for item in items]
+        echo_json(items_json if after_seq is None else {"items": items_json, "next_after_seq": next_after_seq})
         return
     if not items:
         rich_console().print("No inspection records match.")

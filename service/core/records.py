@@ -22,10 +22,21 @@ class RecordReader:
         self.settings = settings
         self.records = records
 
-    def page(self, where: RecordFilter, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
-        """One page of records, newest first: ``{"items": [...], "next_cursor": str | None}``."""
-        items, next_cursor = self.records.page(self.checked(where, limit), limit, cursor)
-        return {"items": [item.as_dict() for item in items], "next_cursor": next_cursor}
+    def page(
+        self, where: RecordFilter, limit: int = 100, cursor: str | None = None, after_seq: int | None = None
+    ) -> dict[str, Any]:
+        """One page of records: newest first by time (``next_cursor`` pages on), or with ``after_seq`` the
+        records written after that sequence number, oldest write first (``next_after_seq`` follows on). Paging
+        by time can miss a record written late (its time is when it was inspected); following misses none."""
+        where = self.checked(where, limit)
+        if after_seq is None:
+            items, next_cursor = self.records.page(where, limit, cursor)
+            return {"items": [item.as_dict() for item in items], "next_cursor": next_cursor, "next_after_seq": None}
+        if cursor is not None:
+            raise BadRequest("Pass either `cursor` (pages newest first by time) or `after_seq` (follows the records "
+                             "in the order they were written), not both.")
+        items, next_after_seq = self.records.follow(where, after_seq, limit)
+        return {"items": [item.as_dict() for item in items], "next_cursor": None, "next_after_seq": next_after_seq}
 
     @staticmethod
     def checked(where: RecordFilter, limit: int) -> RecordFilter:

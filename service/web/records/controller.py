@@ -72,6 +72,10 @@ _PartFilter = Annotated[str | None, _id_filter("part (the `part_id` field or X-P
 _Limit = Annotated[int, Parameter(description=f"Records per page, 1 to {MAX_PAGE}.", required=False,
                                   schema_extra={"minimum": 1, "maximum": MAX_PAGE})]
 _Cursor = Annotated[str | None, Parameter(description="`next_cursor` of the previous page.", required=False)]
+_AfterSeq = Annotated[int | None, Parameter(
+    description="Follow the records in the order they were written: those written after this sequence number "
+    "(0: from the first kept), oldest write first; poll again with the answer's `next_after_seq`. Misses no record, "
+    "however late it was written; not with `cursor`.", required=False, schema_extra={"minimum": 0})]
 
 
 async def _file(service: InspectionService, inspection_id: str, kind: str) -> Response[bytes]:
@@ -92,14 +96,17 @@ class RecordsController(Controller):
         description="Every answered /infer is recorded: what judged what (model version, calibration, threshold), "
         "with what result, when and for whom. Newest first, filtered by the query; keyset pages: pass `next_cursor` "
         "back as `cursor` (a row is never listed twice or skipped, whatever is recorded meanwhile). Records reach "
-        "this list through a background writer, a moment after the /infer answer. The recipe follows the rule of "
+        "this list through a background writer, a moment after the /infer answer, so a record can be written after "
+        "newer ones and paging by time (`since`) can miss it: to see every new record, follow them by `after_seq` "
+        "instead (oldest write first; poll with `next_after_seq`), which misses none. The recipe follows the rule of "
         "every route: the `recipe_id` query, else the `X-Recipe-Id` header; with neither, every recipe is listed "
         "(each item names its `recipe_id`).",
         response_description="One page of records.",
         responses=error_responses({
             400: f"{IDS_400.replace('`role_id` or `roi_id`', 'A filter id')} Or `limit` is outside 1..{MAX_PAGE}, or "
-            f"`cursor` is not a next_cursor of this service. {RECIPE_400}",
-            422: "`limit` is not an integer, `since`/`until` are neither ISO 8601 times nor ages (`7d`), `decision` "
+            f"`cursor` is not a next_cursor of this service, or `after_seq` is negative or comes with `cursor`. "
+            f"{RECIPE_400}",
+            422: "`limit` or `after_seq` is not an integer, `since`/`until` are neither ISO 8601 times nor ages (`7d`), `decision` "
             "is not ok, ng or none, `review` not pending or reviewed, or `outcome` not an outcome of the review table.",
             503: None,
         }),
@@ -122,12 +129,13 @@ class RecordsController(Controller):
         part_id: _PartFilter = None,
         limit: _Limit = 100,
         cursor: _Cursor = None,
+        after_seq: _AfterSeq = None,
         recipe_header: RecipeHeader = None,
     ) -> InspectionPage:
         where = RecordFilter(recipe_id=_recipe_filter(recipe_id, recipe_header), role_id=role_id, roi_id=roi_id,
                              decision=decision, since=_moment("since", since), until=_moment("until", until),
                              part_id=part_id, review=review, outcome=outcome)
-        return as_schema(InspectionPage, await off_loop(service.inspections, where, limit, cursor))
+        return as_schema(InspectionPage, await off_loop(service.inspections, where, limit, cursor, after_seq))
 
     @get(
         "/review/queue",
@@ -162,6 +170,7 @@ class RecordsController(Controller):
         part_id: _PartFilter = None,
         limit: _Limit = 100,
         cursor: _Cursor = None,
+        after_seq: _AfterSeq = None,
         recipe_header: RecipeHeader = None,
     ) -> InspectionPage:
         where = RecordFilter(recipe_id=_recipe_filter(recipe_id, recipe_header), role_id=role_id, roi_id=roi_id,

@@ -129,9 +129,14 @@ class InspectionItem(msgspec.Struct):
 
 
 class InspectionPage(msgspec.Struct):
-    """One page of inspection records, newest first. Pass `next_cursor` back as `cursor` for the next page."""
+    """One page of inspection records, newest first (pass `next_cursor` back as `cursor` for the next page), or
+    with `after_seq` the records written after it, oldest write first (pass `next_after_seq` back as `after_seq`)."""
 
-    example: ClassVar[dict[str, Any]] = {"items": [InspectionItem.example], "next_cursor": "MjAyNi0xMi0wMVQwOD..."}
+    example: ClassVar[dict[str, Any]] = {"items": [InspectionItem.example], "next_cursor": "MjAyNi0xMi0wMVQwOD...",
+                                         "next_after_seq": None}
 
     items: list[InspectionItem]
-    next_cursor: Annotated[str | None, Meta(description="Cursor of the next page; null on the last page.")]
+    next_cursor: Annotated[str | None, Meta(description="Cursor of the next page; null on the last page and when "
+                                                        "following by `after_seq`.")]
+    next_after_seq: Annotated[int | None, Meta(description="With `after_seq`: the `after_seq` to poll with next "
+                                                           "(the same when nothing new was written); null otherwise.")]
