@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from ..locks import FileLocks, Locks
 logger = logging.getLogger(__name__)
 
 DISK_FULL_SQLSTATE = "53100"
+FULL_DISK_BYTES = 1 << 20  # SQLite I/O errors with less free than this are a full disk
 
 
 def is_sqlite(url: str) -> bool:
@@ -84,8 +86,11 @@ def _sqlite_engine(url: str, database: str) -> Engine:
     @event.listens_for(engine, "handle_error")
     def _on_error(context: Any) -> None:
         # SQLite reports a write that ran out of disk space as SQLITE_FULL ("database or disk is full").
+        # On a full disk it can also be an I/O error (its -wal or -shm file could not grow or be made): that
+        # is a full disk too, not a damaged registry to set aside.
         code = getattr(context.original_exception, "sqlite_errorcode", None)
-        if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
+        if code is not None and (code & 0xFF == sqlite3.SQLITE_FULL or (
+                code & 0xFF in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN) and _disk_is_full(database))):
             raise InsufficientStorage(f"the registry {database}", Path(database).resolve().parent) from (
                 context.original_exception
             )
@@ -98,6 +103,14 @@ def _sqlite_engine(url: str, database: str) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _disk_is_full(database: str) -> bool:
+    """Whether the disk of the SQLite file ``database`` has less room than one more page of the WAL needs."""
+    try:
+        return shutil.disk_usage(Path(database).resolve().parent).free < FULL_DISK_BYTES
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
