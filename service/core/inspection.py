@@ -188,8 +188,9 @@ class Inspector:
         self, state: ModelState, features: np.ndarray, mask: np.ndarray, width: int, height: int
     ) -> dict[str, Any]:
         """The record fields of the model's shadow version scoring the same features (one more memory search, no
-        second forward), under its own calibration if it has one, else the active threshold. Empty without a
-        shadow; a shadow that can't be scored (pruned meanwhile) is logged and left out, never failing /infer."""
+        second forward), under its own calibration (the newest made for it, else the one it proposes) if it has
+        one, else the active one. Empty without a shadow; a shadow that can't be scored (pruned meanwhile) is logged
+        and left out, never failing /infer."""
         shadow = state.shadow
         if shadow is None or shadow.version == state.active_version:
             return {}
@@ -200,12 +201,20 @@ class Inspector:
             logger.warning("The shadow version %d of recipe=%r role=%r roi=%r was not scored: %s", shadow.version,
                            state.recipe_id, state.role_id, state.roi_id, exc)
             return {}
-        calibration = (shadow.calibration or state.calibration)
-        values = calibration.values if calibration is not None else {}
+        own = self._own_calibration(state, shadow.version) if shadow.calibration is None else shadow.calibration.values
+        values = own or (state.calibration.values if state.calibration is not None else {})
         score = image_score(amap, mask, values.get("score_percentile") or self.settings.score_percentile)
         threshold = values.get("threshold")
         decision = None if threshold is None else ("ng" if score >= threshold else "ok")
         return {"shadow_version": shadow.version, "shadow_score": score, "shadow_decision": decision}
+
+    def _own_calibration(self, state: ModelState, version: int) -> dict[str, Any] | None:
+        """The calibration a version without one made for it proposes for itself (a learn's, in its manifest)."""
+        try:
+            proposed = self.store.version_files(self.store.root / state.folder, version).manifest.get("calibration")
+        except (OSError, ValueError):
+            return None
+        return proposed if isinstance(proposed, dict) else None
 
     def _judge(
         self, amap: np.ndarray, mask: np.ndarray, state: ModelState, mm_per_px: float

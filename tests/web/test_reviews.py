@@ -258,3 +258,32 @@ def _upload(image):
     from service.core import Upload
 
     return Upload("x.png", png_bytes(image))
+
+
+@both_registries
+def test_a_learned_staged_version_shadows_under_the_calibration_it_proposes(make_client, extractor_112):
+    client = make_client(extractor_=extractor_112, BDI_INPUT_SIZE="112", BDI_CORESET_RATE="0.25",
+                         BDI_RECORD_IMAGES="all")
+    service = client.app.state.service
+    assert fit(client, ROLE, ROI, [synthetic_roi(96, 80, seed) for seed in range(3)]).status_code == 200
+    assert client.post("/calibrate_ng", json={"role_id": ROLE, "roi_id": ROI, "ok_scores": [0.01]}).status_code == 200
+    for seed in (70, 71):  # every part is NG at this threshold; a person says these two are good
+        assert infer(client, ROLE, ROI, synthetic_roi(96, 80, seed)).status_code == 200
+        assert service.recorder.flush(30)
+        record_id = client.get("/inspections", params={"limit": 1}).json()["items"][0]["id"]
+        assert _review(client, record_id, "ok").json()["outcome"] == "false_reject"
+    learned = client.post("/models/learn", json={"role_id": ROLE, "roi_id": ROI})
+    assert learned.status_code == 200, learned.text
+    proposed = learned.json()["calibration"]["threshold"]
+    assert learned.json()["status"] == "staged" and proposed != 0.01
+
+    assert _shadow(client, learned.json()["version"]).status_code == 200
+    probes = [synthetic_roi(96, 80, seed) for seed in (70, 71, 80)]  # the learned parts and a new one
+    for probe in probes:
+        assert infer(client, ROLE, ROI, probe).json()["threshold"] == 0.01  # the active calibration answers
+    assert service.recorder.flush(30)
+    records = client.get("/inspections", params={"limit": len(probes)}).json()["items"]
+    for record in records:
+        assert record["shadow_version"] == learned.json()["version"] and record["decision"] == "ng"
+        assert record["shadow_decision"] == ("ng" if record["shadow_score"] >= proposed else "ok")
+    assert "ok" in {record["shadow_decision"] for record in records}  # judged by the proposal, not by 0.01
