@@ -1,10 +1,10 @@
 """Benchmark of the service against one bare backbone forward, measured in the same run.
 
 Starts ``bdi serve`` on loopback (or uses ``--url``), then measures: one bare forward, /fit_ok of N
-ROIs, sequential /infer, concurrent /infer, /infer with inspection records on against off, an append of M
-ROIs (``append=true``) beside the refit of all N + M, /calibrate_dataset over stored samples (the newer GUI
-waits 120 s for it), the coreset alone, the nearest-neighbour search of one image against memories of growing
-size, and the server's peak RSS. Prints a table and writes JSON with absolute times and the ratios the speed
+ROIs, sequential /infer, concurrent /infer, a replay job over their records (alone, then beside sequential
+/infer), /infer with inspection records on against off, an append of M ROIs (``append=true``) beside the
+refit of all N + M, /calibrate_dataset over stored samples (the newer GUI waits 120 s for it), the coreset
+alone, the nearest-neighbour search of one image against memories of growing size, and the server's peak RSS. Prints a table and writes JSON with absolute times and the ratios the speed
 targets are stated in. The bare forward is re-measured around each phase, so each ratio compares the service
 with the machine as it was during that phase.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import datetime as dt
 import json
 import os
 import socket
@@ -204,6 +205,37 @@ def compare_recording(args: argparse.Namespace, env: dict[str, str], client: htt
             "records_written": written, "records_written_off": off_written}
 
 
+def bench_replay(client: httpx.Client, fields: dict[str, str], one_infer, infers: int) -> dict[str, float]:
+    """A replay job of the active version over the records the /infer phases kept, alone (its images per second),
+    then again while sequential /infer runs beside it (their p50 against the same /infer with the host idle)."""
+    body = {"role_id": fields["role_id"], "roi_id": fields["roi_id"], "version": 1, "last": 10_000}
+
+    def run_replay(beside=None) -> dict:
+        """Start a replay and wait for its end; ``beside()`` runs once the replay has scored its first image, and
+        its result and whether the replay was still running after it are added to the job."""
+        reply = client.post("/models/replay", json=body)
+        reply.raise_for_status()
+        job_id, extra = reply.json()["job_id"], {}
+        while (job := client.get(f"/jobs/{job_id}").json())["status"] in ("queued", "running"):
+            if beside is not None and not extra and job["status"] == "running" and job["progress"]["done"] >= 1:
+                extra["beside"] = beside()
+                extra["still_running"] = client.get(f"/jobs/{job_id}").json()["status"] == "running"
+            time.sleep(0.05)
+        if job["status"] != "done":
+            raise SystemExit(f"replay failed: {job['error']}")
+        return {**job, **extra}
+
+    alone = run_replay()
+    started = dt.datetime.fromisoformat(alone["started_at"].replace("Z", "+00:00"))
+    finished = dt.datetime.fromisoformat(alone["finished_at"].replace("Z", "+00:00"))
+    images = alone["progress"]["total"]
+    idle = statistics.median(one_infer(i)[0] for i in range(infers))
+    beside = run_replay(lambda: statistics.median(one_infer(i)[0] for i in range(infers)))
+    return {"images": images, "seconds": (finished - started).total_seconds(),
+            "images_per_s": images / (finished - started).total_seconds(), "infer_p50_idle_s": idle,
+            "infer_p50_during_replay_s": beside["beside"], "replay_still_running_after": beside["still_running"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="benchmark a running service instead of starting one")
@@ -231,6 +263,8 @@ def main() -> None:
                         help="samples stored (3/4 OK, 1/4 NG) and scored by one /calibrate_dataset")
     parser.add_argument("--record-infers", type=int, default=30,
                         help="/infer requests to each of the recording and the non-recording server")
+    parser.add_argument("--replay-infers", type=int, default=10,
+                        help="sequential /infer timed idle, then again while a replay runs on the same host")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     width, height = map(int, args.roi.lower().split("x"))
@@ -280,6 +314,8 @@ def main() -> None:
 
         (concurrent_rps, mismatches), concurrent_forward = bare.around(concurrent_run)
         batches = client.get("/health").json().get("infer_forwards", {})
+        time.sleep(2)  # the records of the /infer phases reach the registry through the background writer
+        replay, replay_forward = bare.around(lambda: bench_replay(client, fields, one_infer, args.replay_infers))
         for roi in range(1, args.rss_rois):  # the memory target: a server that fitted N ROIs and served them all,
             # read before the append, refit and dataset phases, which fit more and larger memories
             roi_fields = {**fields, "roi_id": f"roi-{roi}"}
@@ -347,6 +383,7 @@ def main() -> None:
         "calibrate_dataset": {"samples": scored, "seconds": calibrate_seconds, "samples_per_s": scored / calibrate_seconds,
                               "samples_in_120_s": int(120 * scored / calibrate_seconds)},
         "coreset": coreset,
+        "replay": replay,
         "server_peak_rss_mb": rss,
         "precision": precision or {"precision": args.precision},
         "rss_rois": args.rss_rois,
@@ -362,6 +399,8 @@ def main() -> None:
             / (refit_seconds / (args.fit_images + args.append_images)),
             "calibrate_dataset_over_n_forwards": calibrate_seconds / (scored * calibrate_forward),
             "calibrate_dataset_per_sample_over_infer_p50": calibrate_seconds / scored / p50,
+            "replay_images_per_s_times_forward": replay["images_per_s"] * replay_forward,
+            "infer_p50_during_replay_over_idle": replay["infer_p50_during_replay_s"] / replay["infer_p50_idle_s"],
             **({"infer_p50_recording_over_off": recording["on_over_off"]} if recording else {}),
         },
     }
@@ -387,6 +426,12 @@ def main() -> None:
           f"{results['ratios']['calibrate_dataset_over_n_forwards']:.2f} x {scored} forwards, a sample costs "
           f"{results['ratios']['calibrate_dataset_per_sample_over_infer_p50']:.2f} x an /infer; "
           f"{results['calibrate_dataset']['samples_in_120_s']} samples fit in the GUI's 120 s")),
+        (f"replay of {replay['images']} recorded images", f"{replay['seconds']:.2f} s",
+         f"{results['ratios']['replay_images_per_s_times_forward']:.2f} images per forward time (target >= 0.9)"),
+        (f"/infer p50 during a replay, {args.replay_infers}", f"{replay['infer_p50_during_replay_s'] * 1000:.0f} ms",
+         (f"against {replay['infer_p50_idle_s'] * 1000:.0f} ms idle: "
+          f"{results['ratios']['infer_p50_during_replay_over_idle']:.2f} x (target <= 1.5); the replay was "
+          f"{'still' if replay['replay_still_running_after'] else 'no longer'} running after them")),
         (f"coreset {coreset['n']}x1152 @ 0.02", f"{coreset['seconds']:.2f} s",
          f"peak extra {coreset['peak_extra_mb']:.0f} MB of {coreset['input_mb']:.0f} MB input (target <= 30 s, <= 2x)"),
         *((f"search of one image, {row['rows']} rows", f"{row['search_s'] * 1000:.0f} ms",

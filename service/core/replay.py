@@ -10,12 +10,13 @@ images always go first, and the next replay image is decoded while the current o
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import BadRequest, NotFound
+from ..errors import BadRequest, NotFound, ServiceError
 from ..pipeline import FeatureExtractor, MicroBatcher, decode_image, image_score, parse_shape, shape_mask
 from ..settings import Settings
 from ..storage import InspectionRecord, ModelState, Registry
@@ -24,7 +25,9 @@ from ..validation import DEFAULT_RECIPE
 from .inspection import Inspector
 from .jobs import JobRunner, Progress
 from .memory import ActiveMemories, unknown_version
-from .request import RequestContext, about_model, checked_recipe
+from .request import LOGGER_NAME, RequestContext, about_model, checked_recipe
+
+logger = logging.getLogger(LOGGER_NAME)
 
 KIND = "replay"
 DEFAULT_LAST = 500
@@ -104,6 +107,11 @@ class Replay:
     def _score_all(self, state: ModelState, version: int, last: int, progress: Progress) -> dict[str, Any]:
         """The job's work: score every record to replay, one background forward each, the next image decoded
         while the current forward runs."""
+        fresh = self.registry.state(state.role_id, state.roi_id, recipe_id=state.recipe_id)  # queued meanwhile
+        if fresh is None or fresh.active is None:
+            raise NotFound(f"The model role_id={state.role_id!r}, roi_id={state.roi_id!r} was deleted before its "
+                           "replay ran.")
+        state = fresh
         index = self.memories.of_version(state, version)
         _, calibrations = self.registry.history(state.role_id, state.roi_id, recipe_id=state.recipe_id)
         own = next((c for c in calibrations if c.memory_version == version), None)
@@ -133,13 +141,15 @@ class Replay:
 
     def _queue_forward(self, record: InspectionRecord) -> tuple[InspectionRecord, Any, np.ndarray | None, Any]:
         """Decode the record's kept image and queue its forward in the background lane; (record, queued forward,
-        mask, size). A kept image deleted since the query (pruned) is skipped: no forward, no mask."""
+        mask, size). A kept image deleted since the query (pruned) or unreadable is skipped (logged): no forward, no
+        mask; the replay goes on with the others."""
         assert record.image_path is not None
         try:
             data = (self.records_root / record.image_path).read_bytes()
-        except FileNotFoundError:
+            bgr = decode_image(data, record.image_path, self.settings.max_image_pixels)
+        except (OSError, ServiceError) as exc:
+            logger.warning("Replay skips inspection %s: its kept image can't be read (%s)", record.id, exc)
             return record, None, None, None
-        bgr = decode_image(data, record.image_path, self.settings.max_image_pixels)
         height, width = bgr.shape[:2]
         shape = parse_shape(json.dumps(record.shape)) if record.shape is not None else None
         return record, self.batcher.extract_later(bgr, background=True), shape_mask(shape, width, height), \

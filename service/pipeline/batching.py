@@ -47,12 +47,13 @@ class _Job:
         return self.features
 
 
-BACKGROUND_GAP = 0.5
-"""A background forward (a replay's) starts only once no /infer forward ran for this fraction of the last forward's
-time: a client that sends its next image right after an answer finds the backbone free."""
-BACKGROUND_MAX_WAIT = 4.0
+BACKGROUND_GAP = 2.0
+"""A background forward (a replay's) starts only once no /infer forward ran for this many times the last forward's
+time: a client that sends its next image after an answer (its upload, decoding and memory search take about one
+forward on a 2-core CPU) finds the backbone free."""
+BACKGROUND_MAX_WAIT = 6.0
 """...unless a background image has waited this many forward times: under a steady stream of /infer, about one
-forward in five goes to the background, so a replay progresses without delaying the median /infer."""
+forward in four goes to the background, so a replay progresses while the median /infer waits for none."""
 
 
 class MicroBatcher:

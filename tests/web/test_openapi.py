@@ -52,6 +52,8 @@ OPERATIONS = {
     ("/inspections/{inspection_id}/image", "get"): "get_inspection_image",
     ("/inspections/{inspection_id}/heatmap", "get"): "get_inspection_heatmap",
     ("/metrics", "get"): "metrics",
+    ("/models/replay", "post"): "replay_version",
+    ("/jobs/{job_id}", "get"): "get_job",
     ("/inspections/{inspection_id}/review", "post"): "review_inspection",
     ("/inspections/{inspection_id}/reviews", "get"): "list_inspection_reviews",
     ("/review/queue", "get"): "review_queue",

@@ -115,6 +115,14 @@ def test_replay_scores_a_version_on_the_kept_images_and_counts_flips_and_reviews
     assert {item["inspection_id"] for item in result["items"]} == {newest["id"]} | reviewed
     assert result["n"] == len({newest["id"]} | reviewed)
 
+    # a kept image gone since (pruned, or removed by hand) is skipped; the others are replayed
+    service = client.app.state.service
+    gone = next(i for i in records if i not in reviewed)
+    (service.records.root / service.records.get(gone).image_path).unlink()
+    job = wait_job(client, replay(client, 1))
+    assert job["status"] == "done" and job["result"]["n"] == 7
+    assert gone not in {item["inspection_id"] for item in job["result"]["items"]}
+
 
 @both_registries
 def test_replay_refuses_unknown_models_versions_and_last(make_client) -> None:
