@@ -77,6 +77,8 @@ class RecordReader:
         try:
             data = (self.settings.models_dir / path).read_bytes()
         except FileNotFoundError:
-            raise NotFound(f"The {kind} of inspection {record_id} is no longer on disk (pruned or removed by hand).") \
-                from None
+            data = b""
+        if not data:  # gone, or left empty by a crash between creating and writing it
+            raise NotFound(f"The {kind} of inspection {record_id} is no longer on disk (pruned, removed by hand, or "
+                           "lost in a crash before it was written).")
         return data, MEDIA_TYPES.get(Path(path).suffix.lower(), "application/octet-stream")
