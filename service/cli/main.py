@@ -27,7 +27,6 @@ from .inspections import drift, inspections
 from .keys import keys
 from .models import models
 from .openapi import openapi
-from .recipes import recipes
 from .reviews import review, review_inspection, shadow
 from .serve import serve
 
@@ -80,6 +79,5 @@ def main(debug: bool) -> None:
 models.add_command(drift)
 models.add_command(shadow)
 inspections.add_command(review_inspection)
-for command in (serve, models, datasets, inspections, review, fit, calibrate, evaluate_command, openapi, keys, audit,
-                recipes):
+for command in (serve, models, datasets, inspections, review, fit, calibrate, evaluate_command, openapi, keys, audit):
     main.add_command(command)

@@ -29,8 +29,24 @@ def service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Respons
     """The error's status and sentence; a 5xx (the registry database down) carries the trace as every 5xx does."""
     logger.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.message)
     settings: Settings = request.app.state.settings
-    trace = "".join(traceback.format_exception(exc)) if exc.status_code >= 500 and settings.error_trace else None
+    trace = _frames_only(exc) if exc.status_code >= 500 and settings.error_trace else None
     return error_response(exc.status_code, exc.message, trace=trace)
+
+
+def _frames_only(exc: BaseException) -> str:
+    """The trace of ``exc`` and of the errors that caused it, as their types and frames only: their messages (and
+    the source lines that built them) can hold connection strings, SQL parameters, host and user names."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    parts = []
+    for error in reversed(chain):  # the first cause first, as Python prints a chain
+        frames = "".join(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}\n'
+                         for frame in traceback.extract_tb(error.__traceback__))
+        parts.append(f"Traceback (most recent call last):\n{frames}{type(error).__module__}.{type(error).__qualname__}\n")
+    return "\nThe above caused:\n\n".join(parts)
 
 
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
