@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..storage import FAILED, WOULD, migrate, recorded_files, remove_files
+from ..storage import FAILED, WOULD, ModelState, migrate, recorded_files, remove_files
 from ..validation import DEFAULT_RECIPE
 from .bundles import export_model, import_model
 from .common import (
@@ -62,15 +62,16 @@ def list_models(recipe_id: str | None, models_dir: Path | None, as_json: bool) -
     """Every model (default namespace first, then each recipe's): active version, token grid, coreset size,
     threshold, last fit and calibration."""
     opened = open_models(models_dir)
-    rows = [model_summary(state) for state in opened.registry.states(recipe_id)]
+    rows = [model_summary(state, _import_record(opened, state)) for state in opened.registry.states(recipe_id)]
     if as_json:
         echo_json(rows)
     elif not rows:
         rich_console().print(f"No models in {opened.settings.models_dir}.")
     else:
         columns = ("recipe_id", "role_id", "roi_id", "version", "token_shape", "coreset_size", "threshold",
-                   "fitted_at", "calibrated_at")
-        headers = ("recipe", "role", "roi", "version", "grid", "coreset", "threshold", "fitted", "calibrated")
+                   "fitted_at", "imported_at", "calibrated_at", "calib_stale")
+        headers = ("recipe", "role", "roi", "version", "grid", "coreset", "threshold", "fitted", "imported",
+                   "calibrated", "calib stale")
         print_table(None, headers, (
             [grid_text(row[c]) if c == "token_shape" else row[c] for c in columns] for row in rows
         ))
@@ -81,6 +82,14 @@ def list_models(recipe_id: str | None, models_dir: Path | None, as_json: bool) -
         rich_console(stderr=True).print(
             f"note: {missing} model folder(s) on disk are not in the registry; `bdi models reindex` adds them."
         )
+
+
+def _import_record(opened: OpenedModels, state: ModelState) -> dict[str, Any] | None:
+    """The active version's import record (None unless it came from a bundle)."""
+    if state.active is None or state.active.source != "imported":
+        return None
+    manifest = opened.store.version_files(opened.store.root / state.folder, state.active_version).manifest
+    return manifest.get("imported") if isinstance(manifest.get("imported"), dict) else None
 
 
 @models.command()
@@ -95,7 +104,7 @@ def show(role_id: str, roi_id: str, recipe_id: str, models_dir: Path | None, as_
     state = opened.state(role_id, roi_id, recipe_id)
     versions, _ = opened.registry.history(role_id, roi_id, recipe_id=recipe_id)
     payload = {
-        **model_summary(state),
+        **model_summary(state, _import_record(opened, state)),
         "kept_versions": [v.version for v in versions],
         "active": _displayed_version(state.active) if state.active is not None else None,
         "calibration": dataclasses.asdict(state.calibration) if state.calibration is not None else None,
