@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from sqlalchemy import select, update
 
 from service.core import Upload
+from service.core.learning import Reviewed
 from service.errors import NotFound
 from service.storage.files import HISTORY_FILE
 from service.storage.registry.tables import AuditEntry, InspectionRow, MemoryVersion, Model
@@ -218,8 +221,12 @@ def test_learn_with_activate_goes_live_at_once(recording):
     fit(recording, ROLE, ROI, OK)
     recording.post("/calibrate_ng", json={**QUERY, "ok_scores": [0.01]})
     reviewed(recording, relit(synthetic_roi(96, 80, 80)), "false_reject")
+    lost = reviewed(recording, relit(synthetic_roi(96, 80, 81)), "false_reject")
+    with recording.app.state.service.registry.engine.begin() as connection:  # its image pruned since
+        connection.execute(update(InspectionRow).where(InspectionRow.id == lost).values(image_path=None))
     body = recording.post("/models/learn", json={**QUERY, "activate": True}).json()
     assert body["status"] == "active" and state(recording)["version"] == body["version"]
+    assert body["images_used"] == 1 and body["records_without_image"] == 1 and lost not in body["records_used"]
     assert state(recording)["calib_source"] == "learn"
     assert recording.post("/models/learn", json={**QUERY, "activate": "yes"}).status_code == 422
     assert recording.post("/models/learn", json={"role_id": ROLE, "roi_id": "none"}).status_code == 400
@@ -242,3 +249,16 @@ def test_statuses_come_back_from_the_files_and_prune_keeps_staged_versions(make_
     forget_registry(models)
     rebuilt = make_client(models_dir=models, extractor_=extractor_112, BDI_INPUT_SIZE="112", BDI_KEEP_VERSIONS="2")
     assert {v["version"]: v["status"] for v in versions(rebuilt)} == kept
+
+
+def test_learning_takes_only_the_patches_inside_the_record_shape(small):
+    """A mask over the left half of a square image covers the left half of the token grid (input 112: 8×8)."""
+    learning = small.app.state.service.learning
+    mask = np.zeros((80, 80), dtype=bool)
+    mask[:, :40] = True
+    item = Reviewed("r", "false_reject", None, Upload("r.png", b""), np.zeros((80, 80, 3), np.uint8), mask, 0.2)
+    cells = learning._token_mask(item).reshape(8, 8)
+    assert cells[:, :4].all() and not cells[:, 4:].any()
+    whole = dataclasses.replace(item, mask=np.ones((80, 120), dtype=bool), image=np.zeros((80, 120, 3), np.uint8))
+    rows = learning._token_mask(whole).reshape(8, 8)  # letterboxed: the padding rows hold no image
+    assert rows[0].sum() == 0 and rows[4].all()
