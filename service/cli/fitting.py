@@ -160,8 +160,7 @@ def fit(role_id: str, roi_id: str, dataset_dir: Path | None, memory_fit: bool, m
     grown = result.pop("append", {})
     print_table(
         f"{'Appended to' if append else 'Fitted'} {model_label(recipe_id, role_id, roi_id)}: version "
-        f"{state.active_version if state else '-'} ({len(uploads)} images, {len(held_out)} held out, "
-        f"{result['n_embeddings']} patches, coreset {result['coreset_size']})", ("field", "value"),
+        f"{state.active_version if state else '-'}", ("field", "value"),
         [("images", len(uploads)), ("held out", len(held_out)), ("mm_per_px", mm_per_px), *result.items(),
          *((f"append.{key}", value) for key, value in grown.items())],
     )

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from ..storage import FAILED, WOULD, ModelState, migrate, recorded_files, remove_files
+from ..storage.files import reporting_full_disk
 from ..validation import DEFAULT_RECIPE
 from .bundles import export_model, import_model
 from .common import (
@@ -187,8 +188,8 @@ def rollback(role_id: str, roi_id: str, version: int, recipe_id: str, models_dir
     opened = open_models(models_dir)
     store = opened.store
     state = opened.state(role_id, roi_id, recipe_id)
-    folder = store.root / state.folder
-    with store.locked(folder):
+    # writing(): a pointer or registry change that fails (a full disk: the 507 sentence) is put back
+    with store.writing(role_id, roi_id, recipe_id=recipe_id) as folder, reporting_full_disk("the rollback", folder):
         kept = [files.version for files in store.versions(folder)]
         if version not in kept:
             raise CliError(
