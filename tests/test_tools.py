@@ -25,7 +25,7 @@ def test_bench_reports_every_measure_and_checks_the_concurrent_answers(tmp_path)
     out = tmp_path / "bench.json"
     run_tool("bench.py", "--input-size", "112", "--roi", "90x70", "--fit-images", "3", "--infers", "3",
              "--clients", "2", "--repeats", "1", "--coreset-n", "2000", "--rss-rois", "2", "--append-images", "2",
-             "--search-rows", "100,300", "--record-infers", "2",
+             "--search-rows", "100,300", "--record-infers", "2", "--shadow-infers", "2",
              "--infer-batch-size", "2", "--precision", "bf16", "--dataset-samples", "4", "--json", str(out))
     results = json.loads(out.read_text())
     assert results["fit"]["token_shape"] == [8, 8]
@@ -41,11 +41,12 @@ def test_bench_reports_every_measure_and_checks_the_concurrent_answers(tmp_path)
                                       "append_over_n_forwards", "refit_over_n_forwards",
                                       "append_per_image_over_refit_per_image",
                                       "calibrate_dataset_over_n_forwards", "calibrate_dataset_per_sample_over_infer_p50",
-                                      "infer_p50_recording_over_off"}
+                                      "infer_p50_recording_over_off", "infer_p50_shadow_over_plain"}
     assert results["calibrate_dataset"]["samples"] == 4 and results["calibrate_dataset"]["samples_in_120_s"] > 0
     recording = results["recording"]
     assert recording["n"] == 2 and recording["records_written_off"] == 0
     assert recording["records_written"] > 0  # the writer is asynchronous: the last few may still be queued
+    assert results["shadow"]["shadow_scored"] > 0  # the twin with a shadow version had its inspections scored twice
     assert all(value > 0 for value in results["ratios"].values())
 
 

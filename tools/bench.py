@@ -1,12 +1,13 @@
 """Benchmark of the service against one bare backbone forward, measured in the same run.
 
-Starts ``bdi serve`` on loopback (or uses ``--url``), then measures: one bare forward, /fit_ok of N
-ROIs, sequential /infer, concurrent /infer, a replay job over their records (alone, then beside sequential
-/infer), /infer with inspection records on against off, an append of M ROIs (``append=true``) beside the
-refit of all N + M, /calibrate_dataset over stored samples (the newer GUI waits 120 s for it), the coreset
-alone, the nearest-neighbour search of one image against memories of growing size, and the server's peak RSS. Prints a table and writes JSON with absolute times and the ratios the speed
-targets are stated in. The bare forward is re-measured around each phase, so each ratio compares the service
-with the machine as it was during that phase.
+Starts ``bdi serve`` on loopback (or uses ``--url``), then measures: one bare forward, /fit_ok of N ROIs, sequential
+/infer, concurrent /infer, a replay job over their records (alone, then beside sequential /infer), /infer with
+inspection records on against off, /infer with a shadow version against without, an append of M ROIs
+(``append=true``) beside the refit of all N + M, /calibrate_dataset over stored samples (the newer GUI waits 120 s
+for it), the coreset alone, the nearest-neighbour search of one image against memories of growing size, and the
+server's peak RSS. Prints a table and writes JSON with absolute times and the ratios the speed targets are stated
+in. The bare forward is re-measured around each phase, so each ratio compares the service with the machine as it
+was during that phase.
 
 Records: the started server records every inspection with its image and heatmap (BDI_RECORD_IMAGES=all,
 the heaviest setting); a second server with BDI_RECORD=0 over the same models dir answers the same
@@ -236,6 +237,37 @@ def bench_replay(client: httpx.Client, fields: dict[str, str], one_infer, infers
             "infer_p50_during_replay_s": beside["beside"], "replay_still_running_after": beside["still_running"]}
 
 
+def bench_shadow(client: httpx.Client, fields: dict[str, str], images: list[bytes], infers: int,
+                 fit_images: int) -> dict[str, float]:
+    """/infer p50 of a model whose version 1 shadows its active version 2 against a twin model fitted alike without a
+    shadow, requests alternating between the two (same image, same memory sizes) so that both see the same machine."""
+    models = {"shadow": {**fields, "roi_id": "shadowed"}, "plain": {**fields, "roi_id": "unshadowed"}}
+    for model in models.values():
+        for version in range(2):  # versions 1 and 2, fitted alike for both twins: equal memories, equal searches
+            files = [("images", (f"{i}.png", images[(i + version) % len(images)], "image/png"))
+                     for i in range(fit_images)]
+            client.post("/fit_ok", data=model, files=files).raise_for_status()
+        client.post("/calibrate_ng", json={"role_id": model["role_id"], "roi_id": model["roi_id"],
+                                           "ok_scores": [0.5]}).raise_for_status()
+    client.post("/models/shadow", json={"role_id": fields["role_id"], "roi_id": models["shadow"]["roi_id"],
+                                        "version": 1}).raise_for_status()
+    latencies: dict[str, list[float]] = {"shadow": [], "plain": []}
+    for i in range(-1, infers):  # -1: a warm-up of each (both memories loaded) that is not counted
+        order = ("shadow", "plain") if i % 2 else ("plain", "shadow")
+        for name in order:
+            begin = time.perf_counter()
+            client.post("/infer", data=models[name], files={"image": ("x.png", images[i % len(images)], "image/png")}
+                        ).raise_for_status()
+            if i >= 0:
+                latencies[name].append(time.perf_counter() - begin)
+    time.sleep(1)  # the records reach the registry through the background writer
+    summary = client.get("/models/shadow", params={"role_id": fields["role_id"],
+                                                   "roi_id": models["shadow"]["roi_id"]}).json()
+    p50_shadow, p50_plain = statistics.median(latencies["shadow"]), statistics.median(latencies["plain"])
+    return {"n": infers, "p50_shadow_s": p50_shadow, "p50_plain_s": p50_plain,
+            "shadow_over_plain": p50_shadow / p50_plain, "shadow_scored": summary["n"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="benchmark a running service instead of starting one")
@@ -265,6 +297,8 @@ def main() -> None:
                         help="/infer requests to each of the recording and the non-recording server")
     parser.add_argument("--replay-infers", type=int, default=10,
                         help="sequential /infer timed idle, then again while a replay runs on the same host")
+    parser.add_argument("--shadow-infers", type=int, default=30,
+                        help="/infer requests to each of a model with a shadow version and its twin without one")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     width, height = map(int, args.roi.lower().split("x"))
@@ -325,6 +359,7 @@ def main() -> None:
             client.post("/infer", data={**fields, "roi_id": f"roi-{roi}"},
                         files={"image": ("x.png", images[roi % len(images)], "image/png")}).raise_for_status()
         rss = proc_status_mb(process.pid, "VmHWM") if process else None
+        shadow = bench_shadow(client, fields, images[:probes], args.shadow_infers, args.fit_images)
         recording = None if args.url else compare_recording(args, env, client, fields, images[:probes])
 
         def post_fit(roi: str, uploads: list[bytes], **extra: str) -> tuple[float, dict]:
@@ -388,6 +423,7 @@ def main() -> None:
         "precision": precision or {"precision": args.precision},
         "rss_rois": args.rss_rois,
         "recording": recording,
+        "shadow": shadow,
         "ratios": {
             "infer_p50_over_forward": p50 / infer_forward,
             "fit_over_n_forwards": fit_seconds / (args.fit_images * fit_forward),
@@ -402,6 +438,7 @@ def main() -> None:
             "replay_images_per_s_times_forward": replay["images_per_s"] * replay_forward,
             "infer_p50_during_replay_over_idle": replay["infer_p50_during_replay_s"] / replay["infer_p50_idle_s"],
             **({"infer_p50_recording_over_off": recording["on_over_off"]} if recording else {}),
+            "infer_p50_shadow_over_plain": shadow["shadow_over_plain"],
         },
     }
     rows = [
@@ -439,6 +476,9 @@ def main() -> None:
           for row in search),
         (f"server peak RSS, {args.rss_rois} ROIs", f"{rss:.0f} MB" if rss else "n/a", "(target < 2048 MB)"),
     ]
+    rows.append((f"/infer p50 with a shadow version, {shadow['n']} each", f"{shadow['p50_shadow_s'] * 1000:.0f} ms",
+                 (f"against {shadow['p50_plain_s'] * 1000:.0f} ms without: {shadow['shadow_over_plain']:.3f} x "
+                  f"(target <= 1.05); {shadow['shadow_scored']} records scored by the shadow")))
     if recording:
         rows.append((f"/infer p50 recording on / off, {recording['n']} each", f"{recording['p50_on_s'] * 1000:.0f} ms",
                      (f"against {recording['p50_off_s'] * 1000:.0f} ms off: {recording['on_over_off']:.3f} x "
