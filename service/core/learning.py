@@ -81,12 +81,7 @@ class Learning:
         reviewed, without_image = self._reviewed(recipe, role_id, roi_id)
         to_learn = [item for item in reviewed if item.to_learn]
         if not to_learn:
-            raise Conflict(
-                f"role_id={role_id!r}, roi_id={roi_id!r} has no reviewed false reject with a kept image to learn "
-                f"from ({without_image} without a kept image): review the NG decisions of OK parts first "
-                '(POST /inspections/{id}/review with {"verdict": "ok"}, the records of GET /review/queue), keeping '
-                "their images (BDI_RECORD_IMAGES=ng or all)."
-            )
+            raise self._nothing_to_learn(role_id, roi_id, without_image)
         if len(to_learn) > self.settings.max_fit_images:
             raise PayloadTooLarge(
                 f"{len(to_learn)} false rejects to learn is over the limit of {self.settings.max_fit_images} images "
@@ -94,12 +89,17 @@ class Learning:
             )
         features = self.extractor.extract([item.image for item in reviewed], batch_size=self.settings.fit_batch_size)
         reviewed = [dataclasses.replace(item, features=rows) for item, rows in zip(reviewed, features)]
-        to_learn = [item for item in reviewed if item.to_learn]
-        new = np.concatenate([item.features[self._token_mask(item)] for item in to_learn])
         with self.store.writing(role_id, roi_id, recipe_id=recipe) as folder:
             state = self.status.model_state(role_id, roi_id, recipe_id=recipe)
             self.training.check_appendable(state, role_id, roi_id, recipe)
             assert state is not None and state.active is not None
+            # Under the lock: a learn that ran meanwhile (another request, another host) took its records already.
+            unlearned = {row.id for row in reviewed_records(self.registry.engine, recipe, role_id, roi_id,
+                                                            ("false_reject",)) if row.learned_version is None}
+            to_learn = [item for item in reviewed if item.to_learn and item.record_id in unlearned]
+            if not to_learn:
+                raise self._nothing_to_learn(role_id, roi_id, without_image)
+            new = np.concatenate([item.features[self._token_mask(item)] for item in to_learn])
             parent = self.store.version_files(folder, state.active_version).manifest
             rows = self.memories.index(state).memory
             grown = self.training.grow(rows, new, parent, memory_fit=False)
@@ -147,6 +147,15 @@ class Learning:
             "rows_added": len(grown.rows),
             "calibration": None if calibration is None else {**calibration, "n_ok": n_ok, "n_ng": n_ng},
         }
+
+    @staticmethod
+    def _nothing_to_learn(role_id: str, roi_id: str, without_image: int) -> Conflict:
+        return Conflict(
+            f"role_id={role_id!r}, roi_id={roi_id!r} has no reviewed false reject with a kept image to learn "
+            f"from ({without_image} without a kept image): review the NG decisions of OK parts first "
+            '(POST /inspections/{id}/review with {"verdict": "ok"}, the records of GET /review/queue), keeping '
+            "their images (BDI_RECORD_IMAGES=ng or all)."
+        )
 
     def _reviewed(self, recipe: str, role_id: str, roi_id: str) -> tuple[list[Reviewed], int]:
         """The model's reviewed records whose kept image can be read (oldest first), and how many false rejects

@@ -13,7 +13,16 @@ from service.core.learning import Reviewed
 from service.errors import NotFound
 from service.storage.files import HISTORY_FILE
 from service.storage.registry.tables import AuditEntry, InspectionRow, MemoryVersion, Model
-from tests.support import both_registries, fit, forget_registry, infer, png_bytes, relit, synthetic_roi
+from tests.support import (
+    both_registries,
+    dotnet_multipart,
+    fit,
+    forget_registry,
+    infer,
+    png_bytes,
+    relit,
+    synthetic_roi,
+)
 
 ROLE, ROI = "Master1", "inspection-1"
 OK = [synthetic_roi(96, 80, seed) for seed in range(3)]
@@ -262,3 +271,30 @@ def test_learning_takes_only_the_patches_inside_the_record_shape(small):
     whole = dataclasses.replace(item, mask=np.ones((80, 120), dtype=bool), image=np.zeros((80, 120, 3), np.uint8))
     rows = learning._token_mask(whole).reshape(8, 8)  # letterboxed: the padding rows hold no image
     assert rows[0].sum() == 0 and rows[4].all()
+
+
+def test_a_learn_that_ran_meanwhile_keeps_its_records(recording, monkeypatch):
+    """Two learns at once: the second read the records before the first marked them learned; under the model's lock
+    it finds them taken, so nothing is learned twice."""
+    fit(recording, ROLE, ROI, OK)
+    recording.post("/calibrate_ng", json={**QUERY, "ok_scores": [0.01]})
+    reviewed(recording, relit(synthetic_roi(96, 80, 90)), "false_reject")
+    learning = recording.app.state.service.learning
+    stale = learning._reviewed("default", ROLE, ROI)  # what the second learn read before the first committed
+    assert recording.post("/models/learn", json=QUERY).status_code == 200
+    monkeypatch.setattr(learning, "_reviewed", lambda *args: stale)
+    late = recording.post("/models/learn", json=QUERY)
+    assert late.status_code == 409, late.text
+    assert [v["version"] for v in versions(recording)] == [2, 1]
+
+
+def test_fit_ok_from_the_stored_samples_can_be_staged(make_client, extractor_112):
+    client = make_client(extractor_=extractor_112, BDI_INPUT_SIZE="112", BDI_MIN_OK_SAMPLES="2")
+    files = [("images", (f"ok_{i}.png", png_bytes(image), "image/png")) for i, image in enumerate(OK)]
+    assert client.post("/datasets/ok/upload", data=QUERY, files=files).status_code == 200
+    fit(client, ROLE, ROI, MORE)
+    body, headers = dotnet_multipart([("role_id", ROLE), ("roi_id", ROI), ("mm_per_px", "0.2"),
+                                      ("use_dataset", "true"), ("activate", "false")])
+    staged = client.post("/fit_ok", content=body, headers=headers)
+    assert staged.status_code == 200, staged.text
+    assert (staged.json()["version"], staged.json()["status"]) == (2, "staged") and state(client)["version"] == 1
