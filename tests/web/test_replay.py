@@ -22,7 +22,11 @@ from service.storage.registry.tables import InspectionRow
 from tests.support import both_registries, fit, infer, synthetic_roi
 
 ROLE, ROI = "Master1", "replay"
-FAST_LEASE = {"BDI_RECORD_IMAGES": "all", "BDI_JOB_HEARTBEAT_S": "0.2"}  # a lease of 6 x 0.2 s
+KEEP_IMAGES = {"BDI_RECORD_IMAGES": "all"}
+HEARTBEAT_S = 0.5
+FAST_LEASE = {**KEEP_IMAGES, "BDI_JOB_HEARTBEAT_S": str(HEARTBEAT_S)}
+"""A lease of 6 x 0.5 s: short enough to wait for, long enough that a live host on loaded cores keeps its job (the
+lifecycle tests keep the default lease of 30 s)."""
 OK_IMAGES = [synthetic_roi(180, 150, seed=s) for s in range(3)]
 PROBES = [synthetic_roi(180, 150, seed=10 + s) for s in range(2)] + [
     synthetic_roi(180, 150, seed=20 + s, defect=(90, 75, 14)) for s in range(2)]
@@ -79,7 +83,7 @@ def recorded_model(client: Any) -> tuple[dict[str, Any], set[str]]:
 
 @both_registries
 def test_replay_scores_a_version_on_the_kept_images_and_counts_flips_and_reviews(make_client) -> None:
-    client = make_client(**FAST_LEASE)
+    client = make_client(**KEEP_IMAGES)
     records, reviewed = recorded_model(client)
 
     # the version that answered, with its own calibration: every score as answered, nothing flips
@@ -126,7 +130,7 @@ def test_replay_scores_a_version_on_the_kept_images_and_counts_flips_and_reviews
 
 @both_registries
 def test_replay_refuses_unknown_models_versions_and_last(make_client) -> None:
-    client = make_client(**FAST_LEASE)
+    client = make_client(**KEEP_IMAGES)
     assert fit(client, ROLE, ROI, OK_IMAGES[:2]).status_code == 200
     assert fit(client, ROLE, "other", OK_IMAGES[:2]).status_code == 200
     assert fit(client, ROLE, "other", OK_IMAGES[:2]).status_code == 200  # "other" has a version 2, ROI has not
@@ -148,7 +152,7 @@ def test_replay_refuses_unknown_models_versions_and_last(make_client) -> None:
 
 
 def test_a_job_of_a_closed_service_is_failed_with_a_sentence(make_client, tmp_path: Path) -> None:
-    client = make_client(**FAST_LEASE)
+    client = make_client(**KEEP_IMAGES)
     recorded_model(client)
     service = client.app.state.service
     real = service.batcher.extract_later
@@ -189,7 +193,7 @@ time.sleep(600)
 def test_a_host_killed_mid_replay_leaves_a_failed_job_that_another_host_reads(make_client, tmp_path: Path,
                                                                            database_url: str) -> None:
     models_dir = tmp_path / "models"
-    client = make_client(models_dir, **FAST_LEASE)
+    client = make_client(models_dir, **FAST_LEASE)  # the reader's lease: 6 x 0.5 s
     recorded_model(client)
     env = {**os.environ, "BDI_MODELS_DIR": str(models_dir), "BDI_DATABASE_URL": database_url,
            "BDI_INPUT_SIZE": "224", "BDI_WEIGHTS": "random", "BDI_DEVICE": "cpu", "BDI_LOG_LEVEL": "WARNING",
@@ -209,7 +213,7 @@ def test_a_host_killed_mid_replay_leaves_a_failed_job_that_another_host_reads(ma
         child.wait(30)
         killed_at = time.monotonic()
         job = wait_job(client, job_id, timeout=30)
-        assert time.monotonic() - killed_at < 6 * 0.2 + 5  # the lease, and the reads around it
+        assert time.monotonic() - killed_at < 6 * HEARTBEAT_S + 5  # the lease, and the reads around it
     finally:
         if child.poll() is None:
             child.kill()
@@ -222,8 +226,8 @@ def test_a_host_killed_mid_replay_leaves_a_failed_job_that_another_host_reads(ma
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_replay_started_on_one_host_is_read_on_another(make_client, tmp_path: Path) -> None:
     models_dir = tmp_path / "models"
-    first = make_client(models_dir, **FAST_LEASE)
-    second = make_client(models_dir, **FAST_LEASE)
+    first = make_client(models_dir, **KEEP_IMAGES)
+    second = make_client(models_dir, **KEEP_IMAGES)
     recorded_model(first)
     job_id = replay(first, 1)
     seen_there = wait_job(second, job_id)
