@@ -51,11 +51,12 @@ class Reviews:
         return [review_body(result) for result in self.store.history(inspection_id)]
 
     def queue(self, where: RecordFilter, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
-        """The unreviewed records with a kept image, nearest their threshold first (NG and OK alike):
-        ``{"items": [...], "next_cursor": str | None}``."""
+        """The unreviewed records with a kept image, nearest their threshold first (NG and OK alike), in the shape
+        of a records page: ``{"items": [...], "next_cursor": str | None, "next_after_seq": None}`` (the queue is
+        paged by its cursor only)."""
         where = dataclasses.replace(self.record_reader.checked(where, limit), review=None, outcome=None)
         items, next_cursor = self.store.queue(where, limit, cursor)
-        return {"items": [item.as_dict() for item in items], "next_cursor": next_cursor}
+        return {"items": [item.as_dict() for item in items], "next_cursor": next_cursor, "next_after_seq": None}
 
     # ---- shadow ---------------------------------------------------------------------------------
     def set_shadow(
