@@ -202,6 +202,9 @@ _FIELDS: dict[str, _Field] = {
                           "include the traceback in 500 bodies"),
     "api_key": _Field(("BDI_API_KEY",), _text, "",
                       "when set, every route but /health needs the header X-API-Key with this value"),
+    "session_secret": _Field(("BDI_SESSION_SECRET",), _text, "",
+                             "signs the console's login cookies; empty: a random secret made once and kept in "
+                             "<models_dir>/console-session.secret (the hosts share the models dir, so they share it)"),
     "cors_origins": _Field(("BDI_CORS_ORIGINS",), _parse_origins, (),
                            "comma-separated origins allowed by CORS; empty: CORS off"),
     "log_level": _Field(("BDI_LOG_LEVEL",), lambda t: t.strip().upper(), "INFO", "logging level"),
@@ -271,6 +274,7 @@ class Settings:
     dataset_holdout: float
     error_trace: bool
     api_key: str
+    session_secret: str
     cors_origins: tuple[str, ...]
     log_level: str
     log_format: str

@@ -11,6 +11,8 @@ from typing import Any
 from ..errors import NotFound
 from ..settings import Settings
 from ..storage import ModelState, ModelStore, RecordFilter, RecordStore, Registry
+from ..storage.records import parse_moment
+from ..storage.reviews import ReviewStore
 from .drift import DriftLimits, analyse_drift
 from .request import checked_recipe
 
@@ -18,6 +20,8 @@ DAY = dt.timedelta(days=1)
 WEEK = dt.timedelta(days=7)
 DRIFT_WINDOW = WEEK
 """The window the console's drift verdict looks at, as ``bdi models drift`` does by default."""
+PENDING_SHOWN = 999
+"""The overview counts a model's review queue up to this many (a page of the queue, an index scan), then says more."""
 
 
 class ModelOverview:
@@ -26,6 +30,7 @@ class ModelOverview:
         self.store = store
         self.registry = registry
         self.records = records
+        self.reviews = ReviewStore(registry.engine)
 
     def limits(self) -> DriftLimits:
         return DriftLimits(self.settings.drift_min_inspections, self.settings.drift_max_shift,
@@ -37,6 +42,21 @@ class ModelOverview:
         ok = self.records.count(dataclasses.replace(where, decision="ok"))
         ng = self.records.count(dataclasses.replace(where, decision="ng"))
         return {"n": ok + ng, "ng": ng}
+
+    def _pending(self, state: ModelState) -> dict[str, Any]:
+        """How many of the model's records wait in the review queue (``more``: over PENDING_SHOWN)."""
+        where = RecordFilter(recipe_id=state.recipe_id, role_id=state.role_id, roi_id=state.roi_id)
+        items, next_cursor = self.reviews.queue(where, PENDING_SHOWN)
+        return {"n": len(items), "more": next_cursor is not None}
+
+    def _shadow(self, state: ModelState) -> dict[str, Any] | None:
+        """The shadow version and its agreement with the answered decisions since it was set (None: no shadow)."""
+        if state.shadow is None:
+            return None
+        where = RecordFilter(recipe_id=state.recipe_id, role_id=state.role_id, roi_id=state.roi_id,
+                             since=parse_moment(state.shadow.since))
+        tally = self.reviews.shadow_tally(where, state.shadow.version)
+        return {"version": state.shadow.version, "since": state.shadow.since, **dataclasses.asdict(tally)}
 
     def _drift(self, state: ModelState, now: dt.datetime) -> tuple[dict[str, Any] | None, Any]:
         if state.active_version is None or state.calibration is None:
@@ -53,6 +73,8 @@ class ModelOverview:
             "day": self._ng_rate(state, now - DAY), "week": self._ng_rate(state, now - WEEK),
             "drift": drift["verdict"] if drift else None,
             "drift_reasons": drift["reasons"] if drift else [],
+            "pending_reviews": self._pending(state),
+            "shadow": self._shadow(state),
         }
 
     def models(self, now: dt.datetime | None = None) -> list[dict[str, Any]]:

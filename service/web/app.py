@@ -15,7 +15,7 @@ from ..core import InspectionService
 from ..logs import configure_logging
 from ..settings import Settings
 from .audit.controller import AuditController
-from .auth import ENGINEER, authenticate, route_roles
+from .auth import ANYONE, authenticate, route_roles
 from .console.controller import STATIC, TEMPLATES, ConsoleController
 from .datasets.controller import DatasetsController
 from .error_handlers import EXCEPTION_HANDLERS
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, service: InspectionService | No
                         VersionsController,
                         *DOC_ROUTES, ConsoleController,
                         create_static_files_router("/console/static", [STATIC], include_in_schema=False,
-                                                   guards=[ENGINEER])],
+                                                   guards=[ANYONE])],
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         dependencies={"service": Provide(lambda: service, use_cache=True, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,

@@ -18,7 +18,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from ..errors import ServiceError
-from ..storage.keys import ROLES, Identity
+from ..storage.keys import ROLES, Identity, hash_key
 
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
@@ -26,6 +26,9 @@ ENV_KEY_NAME = "env"
 IDENTITY = "identity"
 """Key of the caller's ``Identity`` in the scope state (None: the service is open)."""
 _PATH_TYPE = re.compile(r"\{(\w+):[^}]+\}")
+SESSION_KEY_SHA256 = "session_key_sha256"
+"""Key in the scope state of the sha256 of the key a console login session holds (put there by the console's session
+middleware, on the console's routes only; the API routes never read a cookie)."""
 PUBLIC = "public"
 """The declared "role" of a route anyone may call (/health)."""
 
@@ -73,6 +76,9 @@ def authenticate(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRo
     if not env_key and not keys.active():
         return  # open: no key configured anywhere
     given = presented_key(connection)
+    if not given and state.get(SESSION_KEY_SHA256):
+        state[IDENTITY] = _session_identity(state[SESSION_KEY_SHA256], env_key, keys)
+        return
     if not given:
         raise ServiceError(NEEDS_KEY, 401)
     if env_key and hmac.compare_digest(given.encode("utf-8"), env_key.encode("utf-8")):
@@ -82,6 +88,17 @@ def authenticate(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRo
     if identity is None:
         raise ServiceError(UNKNOWN_KEY, 401)
     state[IDENTITY] = identity
+
+
+def _session_identity(key_sha256: str, env_key: str, keys: Any) -> Identity:
+    """The identity of a console session's key, looked up again like a sent key (401 once it is revoked)."""
+    if env_key and hmac.compare_digest(key_sha256.encode("ascii"), hash_key(env_key).encode("ascii")):
+        return Identity(ENV_KEY_NAME, "admin")
+    identity = keys.active().get(key_sha256)
+    if identity is None:
+        raise ServiceError("The key this console session was opened with was revoked; log in again with an "
+                           "active key.", 401)
+    return identity
 
 
 def caller(connection: ASGIConnection[Any, Any, Any, Any]) -> Identity | None:

@@ -1,5 +1,5 @@
-// The console's keyboard: j/k move through the list the page was opened from, o/n review OK/NG (when reviewing is
-// available). The inspections list remembers its order in sessionStorage; nothing leaves the browser.
+// The console's keyboard: j/k move through the list the page was opened from, o/n press the OK/NG review buttons
+// (the note is sent with them). The inspections list remembers its order in sessionStorage; nothing leaves the browser.
 (function () {
   "use strict";
   const KEY = "console-record-order";
