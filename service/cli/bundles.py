@@ -80,12 +80,15 @@ def import_model(
 ) -> None:
     """Add a bundle's memory as a new version of a model (its own ids, or --as / --recipe), after checking every
     file and that this host's input size and backbone weights are the ones it was built with."""
-    from ..pipeline import extractor_fingerprint  # the backbone's stack, for this command only
+    from ..pipeline import offline_extractor_fingerprint  # the weights only (never the backbone, never the network)
 
     bundle = read_bundle(bundle_path)  # a foreign or damaged file is refused before anything is opened
     opened = open_models(models_dir)
     settings = opened.settings
-    running = extractor_fingerprint(settings.input_size, settings.weights, settings.precision)
+    running = offline_extractor_fingerprint(settings.input_size, settings.weights, settings.precision)
+    if running["weights_sha256"] is None:
+        rich_console(stderr=True).print("warning: BDI_WEIGHTS=hub and the weights are not in the local cache: the "
+                                        "import can't check the bundle's backbone weights (see the note below).")
     role_id, roi_id = target or (None, None)
     result = import_bundle(opened.store, opened.registry, bundle, running, role_id=role_id, roi_id=roi_id,
                            recipe_id=recipe_id, activate=activate, force=force, audit=cli_audit("import"))

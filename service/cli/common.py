@@ -203,9 +203,13 @@ def echo_json(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
 
 
-def model_summary(state: ModelState) -> dict[str, Any]:
-    """One model as ``models list --json`` prints it."""
+def model_summary(state: ModelState, imported: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One model as ``models list --json`` prints it. ``imported``: the active version's import record (its
+    version.json's ``imported``), so an imported model shows when its source fitted it and when it came here."""
     active, calibration = state.active, state.calibration
+    fitted_at = active.created_at if active is not None else None
+    if imported is not None and imported.get("created_at"):
+        fitted_at = imported["created_at"]
     return {
         "recipe_id": state.recipe_id,
         "role_id": state.role_id,
@@ -217,7 +221,8 @@ def model_summary(state: ModelState) -> dict[str, Any]:
         "threshold": calibration.values["threshold"] if calibration is not None else None,
         "calib_source": calibration.source if calibration is not None else None,
         "calib_stale": state.calib_stale,
-        "fitted_at": active.created_at if active is not None else None,
+        "fitted_at": fitted_at,
+        "imported_at": active.created_at if active is not None and imported is not None else None,
         "calibrated_at": calibration.created_at if calibration is not None else None,
         "folder": state.folder,
     }

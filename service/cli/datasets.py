@@ -133,7 +133,9 @@ def import_samples(role_id: str, roi_id: str, source_dir: Path, recipe_id: str, 
             known.add(hashlib.sha256(data).hexdigest())
         if checked:
             try:
-                stored += len(store_samples(store, opened.registry, recipe_id, role_id, roi_id, label, checked))
+                result = store_samples(store, opened.registry, recipe_id, role_id, roi_id, label, checked)
+                stored += len(result.saved) - len(result.already_stored)
+                duplicates += len(result.already_stored)
             except ServiceError as exc:
                 raise CliError(exc.message) from None
     if refused:

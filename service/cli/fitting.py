@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..errors import ServiceError
 from ..quality import Dataset, MmPerPx, Sample, fit_provenance, load_dataset, split_holdout, split_seen
 from ..settings import Settings
-from ..storage import DatasetStore, ModelState, ModelStore
+from ..storage import DatasetStore, ModelState, ModelStore, sha256_file
 from .common import (
     EXIT_USAGE,
     CliError,
@@ -119,25 +119,33 @@ def _upload(sample: Sample) -> Upload:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the holdout split.")
 @click.option("--append", is_flag=True,
               help="Grow the active memory with these OK samples instead of fitting a new one (no earlier image "
-                   "is needed); the calibration stays but is marked stale.")
+                   "is needed); the calibration stays but is marked stale. The samples the fit held out stay out.")
+@click.option("--all", "append_all", is_flag=True,
+              help="With --append: append the samples the fit held out for calibration too.")
 @recipe_option
 @models_dir_option
 def fit(role_id: str, roi_id: str, dataset_dir: Path | None, memory_fit: bool, mm_per_px: float | None,
-        holdout: float, seed: int, append: bool, recipe_id: str, models_dir: Path | None) -> None:
+        holdout: float, seed: int, append: bool, append_all: bool, recipe_id: str, models_dir: Path | None) -> None:
     """Fit the memory of ROLE_ID / ROI_ID from the OK samples of a dataset folder.
 
     With --holdout the held-out samples are recorded with the version, and `bdi calibrate` on the same
     dataset scores those instead of the images the memory was built from. With --append every OK sample
-    grows the active memory (a new version whose parent is the active one; the parent's holdout stays).
+    grows the active memory (a new version whose parent is the active one), except the samples its fit held
+    out for calibration, unless --all.
     """
 
     if append and holdout:
         raise CliError("--holdout splits a fit's samples; an append adds every sample it is given. Leave out "
                        "--holdout (keep the samples to calibrate on in another folder).", EXIT_USAGE)
+    if append_all and not append:
+        raise CliError("--all says which samples an append takes; use it with --append.", EXIT_USAGE)
     dataset = _dataset(dataset_dir, role_id, roi_id, recipe_id, models_dir)
     fit_samples, held_out = split_holdout(dataset.ok, holdout, seed)
     service = _service(models_dir)
-    rule = _mm_per_px(service, service.model_state(role_id, roi_id, recipe_id=recipe_id), mm_per_px)
+    current = service.model_state(role_id, roi_id, recipe_id=recipe_id)
+    if append and not append_all and current is not None and current.active is not None:
+        fit_samples, held_out = _outside_holdout(dataset.ok, _provenance(service, current))
+    rule = _mm_per_px(service, current, mm_per_px)
     mm_per_px = rule.common(fit_samples)
     rich_console(stderr=True).print(f"{rule.describe(fit_samples)}; the version records {mm_per_px:g}.")
     provenance = fit_provenance(dataset.root, fit_samples, held_out, holdout, seed)
@@ -160,7 +168,8 @@ def fit(role_id: str, roi_id: str, dataset_dir: Path | None, memory_fit: bool, m
     grown = result.pop("append", {})
     print_table(
         f"{'Appended to' if append else 'Fitted'} {model_label(recipe_id, role_id, roi_id)}: version "
-        f"{state.active_version if state else '-'}", ("field", "value"),
+        f"{state.active_version if state else '-'} ({len(uploads)} images, {len(held_out)} held out, "
+        f"{result['n_embeddings']} patches, coreset {result['coreset_size']})", ("field", "value"),
         [("images", len(uploads)), ("held out", len(held_out)), ("mm_per_px", mm_per_px), *result.items(),
          *((f"append.{key}", value) for key, value in grown.items())],
     )
@@ -177,19 +186,21 @@ def fit(role_id: str, roi_id: str, dataset_dir: Path | None, memory_fit: bool, m
               help="Smallest region area in mm² [BDI_AREA_MM2_THR].")
 @click.option("--score-percentile", type=click.IntRange(1, 100), default=None,
               help="Percentile of the OK scores [BDI_SCORE_PERCENTILE].")
+@click.option("--allow-fitted", is_flag=True,
+              help="Calibrate even when every OK sample was used to fit the memory (the threshold comes out low).")
 @recipe_option
 @record_option
 @models_dir_option
 def calibrate(role_id: str, roi_id: str, dataset_dir: Path | None, mm_per_px: float | None,
-              area_mm2_thr: float | None, score_percentile: int | None, recipe_id: str, record: bool,
-              models_dir: Path | None) -> None:
+              area_mm2_thr: float | None, score_percentile: int | None, allow_fitted: bool, recipe_id: str,
+              record: bool, models_dir: Path | None) -> None:
     """Score every OK and NG sample of a dataset folder, then calibrate the threshold of ROLE_ID / ROI_ID."""
     from ..quality import overlap_warning
 
     dataset = _dataset(dataset_dir, role_id, roi_id, recipe_id, models_dir)
     service = _service(models_dir)
     state = _fitted_state(service, role_id, roi_id, recipe_id)
-    ok, ng = _calibration_samples(dataset, _provenance(service, state))
+    ok, ng = _calibration_samples(dataset, _provenance(service, state), allow_fitted)
     rule = _mm_per_px(service, state, mm_per_px)
     err = rich_console(stderr=True)
     err.print(f"{rule.describe(ok + ng)}; the calibration records {rule.common(ok + ng):g}.")
@@ -217,7 +228,24 @@ def calibrate(role_id: str, roi_id: str, dataset_dir: Path | None, mm_per_px: fl
         err.print(f"[yellow]Warning:[/] {warning}")
 
 
-def _calibration_samples(dataset: Dataset, provenance: dict[str, Any]) -> tuple[list[Sample], list[Sample]]:
+def _outside_holdout(samples: list[Sample], provenance: dict[str, Any]) -> tuple[list[Sample], list[Sample]]:
+    """(to append, held out): the samples the active memory's fit held out for calibration stay out of an append
+    (recognised by sha256), so a later `bdi calibrate` still has unseen OK samples."""
+    held = set(provenance.get("holdout_sha256") or [])
+    kept = [sample for sample in samples if sha256_file(sample.path) in held]
+    if kept:
+        rich_console(stderr=True).print(f"Keeping the {len(kept)} sample(s) the fit held out for calibration out of "
+                                        "the memory (--all appends them too).")
+    appended = [sample for sample in samples if sample not in kept]
+    if not appended:
+        raise CliError(f"Every one of the {len(samples)} OK sample(s) was held out for calibration by the fit; add new "
+                       "OK samples, or pass --all to append the held-out ones (calibrate on other samples then).")
+    return appended, kept
+
+
+def _calibration_samples(
+    dataset: Dataset, provenance: dict[str, Any], allow_fitted: bool = False
+) -> tuple[list[Sample], list[Sample]]:
     """The OK samples the memory was not fitted on (and every NG sample) when the fit recorded its dataset;
     else every OK sample, with a warning: a memory scores its own images low, so the threshold comes out low."""
     err = rich_console(stderr=True)
@@ -229,10 +257,13 @@ def _calibration_samples(dataset: Dataset, provenance: dict[str, Any]) -> tuple[
         err.print(f"Scoring the {len(split.unseen)} OK sample(s) not used to fit this memory (of {len(dataset.ok)}, "
                   f"recognised by {split.matched_by}) and every NG sample.")
         return split.unseen, dataset.ng
+    elif not allow_fitted:
+        raise CliError(f"All {len(dataset.ok)} OK samples were used to fit this memory: a memory scores its own images "
+                       "low, so the threshold would be too low. Fit with --holdout 0.3 (or add OK samples the memory has "
+                       "not seen) and calibrate again; --allow-fitted calibrates on them anyway.")
     else:
         err.print(f"[yellow]Warning:[/] all {len(dataset.ok)} OK samples were used to fit this memory; "
-                  "their scores are biased low, so the threshold will be too low. "
-                  "Fit with --holdout 0.3 and calibrate again.")
+                  "their scores are biased low, so the threshold will be too low (--allow-fitted).")
     return dataset.ok, dataset.ng
 
 

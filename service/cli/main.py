@@ -27,6 +27,7 @@ from .inspections import drift, inspections
 from .keys import keys
 from .models import models
 from .openapi import openapi
+from .recipes import recipes
 from .reviews import review, review_inspection, shadow
 from .serve import serve
 
@@ -79,5 +80,6 @@ def main(debug: bool) -> None:
 models.add_command(drift)
 models.add_command(shadow)
 inspections.add_command(review_inspection)
-for command in (serve, models, datasets, inspections, review, fit, calibrate, evaluate_command, openapi, keys, audit):
+for command in (serve, models, datasets, inspections, review, fit, calibrate, evaluate_command, openapi, keys, audit,
+                recipes):
     main.add_command(command)

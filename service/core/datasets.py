@@ -44,10 +44,15 @@ class DatasetSamples:
         samples = prepare_upload(
             label, [(upload.filename, upload.data) for upload in images], metas or [], self.settings.max_image_pixels
         )
-        saved = store_samples(self.store, self.registry, recipe, role_id, roi_id, label, samples,
-                              context.audit("dataset_upload"))
-        logger.info("dataset upload recipe=%r role=%r roi=%r label=%s saved=%s", recipe, role_id, roi_id, label, saved)
-        return {"status": "ok", "saved": saved}
+        stored = store_samples(self.store, self.registry, recipe, role_id, roi_id, label, samples,
+                               context.audit("dataset_upload"))
+        logger.info("dataset upload recipe=%r role=%r roi=%r label=%s saved=%s already_stored=%s", recipe, role_id,
+                    roi_id, label, stored.saved, stored.already_stored)
+        if not metas:
+            logger.warning("dataset upload recipe=%r role=%r roi=%r label=%s: %d sample(s) without metas (no mm_per_px, "
+                           "no shape); stored with meta_missing in their sidecars", recipe, role_id, roi_id, label,
+                           len(samples))
+        return {"status": "ok", "saved": stored.saved, "already_stored": stored.already_stored}
 
     def contents(self, role_id: str, roi_id: str, *, recipe_id: str | None = None) -> dict[str, Any]:
         """The stored samples of (recipe, role, roi) per class, and which have a sidecar."""

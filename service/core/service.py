@@ -59,6 +59,7 @@ class InspectionService:
     fit = _calls("training", Training.fit)
     append = _calls("training", Training.append)
     fit_dataset = _calls("training", Training.fit_dataset)
+    append_dataset = _calls("training", Training.append_dataset)
     calibrate = _calls("calibration", Calibration.calibrate)
     calibrate_dataset = _calls("calibration", Calibration.calibrate_dataset)
     infer = _calls("inspector", Inspector.infer)

@@ -7,6 +7,7 @@ from ..lazy import lazy_exports
 __all__, __getattr__ = lazy_exports(__name__, {
     "FeatureExtractor": "features",
     "extractor_fingerprint": "features",
+    "offline_extractor_fingerprint": "features",
     "preprocess": "features",
     "MicroBatcher": "batching",
     "MemoryIndex": "patchcore",

@@ -45,6 +45,25 @@ _HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's checkpoint nam
 _HUB_TIMEOUT_S = 5.0
 
 
+def _hub_files(model_name: str) -> tuple[str, str | None, tuple[str, ...]]:
+    """(repo id, revision, checkpoint file names to try) of the model's pretrained weights on the hub."""
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    if cfg is None or not cfg.hf_hub_id:
+        raise ValueError(f"timm knows no Hugging Face hub id for {model_name}")
+    repo_id, _, revision = cfg.hf_hub_id.partition("@")
+    return repo_id, revision or None, (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _HUB_FILES
+
+
+def _cached_hub_checkpoint(model_name: str) -> str | None:
+    """The pretrained checkpoint's file in the local Hugging Face cache, or None; never the network."""
+    repo_id, revision, names = _hub_files(model_name)
+    for name in names:
+        cached = huggingface_hub.try_to_load_from_cache(repo_id, name, revision=revision)
+        if isinstance(cached, str):
+            return cached
+    return None
+
+
 def _hub_checkpoint(model_name: str) -> str:
     """The local file of the model's pretrained checkpoint, asking the network as little as possible.
 
@@ -53,15 +72,10 @@ def _hub_checkpoint(model_name: str) -> str:
     (HF_HUB_ETAG_TIMEOUT, else 5 s) and no retries, then the download. Left to itself, timm's
     download retries an unreachable hub five times per file name with backoff (about 50 s) before failing.
     """
-    cfg = timm.models.get_pretrained_cfg(model_name)
-    if cfg is None or not cfg.hf_hub_id:
-        raise ValueError(f"timm knows no Hugging Face hub id for {model_name}")
-    repo_id, _, revision = cfg.hf_hub_id.partition("@")
-    names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _HUB_FILES
-    for name in names:
-        cached = huggingface_hub.try_to_load_from_cache(repo_id, name, revision=revision or None)
-        if isinstance(cached, str):
-            return cached
+    cached = _cached_hub_checkpoint(model_name)
+    if cached is not None:
+        return cached
+    repo_id, revision, names = _hub_files(model_name)
     _single_hub_log_path()
     for name in names[:-1]:
         try:
@@ -212,6 +226,18 @@ def extractor_fingerprint(
     _check_settings(input_size, precision)
     state, _, weights_label = FeatureExtractor._load_weights(weights, model_name)
     return _fingerprint(model_name, input_size, weights_label, state, precision)
+
+
+def offline_extractor_fingerprint(
+    input_size: int, weights: str, precision: str = "fp32", model_name: str = MODEL_NAME
+) -> dict[str, Any]:
+    """``extractor_fingerprint`` without ever asking the network: with BDI_WEIGHTS=hub and nothing in the local
+    cache, the fingerprint without ``weights_sha256`` (None), which says the weights could not be checked."""
+    if weights.strip().lower() == "hub" and _cached_hub_checkpoint(model_name) is None:
+        _check_settings(input_size, precision)
+        return {"model": model_name, "input_size": input_size, "layers": list(LAYERS), "weights": "hub",
+                "weights_sha256": None, "precision": precision}
+    return extractor_fingerprint(input_size, weights, precision, model_name)
 
 
 class FeatureExtractor:

@@ -220,6 +220,7 @@ def evaluate(
         "mm_per_px": mm_per_px.describe([r.sample for r in results]),
         "overlay_scale": ({"mode": "image"} if overlay_scale == "image"
                           else {"mode": "report", **dataclasses.asdict(scale)}),
+        "ng_with_truth": sum(r.sample.label == "ng" and r.sample.mask is not None for r in results),
         "items": items,
     }
     _write_report(out_dir, summary, ok_scores, ng_scores, fitted_scores, threshold,
@@ -462,9 +463,12 @@ def report_markdown(summary: dict[str, Any]) -> str:
     colours = ("one colour scale for every overlay, anchored at the threshold: see `colour_scale.png`"
                if scale["mode"] == "report" else "each image stretched to its own 1st..99th percentile, so colours "
                "are not comparable between images")
+    truth = ("the true defect (green) where an NG sample has a ground-truth mask" if summary["ng_with_truth"]
+             else "no true defect outline: no NG sample has a ground-truth mask (`<stem>_mask.png`), so pixel AUROC "
+             "is not computed either")
     lines += [
         (f"`scores.png`: OK and NG score histograms with the threshold. `overlays/`: each sample with its heatmap "
-         f"({colours}), the regions /infer reports (cyan outline and box) and the true defect (green). Pixel AUROC "
+         f"({colours}), the regions /infer reports (cyan outline and box) and {truth}. Pixel AUROC "
          "ranks the raw anomaly map's pixels inside each sample's shape. " + summary["mm_per_px"] + "."),
         "",
     ]

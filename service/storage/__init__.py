@@ -48,7 +48,7 @@ from .legacy import (
 )
 from .locks import FileLocks, Locks
 from .reading import ModelFolder
-from .recipes import check_mm_per_px, claim_mm_per_px
+from .recipes import check_mm_per_px, claim_mm_per_px, set_mm_per_px
 from .records import (
     MOMENT_FORMS,
     PUBLIC_FIELDS,
@@ -70,6 +70,6 @@ __all__ = [
     "ModelFolder", "ModelState", "ModelStore", "NewSample", "PendingRecord", "RecordFilter", "RecordStore",
     "RecordWriter", "Registry", "StoredSample", "VersionFiles", "VersionInfo", "check_mm_per_px", "claim_mm_per_px",
     "export_bundle", "fitted_by_content", "import_bundle", "migrate", "new_record_id", "normalize_label", "open_storage", "parse_moment", "prepare_sample",
-    "prepare_upload", "read_bundle", "recorded_files", "remove_files", "sample_name", "samples_provenance", "sha256_file", "sidecar_mm_per_px",
+    "prepare_upload", "read_bundle", "recorded_files", "remove_files", "sample_name", "samples_provenance", "set_mm_per_px", "sha256_file", "sidecar_mm_per_px",
     "sidecar_shape", "split_holdout", "store_samples", "utc_now",
 ]

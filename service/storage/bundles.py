@@ -502,7 +502,11 @@ def check_compatible(bundle: Bundle, running: dict[str, Any], force: bool = Fals
             f"its memory has token grid {_grid(manifest.token_grid)} (input size {size}), this host's is {_grid(grid)} "
             f"(BDI_INPUT_SIZE={running['input_size']})"
         )
-    if not built.get("weights_sha256"):
+    if running.get("weights_sha256") is None:
+        notes.append("This host's backbone weights (BDI_WEIGHTS=hub) are not in its Hugging Face cache, so the import "
+                     "could not check that the bundle's memory was built with them; the service downloads them when "
+                     "it starts: make sure both hosts run the same BDI_WEIGHTS.")
+    elif not built.get("weights_sha256"):
         notes.append("The bundle does not record the backbone weights its memory was built with (a memory migrated "
                      "from an earlier backend): check that both hosts run the same BDI_WEIGHTS.")
     elif any(built.get(key) != running[key] for key in ("weights_sha256", "model", "layers")):

@@ -65,6 +65,8 @@ SUFFIX_OF_FORMAT = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif"
 SEQUENCE_FILE = "sequence.json"
 IMPORTED_FILE = "imported.jsonl"
 SIDECAR_SUFFIX = ".json"
+META_MISSING = "meta_missing"
+"""Sidecar key set (true) on a sample uploaded without its meta: no mm_per_px, no shape, no timestamp."""
 _STAMP = "%Y%m%dT%H%M%S"
 _STORED_NAME = re.compile(r"(\d{8}T\d{12})Z-(\d{6,})")
 
@@ -217,7 +219,9 @@ def prepare_upload(
                 meta = json.loads(metas[index])
             except (ValueError, RecursionError):
                 raise BadRequest(f"The meta of {where} is not valid JSON; send one JSON object per image.") from None
-        samples.append(prepare_sample(filename, data, meta, max_pixels, where))
+        sample = prepare_sample(filename, data, meta, max_pixels, where)
+        # the GUI always sends metas: a sample without one is kept, and its sidecar says the meta is missing
+        samples.append(sample if metas else dataclasses.replace(sample, meta={**sample.meta, META_MISSING: True}))
     return samples
 
 
@@ -286,6 +290,19 @@ class DatasetStore:
             return None
         path = folder / label / name
         return StoredSample(name, label, path) if path.is_file() else None
+
+    def digests(self, folder: Path | None, label: str) -> dict[str, str]:
+        """sha256 -> stored name of the class's samples (the sidecar's ``sha256``, else the file's), so an upload
+        of an image already stored is not stored twice."""
+        found: dict[str, str] = {}
+        for sample in self.samples(folder, label):
+            meta = self.read_meta(sample) or {}
+            digest = meta.get("sha256") if isinstance(meta.get("sha256"), str) else None
+            try:
+                found.setdefault(digest or sha256_file(sample.path), sample.name)
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+        return found
 
     @staticmethod
     def read_meta(sample: StoredSample) -> dict[str, Any] | None:
@@ -391,10 +408,19 @@ def _parse_time(value: object) -> dt.datetime | None:
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class SavedSamples:
+    """One stored name per sample, in the order sent, and those of them that were stored before (same bytes, same
+    class: not stored again)."""
+
+    saved: list[str]
+    already_stored: list[str]
+
+
 def store_samples(
     datasets: DatasetStore, registry: Registry, recipe_id: str, role_id: str, roi_id: str, label: str,
     samples: Sequence[NewSample], audit: AuditEvent | None = None,
-) -> list[str]:
+) -> SavedSamples:
     """Store checked samples (an upload, ``bdi datasets import``): their mm_per_px values must agree with the
     named recipe's lock, the first one locking it, before anything is written (409 otherwise). ``audit``
     (the upload's event): its ``recipe_mm_per_px`` row when the samples lock the recipe, its own row once they
@@ -404,8 +430,16 @@ def store_samples(
     if mm_values:
         claim_mm_per_px(datasets.models, registry, recipe_id, mm_values[0],
                         audit.about(action="recipe_mm_per_px") if audit is not None else None)
-    saved = datasets.add(recipe_id, role_id, roi_id, label, samples)
-    if audit is not None:
+    stored = datasets.digests(datasets.folder(recipe_id, role_id, roi_id), label)
+    digests = [hashlib.sha256(sample.data).hexdigest() for sample in samples]
+    new: dict[str, NewSample] = {}  # by digest: an image sent twice in one upload is stored once
+    for digest, sample in zip(digests, samples):
+        if digest not in stored:
+            new.setdefault(digest, sample)
+    names = dict(zip(new, datasets.add(recipe_id, role_id, roi_id, label, list(new.values())))) if new else {}
+    saved = [stored.get(digest) or names[digest] for digest in digests]
+    already = [name for digest, name in zip(digests, saved) if digest in stored]
+    if audit is not None and names:
         registry.record(audit.about(recipe_id=recipe_id, role_id=role_id, roi_id=roi_id,
-                                    details={**(audit.details or {}), "label": label, "saved": saved}))
-    return saved
+                                    details={**(audit.details or {}), "label": label, "saved": list(names.values())}))
+    return SavedSamples(saved, already)

@@ -229,7 +229,8 @@ FORM_422 = ("A required field is missing or has the wrong type (`detail` lists t
             "number written with a decimal comma, `0,2`, is one: `error` then says to use a dot); a text "
             "field is sent as a file part or more than once")
 MM_PER_PX_409 = ("In a named recipe, `mm_per_px` differs from the recipe's locked value (the first one it saw) by "
-                 "more than 1e-6 relative: `mm_per_px mismatch for recipe '<r>': expected <e>, got <g>`. Nothing is stored.")
+                 "more than 1e-6 relative: `mm_per_px mismatch for recipe '<r>': expected <e>, got <g>`, then what to do (send "
+                 "the locked value, or reset the lock with `bdi recipes set-mm-per-px <r> <g>`). Nothing is stored.")
 
 
 RoleQuery = Annotated[str, Parameter(description="Role of the model, e.g. `Master1`.", schema_extra=ID_SCHEMA)]

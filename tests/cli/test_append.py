@@ -32,7 +32,7 @@ def test_append_from_a_dataset_folder_then_show_history_and_rollback(tmp_path, s
     usage = bdi(models_dir, "fit", "R", "r", "--dataset", str(lit), "--append", "--holdout", "0.5")
     assert usage.exit_code == 2 and "--holdout" in usage.stderr
 
-    appended = bdi(models_dir, "fit", "R", "r", "--dataset", str(lit), "--append")
+    appended = bdi(models_dir, "fit", "R", "r", "--dataset", str(lit), "--append", "--all")  # the held-out one too
     assert appended.exit_code == 0, appended.output
     assert "Appended to R / r: version 2" in appended.stdout and "append.added_rows" in appended.stdout
     shown = as_json(bdi(models_dir, "models", "show", "R", "r", "--json"))
@@ -46,7 +46,9 @@ def test_append_from_a_dataset_folder_then_show_history_and_rollback(tmp_path, s
     assert all(v["covering_radius"] is not None for v in history["versions"])
     table = bdi(models_dir, "models", "history", "R", "r").stdout
     assert "parent" in table and "append" in table
-    recalibrated = bdi(models_dir, "calibrate", "R", "r", "--dataset", str(first))  # recognised by content
+    refused = bdi(models_dir, "calibrate", "R", "r", "--dataset", str(first))  # recognised by content
+    assert refused.exit_code == 1 and "All 3 OK samples were used to fit this memory" in refused.stderr
+    recalibrated = bdi(models_dir, "calibrate", "R", "r", "--dataset", str(first), "--allow-fitted")
     assert recalibrated.exit_code == 0 and "all 3 OK samples were used to fit this memory" in recalibrated.stderr
     assert as_json(bdi(models_dir, "models", "show", "R", "r", "--json"))["calib_stale"] is False
 

@@ -404,11 +404,16 @@ def test_fit_with_holdout_then_calibrate_scores_only_the_held_out_ok_samples(dat
         assert "of the 2 NG samples score below it" in calibrated.stderr
 
 
-def test_calibrate_on_the_fit_images_says_the_threshold_is_biased_low(dataset, tmp_path, shared_backbone):
+def test_calibrate_on_the_fit_images_refuses_unless_allowed_and_then_says_the_threshold_is_biased_low(
+    dataset, tmp_path, shared_backbone
+):
     models_dir = tmp_path / "models"
     bdi(models_dir, "fit", "R", "r/1", "--dataset", str(dataset))
-    calibrated = bdi(models_dir, "calibrate", "R", "r/1", "--dataset", str(dataset))
-    assert calibrated.exit_code == 0 and "biased low" in calibrated.stderr and "--holdout" in calibrated.stderr
+    refused = bdi(models_dir, "calibrate", "R", "r/1", "--dataset", str(dataset))
+    assert refused.exit_code == 1 and "were used to fit this memory" in refused.stderr
+    assert "--holdout" in refused.stderr and "--allow-fitted" in refused.stderr
+    calibrated = bdi(models_dir, "calibrate", "R", "r/1", "--dataset", str(dataset), "--allow-fitted")
+    assert calibrated.exit_code == 0 and "biased low" in calibrated.stderr
 
 
 def test_eval_writes_a_report_whose_headline_leaves_out_the_fitted_samples(dataset, tmp_path, shared_backbone):

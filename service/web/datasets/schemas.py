@@ -57,9 +57,16 @@ class DatasetUploadResponse(msgspec.Struct):
     }
 
     status: Annotated[str, Meta(description="Always `ok`.")]
-    saved: Annotated[list[StoredName], Meta(description="The stored names, in the order the images were sent.")]
+    saved: Annotated[list[StoredName], Meta(description="The stored names, in the order the images were sent. An "
+                     "image whose bytes are already stored in the class is not stored again: its entry is the stored "
+                     "sample's name.")]
     request_id: RequestId
     recipe_id: RecipeId
+    already_stored: Annotated[list[StoredName], Meta(
+        description="The names of `saved` that were stored before this upload (same bytes, same class; deduplicated "
+        "by sha256). Only for clients that identify as newer (an `X-Request-Id` or `X-Recipe-Id` header, or a "
+        "`recipe_id` field).", examples=[["20261130T101500000000Z-000007.png"]],
+    )] | msgspec.UnsetType = msgspec.UNSET
 
 
 class DatasetClass(msgspec.Struct):
