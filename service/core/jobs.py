@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import NotFound, ServiceError
+from ..errors import BadRequest, NotFound, ServiceError
 from ..storage.jobs import JobInfo, JobStore
+from .records import RECORD_ID
 from .request import LOGGER_NAME
 
 logger = logging.getLogger(LOGGER_NAME)
@@ -87,7 +88,10 @@ class JobRunner:
         return self.get(job.job_id)
 
     def get(self, job_id: str) -> JobInfo:
-        """The job, as any host sees it (404 unknown id)."""
+        """The job, as any host sees it (400 not a job id, 404 unknown id)."""
+        if not RECORD_ID.fullmatch(job_id):  # job ids have the records' form: uuid4 hex
+            raise BadRequest(f"{job_id[:64]!r} is not a job id (32 hexadecimal digits: the job_id POST /models/replay "
+                             "answers).")
         job = self.store.get(job_id)
         if job is None:
             raise NotFound(f"No job has the id {job_id!r}; POST /models/replay answers the id of the job it starts.")

@@ -146,6 +146,8 @@ def test_replay_refuses_unknown_models_versions_and_last(make_client) -> None:
     assert client.post("/models/replay", json={**body, "version": 1, "recipe_id": "Not A Recipe"}).status_code == 400
     response = client.get(f"/jobs/{'0' * 32}")
     assert response.status_code == 404 and "No job has the id" in response.json()["error"]
+    response = client.get("/jobs/not-a-job")
+    assert response.status_code == 400 and "'not-a-job' is not a job id" in response.json()["error"]
     # no kept image yet: a replay of nothing is done with n = 0
     result = wait_job(client, replay(client, 1))["result"]
     assert result["n"] == 0 and result["items"] == [] and result["compared_with"] == {"version": 1, "threshold": None}

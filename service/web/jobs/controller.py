@@ -59,7 +59,8 @@ class JobsController(Controller):
         description="Status, progress and, once done, the result of a job; every host answers for every job. A job "
         "whose host died is `failed` with a sentence once its lease (6 x BDI_JOB_HEARTBEAT_S) runs out.",
         response_description="The job.",
-        responses=error_responses({404: _JOB_404, 503: None}),
+        responses=error_responses({400: "`job_id` is not a job id (32 hexadecimal digits).", 404: _JOB_404,
+                                   503: None}),
     )
     async def get_job(
         self, service: NamedDependency[InspectionService],
