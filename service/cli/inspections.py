@@ -176,9 +176,9 @@ def show(inspection_id: str, models_dir: Path | None, as_json: bool) -> None:
 @click.option("--until", type=Moment(), default=None, help="Window end [now].")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write the score-over-time plot (PNG).")
 @click.option("--min-inspections", type=click.IntRange(1), default=None,
-              help="Fewer inspections give 'too few inspections' [BDI_DRIFT_MIN_INSPECTIONS, 30].")
+              help="Fewer inspections (of every decision) give 'too few inspections' [BDI_DRIFT_MIN_INSPECTIONS, 30].")
 @click.option("--max-shift", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Largest move of the median score, as a fraction of the gap between the calibration's OK "
+              help="Largest move of the median of all scores, as a fraction of the gap between the calibration's OK "
                    "median and the threshold [BDI_DRIFT_MAX_SHIFT, 0.25].")
 @click.option("--max-near-increase", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Largest growth of the share of scores within 10%% below the threshold "
@@ -220,10 +220,10 @@ def drift(role_id: str, roi_id: str, since: dt.datetime, until: dt.datetime | No
         rows += [("median of all scores", recent["median_all"], calibration.get("median", calibration.get("mean"))),
                  ("share within 10% below threshold", recent["near_threshold_share"],
                   calibration["near_threshold_share"]),
-                 ("inspections (OK-decided)", f"{recent['n']} ({recent['n_ok']})", calibration["n"]),
+                 ("inspections, all (OK-decided)", f"{recent['n']} ({recent['n_ok']})", calibration["n"]),
                  ("NG / uncalibrated", f"{recent['n_ng']} / {recent['n_uncalibrated']}", None)]
-        print_table(f"Drift of {model_label(recipe_id, role_id, roi_id)}, version {report['version']}, {report['since']} .. "
-                    f"{report['until']}", ("", "recent", "calibration"), rows)
+        print_table(f"Drift of {role_id} / {roi_id} in recipe '{recipe_id}', version {report['version']}, "
+                    f"{report['since']} .. {report['until']}", ("", "recent", "calibration"), rows)
         if report["ng_rate_per_day"]:
             print_table("NG rate per day", ("day", "inspections", "NG", "rate"),
                         ((day["day"], day["n"], day["ng"], f"{day['rate']:.1%}") for day in report["ng_rate_per_day"]))

@@ -111,11 +111,13 @@ def analyse_drift(
     reasons = []
     if scores.size < limits.min_inspections:
         verdict = TOO_FEW
-        reasons.append(f"{scores.size} inspection(s) of version {state.active_version} since {_iso(since)}; at least "
-                       f"{limits.min_inspections} are needed for a verdict.")
+        reasons.append(f"{scores.size} inspection(s) of version {state.active_version} since {_iso(since)} (every "
+                       f"decision: {ok.size} OK, {decisions.count('ng')} NG, {decisions.count(None)} uncalibrated); at "
+                       f"least {limits.min_inspections} are needed for a verdict.")
     else:
         if shift is not None and abs(shift) > limits.max_shift:
-            reasons.append(f"The median score moved from {centre:.4g} (calibration OK) to {median_all:.4g}: "
+            reasons.append(f"The median of all {scores.size} scores (every decision) moved from {centre:.4g} (the "
+                           f"calibration's OK {'median' if stored else 'mean'}) to {median_all:.4g}: "
                            f"{shift:+.0%} of the gap to the threshold {threshold:.4g} (limit ±{limits.max_shift:.0%}).")
         if recent_near is not None and reference_near is not None \
                 and recent_near - reference_near > limits.max_near_increase:

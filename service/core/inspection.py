@@ -27,6 +27,8 @@ from ..pipeline import (
     image_score,
     parse_shape,
     shape_mask,
+    stretched_scale,
+    threshold_scale,
 )
 from ..settings import MODEL_NAME, Settings
 from ..storage import (
@@ -49,6 +51,9 @@ logger = logging.getLogger(LOGGER_NAME)
 RECORDED_REGION_KEYS = ("x", "y", "w", "h", "area_px", "area_mm2")
 """What a record keeps of each answered region: its box and area (the outline can be long and is not needed)."""
 SIZE_TOLERANCE = 0.1
+HEATMAP_SCALES = ("image", "threshold")
+"""/infer's heatmap encodings: its own 1st..99th percentile (the default, what the GUIs show) or the model's
+threshold-anchored scale."""
 """How far (a fraction of the training size) an image's width or height may differ before /infer warns."""
 
 
@@ -82,21 +87,21 @@ class Inspector:
     def infer(
         self, role_id: str, roi_id: str, mm_per_px: float, image: Upload, shape: str | None = None,
         context: RequestContext = RequestContext(), *, recipe_id: str | None = None, include_heatmap: bool = True,
-        require_calibration: bool | None = None,
+        require_calibration: bool | None = None, heatmap_scale: str = HEATMAP_SCALES[0],
     ) -> dict[str, Any]:
         """The /infer answer (CONTRACT.md keys). An uncalibrated model is a 400 when ``require_calibration`` (None:
-        BDI_REQUIRE_CALIBRATION); scoring samples to calibrate passes False."""
+        BDI_REQUIRE_CALIBRATION); scoring samples to calibrate passes False. ``heatmap_scale``: see ``inspect``."""
         required = self.settings.require_calibration if require_calibration is None else require_calibration
         return self.inspect(
             role_id, roi_id, mm_per_px, image, shape, context, recipe_id=recipe_id, include_heatmap=include_heatmap,
-            require_calibration=required,
+            require_calibration=required, heatmap_scale=heatmap_scale,
         ).response
 
     @about_model
     def inspect(
         self, role_id: str, roi_id: str, mm_per_px: float, image: Upload, shape: str | None = None,
         context: RequestContext = RequestContext(), *, recipe_id: str | None = None, include_heatmap: bool = True,
-        require_calibration: bool = False,
+        require_calibration: bool = False, heatmap_scale: str = HEATMAP_SCALES[0],
     ) -> Inspection:
         """/infer's whole computation, also handing back the decoded image, the raw map and the mask
         (evaluation needs them: the heatmap PNG is stretched per image). With ``context.record`` the
@@ -134,7 +139,8 @@ class Inspector:
         distance = abs(score / threshold - 1) if threshold is not None and threshold > 0 else None
         recording = context.record and self.settings.record
         keep = recording and self._keeps_image(decision, distance)
-        heatmap_bytes = heatmap_png(amap, mask) if include_heatmap or keep else None
+        scale = self._heatmap_scale(heatmap_scale, amap, mask, threshold)
+        heatmap_bytes = heatmap_png(amap, mask, scale) if include_heatmap or keep else None
         heatmap = base64.b64encode(heatmap_bytes).decode("ascii") if include_heatmap else None
         finished = time.perf_counter()
         logger.info(
@@ -167,7 +173,7 @@ class Inspector:
                 image_sha256=hashlib.sha256(image.data).hexdigest(),
                 shape_kind=parsed_shape.kind if parsed_shape is not None else None, mm_per_px=mm_per_px,
                 correlation_id=context.correlation_id, client=context.client, part_id=context.part_id,
-                warnings=warnings or None,
+                warnings=warnings or None, heatmap_low=scale[0], heatmap_high=scale[1],
                 source=context.source, load_ms=1000 * (loaded - started), forward_ms=1000 * (extracted - loaded),
                 total_ms=1000 * (finished - started), threshold_distance=distance,
                 regions=[{key: region[key] for key in RECORDED_REGION_KEYS} for region in regions],
@@ -231,6 +237,22 @@ class Inspector:
             area_thr = self.settings.area_mm2_thr if area_thr is None else area_thr
             regions = find_regions(amap, mask, threshold, mm_per_px, area_thr)
         return score, threshold, percentile, regions
+
+    @staticmethod
+    def _heatmap_scale(
+        kind: str, amap: np.ndarray, mask: np.ndarray, threshold: float | None
+    ) -> tuple[float, float]:
+        """The map values the heatmap's grey 0 and 255 stand for (recorded with the inspection): ``image``, the GUIs'
+        encoding, each image stretched to its own percentiles; ``threshold``, one scale per model, comparable
+        between images (the threshold at grey 178). 400 for ``threshold`` without a calibration."""
+        if kind not in HEATMAP_SCALES:
+            raise BadRequest(f"heatmap_scale must be one of {', '.join(HEATMAP_SCALES)}, got {kind!r:.40}.")
+        if kind == "image":
+            return stretched_scale(amap, mask)
+        if threshold is None:
+            raise BadRequest("heatmap_scale=threshold anchors the heatmap at the model's threshold, and this model is "
+                             "not calibrated; calibrate it first, or leave heatmap_scale out (each image stretched).")
+        return threshold_scale(threshold)
 
     def _size_warnings(self, state: ModelState, width: int, height: int) -> list[str]:
         """A warning (logged and counted too) when the image's size is not the training images' within

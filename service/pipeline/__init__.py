@@ -20,6 +20,8 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "anomaly_map": "anomaly",
     "find_regions": "anomaly",
     "heatmap_png": "anomaly",
+    "stretched_scale": "anomaly",
+    "threshold_scale": "anomaly",
     "image_score": "anomaly",
     "Shape": "masks",
     "parse_shape": "masks",

@@ -52,18 +52,36 @@ def _bilinear_taps(n_out: int, start: int, extent: int, n_tokens: int, token_siz
     return low, np.minimum(low + 1, n_tokens - 1), coord - low
 
 
+THRESHOLD_POSITION = 0.7
+"""Where the threshold sits on a threshold-anchored scale (0 coolest, 1 hottest): heatmaps and report overlays."""
+
+
 def image_score(amap: np.ndarray, mask: np.ndarray, percentile: float) -> float:
     """The ``percentile`` (linear interpolation) of the map inside the mask."""
     return float(np.percentile(_masked(amap, mask), percentile))
 
 
-def heatmap_png(amap: np.ndarray, mask: np.ndarray) -> bytes:
-    """8-bit single-channel PNG of the map: the mask's 1st..99th percentile stretched to 0..255.
+def stretched_scale(amap: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """The map values grey 0 and 255 stand for in the GUIs' heatmap: the mask's own 1st and 99th percentile, so
+    every image uses all grey levels (an OK part looks as hot as an NG one; the scale says which is which)."""
+    low, high = (float(v) for v in np.percentile(_masked(amap, mask), [1, 99]))
+    return low, high
+
+
+def threshold_scale(threshold: float) -> tuple[float, float]:
+    """A scale comparable between images of one model: 0 is grey 0 and the threshold sits at grey
+    ``THRESHOLD_POSITION * 255`` (178), as in ``bdi eval``'s overlays; values from threshold / 0.7 up are 255."""
+    return 0.0, threshold / THRESHOLD_POSITION
+
+
+def heatmap_png(amap: np.ndarray, mask: np.ndarray, scale: tuple[float, float] | None = None) -> bytes:
+    """8-bit single-channel PNG of the map, linear from ``scale``'s low (grey 0) to its high (grey 255), clipped;
+    None: ``stretched_scale`` (the mask's 1st..99th percentile).
 
     Pixels outside the mask are 0; a map that is flat inside the mask is all 0 (nothing stands out).
     """
     mask = _checked_mask(amap, mask)
-    low, high = (float(v) for v in np.percentile(_masked(amap, mask), [1, 99]))
+    low, high = stretched_scale(amap, mask) if scale is None else scale
     scaled = np.zeros(amap.shape, dtype=np.uint8)
     if high > low:
         unit = np.clip((amap[mask] - low) / (high - low), 0.0, 1.0)

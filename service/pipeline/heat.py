@@ -9,8 +9,9 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib import colormaps
 
+from .anomaly import THRESHOLD_POSITION
+
 HEAT_COLOUR_MAP = "inferno"  # perceptually uniform; holds no green or cyan, the overlays' outline colours
-THRESHOLD_POSITION = 0.7  # where the threshold sits on a report's colour scale (0 = coolest, 1 = hottest)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,7 @@ def plot_drift(series: DriftSeries, report: dict[str, Any], path: Path) -> None:
         series.times, series.scores, series.decisions, series.threshold,
         reference=series.reference_median if np.isfinite(series.reference_median) else None,
         reference_label=f"calibration OK {'median' if stored else 'mean'}", near_band=NEAR_BAND,
-        title=f"{report['role_id']} / {report['roi_id']}, version {report['version']}: {report['verdict']}",
+        title=f"Recipe '{report['recipe_id']}': {report['role_id']} / {report['roi_id']}, version {report['version']}: "
+              f"{report['verdict']}",
     )
     save_png(figure, path)

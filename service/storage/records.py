@@ -176,7 +176,7 @@ class InspectionRecord:
 FIELDS = [field.name for field in dataclasses.fields(InspectionRecord)]
 _INTERNAL = ("image_path", "heatmap_path", "image_bytes", "seq", "threshold_distance")
 # columns of migrations 0008/0009, shown by the API once the capabilities that fill them land
-_NOT_YET_SHOWN = ("heatmap_low", "heatmap_high", "learned_version")
+_NOT_YET_SHOWN = ("learned_version",)
 _REVIEW_COLUMNS = ("review_verdict", "review_outcome", "reviewed_by", "reviewed_at")
 _COMPUTED = ("image_kept", "review")
 PUBLIC_FIELDS = [name for name in FIELDS if name not in _INTERNAL + _NOT_YET_SHOWN + _REVIEW_COLUMNS] + list(_COMPUTED)

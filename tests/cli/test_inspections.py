@@ -173,7 +173,7 @@ def test_drift_says_drifting_when_scores_creep_up_and_too_few_without_data(calib
     assert result.exit_code == 1  # drifting: a script or cron job can alert on it
     report = json.loads(result.stdout)
     assert report["verdict"] == "drifting" and report["median_shift"] > 0.25
-    assert any("median score moved" in reason for reason in report["reasons"])
+    assert any("median of all 210 scores (every decision) moved" in reason for reason in report["reasons"])
     assert report["recent"]["median_all"] > report["recent"]["median"]  # the OK-decided ones hide part of the drift
     days = report["ng_rate_per_day"]
     assert days[-1]["rate"] > days[1]["rate"]

@@ -262,9 +262,10 @@ class InspectionController(Controller):
         result = await off_loop(
             service.infer, data.role_id, data.roi_id, data.mm_per_px, upload, _given(data.shape), context,
             recipe_id=recipe, include_heatmap=data.include_heatmap is not False,
+            heatmap_scale=_given(data.heatmap_scale) or "image",
         )
         warnings = result.pop("warnings", None)  # an old GUI gets exactly CONTRACT.md's keys
-        if _newer_gui(request, data.recipe_id, data.include_heatmap):
+        if _newer_gui(request, data.recipe_id, data.include_heatmap, data.heatmap_scale):
             result = {**result, "request_id": correlation_id.get(), "recipe_id": recipe,
                       **({"warnings": warnings} if warnings else {})}
         return as_schema(InferResponse, result)

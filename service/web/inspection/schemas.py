@@ -131,6 +131,13 @@ class InferForm(msgspec.Struct):
              "the heatmap is always sent, as before.", examples=[False]),
     ] | msgspec.UnsetType = msgspec.UNSET
     recipe_id: RecipeIdField | msgspec.UnsetType = msgspec.UNSET
+    heatmap_scale: Annotated[
+        Literal["image", "threshold"],
+        Meta(description="How the heatmap's grey levels are scaled: `image` (absent: the default, what the GUIs "
+             "show) stretches each image to its own 1st..99th percentile; `threshold` uses one scale per model, "
+             "grey 0 = 0 and grey 178 = the threshold, so heatmaps of two parts compare (400 while the model is "
+             "uncalibrated).", examples=["threshold"]),
+    ] | msgspec.UnsetType = msgspec.UNSET
     part_id: Annotated[
         str,
         Meta(description="Optional id of the inspected part (serial number, DMC), kept with the inspection record "
@@ -374,7 +381,12 @@ class InferResponse(msgspec.Struct):
         str | None,
         Meta(description="Plain base64 (no `data:` prefix) of an 8-bit greyscale PNG as wide and high as the "
              "uploaded image, aligned with it pixel for pixel, zero outside the mask. Null only when the request "
-             "sent `include_heatmap=false`."),
+             "sent `include_heatmap=false`. Grey levels are linear in the anomaly map: by default each image is "
+             "stretched to its own 1st..99th percentile inside the mask (grey 0 to 255), so a clean part looks as "
+             "hot as a broken one and only `score` against `threshold` says which is which; with "
+             "`heatmap_scale=threshold` grey 0 is 0 and grey 178 the threshold (255 = threshold / 0.7 and above), "
+             "comparable between images. The record keeps the values grey 0 and 255 stand for (`heatmap_low`, "
+             "`heatmap_high` in GET /inspections)."),
     ]
     regions: Annotated[
         list[Region],

@@ -69,6 +69,8 @@ class InspectionItem(msgspec.Struct):
         "forward_ms": 452.7,
         "total_ms": 489.0,
         "warnings": None,
+        "heatmap_low": 0.3112,
+        "heatmap_high": 0.5981,
         "shape": {"kind": "annulus", "cx": 150.0, "cy": 135.0, "r": 130.0, "r_inner": 60.0},
         "regions": [{"x": 120, "y": 40, "w": 14, "h": 37, "area_px": 518.0, "area_mm2": 20.72}],
         "shadow_version": 4,
@@ -113,6 +115,12 @@ class InspectionItem(msgspec.Struct):
         "with its kind: `image_size:` the image's size differs from the training images' by more than 10%, so "
         "its score is not comparable with the calibration. Null: none.",
         examples=[["image_size: the image is 600x150 px but version 3 was fitted on 256x256 px images; ..."]])]
+    heatmap_low: Annotated[float | None, Meta(description="The anomaly-map value the heatmap's grey 0 stands for "
+                                              "(grey g is heatmap_low + g/255 x (heatmap_high - heatmap_low), "
+                                              "clipped); null in records made before it was recorded.")]
+    heatmap_high: Annotated[float | None, Meta(description="The map value grey 255 stands for. With /infer's "
+                                               "default scale each image has its own (its 1st..99th percentile); "
+                                               "with `heatmap_scale=threshold`, 0 and threshold / 0.7.")]
     shape: Annotated[dict[str, Any] | None, Meta(description="The whole mask as scored: `kind` and its coordinates "
                                                   "in the image's pixels, defaults filled in (as /infer's `shape` "
                                                   "takes it); null: the whole image.")]
