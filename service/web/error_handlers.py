@@ -104,9 +104,6 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
         )
     elif status == 405:
         message = f"{request.method} is not allowed on {request.url.path}; see the API document at /docs."
-    elif status == 401:
-        message = ("This service needs an API key: send the header X-API-Key (or Authorization: Bearer) with the "
-                   "value of BDI_API_KEY.")
     elif status == 413:
         settings: Settings = request.app.state.settings
         message = (

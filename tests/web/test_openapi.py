@@ -54,6 +54,7 @@ OPERATIONS = {
     ("/metrics", "get"): "metrics",
     ("/models/replay", "post"): "replay_version",
     ("/jobs/{job_id}", "get"): "get_job",
+    ("/audit", "get"): "list_audit",
     ("/inspections/{inspection_id}/review", "post"): "review_inspection",
     ("/inspections/{inspection_id}/reviews", "get"): "list_inspection_reviews",
     ("/review/queue", "get"): "review_queue",
