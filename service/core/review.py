@@ -40,9 +40,9 @@ class Reviews:
             validate_id("reviewer", reviewer)
         who = context.actor or reviewer
         result = self.store.review(inspection_id, verdict, who, note, context.audit("review"))
-        if result is None:  # pruned between the two reads
-            self.record_reader.get(inspection_id)
-            raise NotFound(f"There is no inspection record {inspection_id!r}.")
+        if result is None:  # pruned by the retention between the check and the write
+            raise NotFound(f"There is no inspection record {inspection_id!r}; it was deleted past "
+                           "BDI_RECORD_RETENTION_DAYS a moment ago.")
         return review_body(result)
 
     def history(self, inspection_id: str) -> list[dict[str, Any]]:
