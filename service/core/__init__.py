@@ -13,28 +13,38 @@ Where things go (one module per part, each named for the one thing it does):
 - ``status``: a model's state and the service's health.
 - ``datasets``: the sample store operations (upload, list, read, delete, sidecars).
 - ``records``: reading the inspection records.
+- ``drift``: do recent scores still look like the calibration (read by the CLI and the console).
+- ``overview``: what the console's overview and model pages read (one call per page).
+- ``review``: a person's verdict on a record, the review queue, shadow versions (set, summary).
+- ``versions``: list a model's versions, activate one (rollback = activating a retired one).
+- ``learning``: append reviewed false rejects into a staged version with a proposed calibration.
+- ``jobs`` and ``replay``: the job worker (lease, heartbeat) and the replay of a version over records.
 - ``service``: ``InspectionService``, which only builds the shared resources, wires the parts and runs the
   life cycle; it adds no logic of its own.
 
-Later parts get modules of their own here: review (verdicts, queue), versions (stage, activate, rollback),
-jobs (replay), shadow scoring. A part takes the shared resources it needs in its constructor and is wired
-in ``service``.
+A new part gets a module of its own here; it takes the shared resources it needs in its constructor and is
+wired in ``InspectionService.wire()``.
+
+Exported lazily (like ``pipeline`` and ``quality``): an admin command that needs one light part (drift over
+the records) does not import the backbone (torch) through the facade.
 """
 
-from __future__ import annotations
+from ..lazy import lazy_exports
 
-from .calibration import DEFAULT_MM_PER_PX, Calibration
-from .datasets import DatasetSamples
-from .inspection import Inspection, Inspector
-from .memory import ActiveMemories, MemoryCache
-from .records import MAX_PAGE, RecordReader
-from .request import RequestContext, Upload
-from .service import InspectionService
-from .status import ModelStatus
-from .training import Growth, Training
-
-__all__ = [
-    "DEFAULT_MM_PER_PX", "MAX_PAGE", "ActiveMemories", "Calibration", "DatasetSamples", "Growth", "Inspection",
-    "InspectionService", "Inspector", "MemoryCache", "ModelStatus", "RecordReader", "RequestContext", "Training",
-    "Upload",
-]
+__all__, __getattr__ = lazy_exports(__name__, {
+    "DEFAULT_MM_PER_PX": "calibration",
+    "Calibration": "calibration",
+    "DatasetSamples": "datasets",
+    "Inspection": "inspection",
+    "Inspector": "inspection",
+    "ActiveMemories": "memory",
+    "MemoryCache": "memory",
+    "MAX_PAGE": "records",
+    "RecordReader": "records",
+    "RequestContext": "request",
+    "Upload": "request",
+    "InspectionService": "service",
+    "ModelStatus": "status",
+    "Growth": "training",
+    "Training": "training",
+})
