@@ -5,6 +5,7 @@ skipped without them only outside CI)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import shutil
@@ -21,8 +22,9 @@ import uvicorn
 from service.core import Upload
 from service.storage.audit import AuditEvent, AuditFilter
 from service.web.console.controller import model_href
+from service.web.console.overlay import REGION_COLOUR, overlay_png
 from service.web.console.session import COOKIE, SECRET_FILE
-from tests.support import fit, free_port, infer, png_bytes, synthetic_roi
+from tests.support import fit, free_port, infer, make_record, png_bytes, synthetic_roi
 
 ROLE, ROI = "Master1", "inspection-1"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "tools" / "demo"
@@ -111,6 +113,19 @@ def test_kept_images_are_served_once_and_then_from_the_cache(make_client):
         assert picture.shape == (96, 96, 3)  # a thumbnail is never enlarged
         again = client.get(f"/console/inspections/{record['id']}/{kind}", headers={"If-None-Match": first.headers["etag"]})
         assert again.status_code == 304 and again.content == b""
+
+
+def test_the_overlay_outlines_each_recorded_region_where_it_is():
+    """Records keep regions as boxes (x, y, w, h); the overlay drew none of them (it looked for contours) and
+    stacked their labels in the top left corner."""
+    record = make_record(dt.datetime.now(dt.timezone.utc), image_width=96, image_height=96, threshold=None,
+                         regions=[{"x": 40, "y": 40, "w": 20, "h": 16, "area_px": 320.0, "area_mm2": 12.8}])
+    grey = np.full((96, 96, 3), 128, np.uint8)
+    drawn = cv2.imdecode(np.frombuffer(overlay_png(record, png_bytes(grey), png_bytes(grey[:, :, 0])), np.uint8),
+                         cv2.IMREAD_COLOR)
+    for x, y in ((40, 40), (59, 40), (40, 55), (59, 55), (50, 40)):  # corners and an edge of the box
+        assert tuple(drawn[y, x]) == REGION_COLOUR, (x, y)
+    assert tuple(drawn[48, 50]) != REGION_COLOUR  # inside the box: the heat map, not the outline
 
 
 def test_an_unknown_record_or_model_is_a_page_with_a_sentence_and_a_way_back(make_client):
@@ -303,9 +318,18 @@ def live(make_client):
 
 
 def _wait_for(browser, condition, seconds: float = 10):
-    """Poll ``condition(browser)`` until it is true (pages reload themselves, keys navigate)."""
+    """Poll ``condition(browser)`` until it is true (pages reload themselves, keys navigate: an element read
+    while the next page loads is gone, which counts as not yet)."""
+    from selenium.common.exceptions import WebDriverException
+
+    def holds() -> bool:
+        try:
+            return bool(condition(browser))
+        except WebDriverException:
+            return False
+
     deadline = time.monotonic() + seconds
-    while not condition(browser) and time.monotonic() < deadline:
+    while not holds() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert condition(browser)
 
@@ -346,7 +370,9 @@ def test_click_through_lists_review_learn_replay_and_activate(live, browser, tmp
     browser.find_element(By.TAG_NAME, "body").send_keys("o")
     _wait_for(browser, lambda b: "false reject" in b.find_element(By.ID, "review").text)
     assert "model's scale" in browser.find_element(By.TAG_NAME, "figcaption").text
+    browser.set_window_size(1400, 1500)  # the whole page: picture, facts, the review and its buttons
     browser.save_screenshot(str(tmp_path / "console-inspection.png"))
+    browser.set_window_size(1400, 1000)
 
     # the queue: one record after another, NG pressed on the first shows the next
     browser.find_element(By.LINK_TEXT, "Review queue").click()

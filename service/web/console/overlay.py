@@ -66,14 +66,12 @@ def overlay_png(record: InspectionRecord, image_bytes: bytes, heatmap_bytes: byt
     if shape is not None:
         outline, _ = cv2.findContours(inside.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(blended, outline, -1, MASK_COLOUR, 1, cv2.LINE_AA)
-    for region in record.regions or []:
-        contour = np.asarray(region.get("contour") or [], np.int32).reshape(-1, 1, 2)
-        if len(contour):
-            cv2.drawContours(blended, [contour], -1, REGION_COLOUR, 1, cv2.LINE_AA)
-        x, y = (region.get("bbox") or [0, 0])[:2]
+    for region in record.regions or []:  # a record keeps each region's box (x, y, w, h) and its areas
+        x, y, w, h = (int(region.get(key, 0)) for key in ("x", "y", "w", "h"))
+        cv2.rectangle(blended, (x, y), (x + max(w, 1) - 1, y + max(h, 1) - 1), REGION_COLOUR, 1)
         label = f"{region.get('area_mm2', 0):.1f} mm2"
-        cv2.putText(blended, label, (int(x), max(10, int(y) - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.35, REGION_COLOUR, 1,
-                    cv2.LINE_AA)
+        cv2.putText(blended, label, (x, y - 3 if y >= 12 else y + max(h, 1) + 10), cv2.FONT_HERSHEY_SIMPLEX, 0.3,
+                    REGION_COLOUR, 1, cv2.LINE_AA)
     return _png(blended)
 
 
