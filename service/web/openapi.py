@@ -32,6 +32,7 @@ from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
 
 from ..errors import InsufficientStorage
+from ..storage.keys import ROLES
 from . import auth, shared
 from .audit import schemas as audit_schemas
 from .auth import INSPECTOR
@@ -218,7 +219,8 @@ SECURITY_SCHEMES = {
 
 def document_roles(openapi: OpenAPI, roles: dict[tuple[str, str], str]) -> None:
     """Each operation's role (``auth.route_roles``): the key it accepts (security) and its 401 and 403 answers,
-    the 403 naming the role. Public operations (/health) get neither."""
+    the 403 naming the role. Public operations (/health) get neither, and those of the least role no 403: every key
+    has that role or a higher one."""
     openapi.components = openapi.components or Components()
     openapi.components.security_schemes = dict(SECURITY_SCHEMES)
     for path, item in (openapi.paths or {}).items():
@@ -228,14 +230,13 @@ def document_roles(openapi: OpenAPI, roles: dict[tuple[str, str], str]) -> None:
             if operation is None or role is None or role == auth.PUBLIC:
                 continue
             operation.security = [{"ApiKey": []}, {"Bearer": []}]
-            operation.responses = {
-                **(operation.responses or {}),
-                "401": _error_response(401, "No API key, or one this service does not know or that was revoked, "
-                                            "while keys exist (`bdi keys add`, BDI_API_KEY); with none the service "
-                                            "is open."),
-                "403": _error_response(403, f"The key's role is below {role}: this operation needs the role "
-                                            f"`{role}` or higher (inspector < setup < engineer < admin)."),
-            }
+            answers = {"401": _error_response(401, "No API key, or one this service does not know or that was "
+                                                   "revoked, while keys exist (`bdi keys add`, BDI_API_KEY); with "
+                                                   "none the service is open.")}
+            if role != ROLES[0]:
+                answers["403"] = _error_response(403, f"The key's role is below {role}: this operation needs the "
+                                                      f"role `{role}` or higher ({' < '.join(ROLES)}).")
+            operation.responses = {**(operation.responses or {}), **answers}
             operation.responses = dict(sorted(operation.responses.items()))
 
 
@@ -253,7 +254,7 @@ def openapi_30(document: dict[str, Any]) -> dict[str, Any]:
     Litestar writes 3.1 only. The 3.1 parts of this document become: a ``oneOf`` with ``{"type": "null"}``
     or a ``type`` list with ``"null"`` → ``nullable: true``, schema ``examples`` → ``example``;
     ``contentMediaType`` is dropped (``format: binary`` already marks files), and so is an empty ``required``
-    list.
+    list; a ``const`` (a one-value ``Literal``) becomes a one-value ``enum``.
     """
 
     def walk(node: Any) -> Any:
@@ -280,6 +281,8 @@ def _schema_30(schema: Any) -> Any:
         del out["required"]
     if schema.get("examples"):
         out["example"] = schema["examples"][0]
+    if "const" in out:  # 3.0 has no const
+        out["enum"] = [out.pop("const")]
     if "properties" in out:
         out["properties"] = {name: _schema_30(value) for name, value in out["properties"].items()}
     for key in ("items", "additionalProperties"):
