@@ -93,14 +93,6 @@ def _import_record(opened: OpenedModels, state: ModelState) -> dict[str, Any] | 
     return manifest.get("imported") if isinstance(manifest.get("imported"), dict) else None
 
 
-def _import_record(opened: OpenedModels, state: ModelState) -> dict[str, Any] | None:
-    """The active version's import record (None unless it came from a bundle)."""
-    if state.active is None or state.active.source != "imported":
-        return None
-    manifest = opened.store.version_files(opened.store.root / state.folder, state.active_version).manifest
-    return manifest.get("imported") if isinstance(manifest.get("imported"), dict) else None
-
-
 @models.command()
 @click.argument("role_id")
 @click.argument("roi_id")

@@ -128,10 +128,10 @@ class InspectionService:
                                        self.inspector)
         self.datasets = DatasetSamples(settings, samples, registry)
         self.record_reader = RecordReader(settings, self.records)
-        self.reviews = Reviews(registry, self.record_reader)
         self.version_control = Versions(settings, store, registry, self.status, extractor.grid)
         self.learning = Learning(settings, extractor, store, registry, memories, self.status, self.training,
                                  self.inspector)
+        self.reviews = Reviews(registry, self.record_reader)
         self.jobs = JobRunner(JobStore(registry.engine, settings.job_heartbeat_s))
         self.replayer = Replay(settings, extractor, registry, self.records.root, memories, self.inspector,
                                self.batcher, self.jobs)

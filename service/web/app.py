@@ -46,8 +46,7 @@ def create_app(settings: Settings | None = None, service: InspectionService | No
 
     app = Litestar(
         route_handlers=[InspectionController, DatasetsController, RecordsController, MonitoringController, AuditController,
-                        JobsController, ReviewsController, ShadowController,
-                        VersionsController,
+                        JobsController, ReviewsController, ShadowController, VersionsController,
                         *DOC_ROUTES, ConsoleController,
                         create_static_files_router("/console/static", [STATIC], include_in_schema=False,
                                                    guards=[ANYONE])],

@@ -361,7 +361,8 @@ def test_fit_then_calibrate_from_a_dataset_folder(dataset, tmp_path, shared_back
     assert shown["n_embeddings"] == 4 * 64  # four OK samples; the mask and the stray sample are not
     assert shown["threshold"] is None
 
-    calibrated = bdi(models_dir, "calibrate", "R", "r/1", "--dataset", str(dataset), "--score-percentile", "95")
+    calibrated = bdi(models_dir, "calibrate", "R", "r/1", "--dataset", str(dataset), "--score-percentile", "95",
+                     "--allow-fitted")  # every OK sample was fitted: calibrating on them needs saying so
     assert calibrated.exit_code == 0, calibrated.output
     assert "on 4 OK and 2 NG sample(s)" in calibrated.stdout
     history = as_json(bdi(models_dir, "models", "history", "R", "r/1", "--json"))
