@@ -41,7 +41,9 @@ def test_bench_reports_every_measure_and_checks_the_concurrent_answers(tmp_path)
                                       "append_over_n_forwards", "refit_over_n_forwards",
                                       "append_per_image_over_refit_per_image",
                                       "calibrate_dataset_over_n_forwards", "calibrate_dataset_per_sample_over_infer_p50",
-                                      "infer_p50_recording_over_off", "infer_p50_shadow_over_plain"}
+                                      "infer_p50_recording_over_off", "infer_p50_shadow_over_plain",
+                                      "replay_images_per_s_times_forward", "infer_p50_during_replay_over_idle"}
+    assert results["replay"]["images"] > 0  # the replay job scored recorded images while /infer was measured
     assert results["calibrate_dataset"]["samples"] == 4 and results["calibrate_dataset"]["samples_in_120_s"] > 0
     recording = results["recording"]
     assert recording["n"] == 2 and recording["records_written_off"] == 0

@@ -23,6 +23,7 @@ from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.python.asgi import shutdown_lifespans  # noqa: E402
 
 from service.core import InspectionService, Upload  # noqa: E402
+from service.storage.audit import AuditEvent  # noqa: E402
 from service.validation import MAX_MM_PER_PX  # noqa: E402
 from service.web import create_app  # noqa: E402
 from tests.support import make_settings, png_bytes, synthetic_roi  # noqa: E402
@@ -36,7 +37,9 @@ OPERATIONS = [("/health", "GET"), ("/fit_ok", "POST"), ("/calibrate_ng", "POST")
               ("/metrics", "GET")]
 # Every check but positive_data_acceptance: schema-valid input is refused by design when its content is bad
 # (an image that does not decode, a shape that covers no pixel), with a documented 4xx.
-CONFIG = {"checks": {"positive_data_acceptance": {"enabled": False}}}
+# ignored_auth swaps one of the two documented credentials for a made-up one while the other stays valid; who
+# may call what is checked route by route in tests/web/test_roles.py (401, 403, every role)
+CONFIG = {"checks": {"positive_data_acceptance": {"enabled": False}, "ignored_auth": {"enabled": False}}}
 
 
 def _encode(ext: str, image: np.ndarray) -> bytes:
@@ -96,7 +99,11 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory, extractor: Any) -> Iter
     service.fit(ROLE, ROI, 0.2, [Upload(f"ok_{s}.png", png_bytes(synthetic_roi(64, 48, s))) for s in range(2)])
     service.calibrate(ROLE, ROI, [0.0])
     try:
-        yield schemathesis.openapi.from_asgi("/openapi.json", app, config=schemathesis.Config.from_dict(CONFIG))
+        schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=schemathesis.Config.from_dict(CONFIG))
+        # with a key in the registry the service enforces what the document's security says (open without keys
+        # is the GUIs' compatibility mode, which the document can't express): schemathesis checks that too
+        token = service.registry.keys.add("fuzz", "admin", AuditEvent("key_add", actor="cli:test"))
+        yield schema, token
     finally:
         shutdown_lifespans()
         service.close()
@@ -104,7 +111,8 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory, extractor: Any) -> Iter
 
 @pytest.mark.parametrize("path, method", OPERATIONS, ids=[path for path, _ in OPERATIONS])
 def test_fuzzed_requests_get_documented_answers(api_schema, path, method):
-    operation = api_schema[path][method]
+    schema, token = api_schema
+    operation = schema[path][method]
     strategies = [operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)]
     if (bodies := _on_the_fitted_model(path)) is not None:
         strategies += [bodies.flatmap(lambda body: operation.as_strategy(body=body))] * 2  # half the examples
@@ -112,6 +120,7 @@ def test_fuzzed_requests_get_documented_answers(api_schema, path, method):
     @given(case=st.one_of(strategies))
     @settings(max_examples=40, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     def run(case: Any) -> None:
+        case.headers = {**(case.headers or {}), "X-API-Key": token}
         case.call_and_validate(timeout=60)  # a hung request fails the test instead of stalling CI
 
     run()
