@@ -22,7 +22,6 @@ from sqlalchemy import delete, event, func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from ...errors import Conflict, NotFound
 from ...settings import Settings
 from ...validation import DEFAULT_RECIPE
 from ..artifacts import ModelStore
@@ -33,7 +32,9 @@ from ..reading import ModelFolder
 from ..versions import ACTIVE, RETIRED, STAGED, VersionFiles
 from .audit import AuditEvent, AuditLog, write_audit
 from .engine import is_sqlite, make_engine, make_locks, unavailable_as_503
-from .tables import Calibration, InspectionRow, MemoryVersion, Model, Recipe
+from .recipe_rows import RecipeRows
+from .shadow_rows import ShadowRows
+from .tables import Calibration, InspectionRow, MemoryVersion, Model
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def open_storage(settings: Settings) -> tuple[ModelStore, Registry]:
     return ModelStore(settings.models_dir, settings.keep_versions, registry.locks), registry
 
 
-class Registry:
+class Registry(RecipeRows, ShadowRows):
     """The registry database. ``locks`` are the ones fit for it (``engine.make_locks``); a connection
     failure or timeout of a database server is ``RegistryUnavailable`` (503) wherever it happens."""
 
@@ -517,37 +518,6 @@ class Registry:
         with self._write() as session, session.begin():
             write_audit(session, event)
 
-    def set_shadow(
-        self, role_id: str, roi_id: str, version: int | None, audit: AuditEvent, *, recipe_id: str = DEFAULT_RECIPE
-    ) -> tuple[int | None, str | None]:
-        """Make ``version`` (a registered version other than the active one) score the model's live traffic beside
-        the active one, or stop with None; ``audit``'s row commits with it. (version, since): the same version
-        again keeps its ``since``, so the comparison it has gathered goes on."""
-        with self._write() as session, session.begin():
-            model = self._find(session, recipe_id, role_id, roi_id)
-            if model is None:
-                raise NotFound(f"There is no model role_id={role_id!r}, roi_id={roi_id!r} of recipe {recipe_id!r}; "
-                               "fit it first.")
-            before = model.shadow_version
-            if version is not None and version != before:
-                if version == model.active_version:
-                    raise Conflict(f"Version {version} is the active version of role_id={role_id!r}, "
-                                   f"roi_id={roi_id!r}; shadow a staged or retired version (GET /models/versions).")
-                registered = session.scalar(select(MemoryVersion.id).where(
-                    MemoryVersion.model_id == model.id, MemoryVersion.version == version))
-                if registered is None:
-                    raise NotFound(f"role_id={role_id!r}, roi_id={roi_id!r} has no version {version}; "
-                                   "GET /models/versions lists the versions it keeps.")
-                model.shadow_since = utc_now()
-            model.shadow_version = version
-            if version is None:
-                model.shadow_since = None
-            write_audit(session, audit.about(
-                recipe_id=recipe_id, role_id=role_id, roi_id=roi_id, version_before=model.active_version,
-                version_after=model.active_version, details={"shadow_before": before, "shadow_after": version},
-            ))
-            return model.shadow_version, model.shadow_since
-
     @staticmethod
     def _threshold(session: Session, model: Model) -> float | None:
         """The threshold of the model's newest calibration (None: uncalibrated)."""
@@ -568,44 +538,6 @@ class Registry:
             session.flush()
         model.folder = folder
         return model
-
-    # ---- recipes --------------------------------------------------------------------------------
-    def recipe_mm_per_px(self, recipe_id: str) -> float | None:
-        """A named recipe's locked mm_per_px; None while none is locked."""
-        with self._read() as session, session.begin():
-            return session.scalar(select(Recipe.mm_per_px).where(Recipe.recipe_id == recipe_id))
-
-    def recipes(self) -> dict[str, float | None]:
-        with self._read() as session, session.begin():
-            return dict(session.execute(select(Recipe.recipe_id, Recipe.mm_per_px).order_by(Recipe.recipe_id)).all())
-
-    def sync_recipe(
-        self, recipe_id: str, mm_per_px: float | None, created_at: str, audit: AuditEvent | None = None
-    ) -> None:
-        """Make the row of one recipe say what its recipe.json says; ``audit``'s row (the value before and
-        after in its details) commits with it."""
-        with self._write() as session, session.begin():
-            row = session.get(Recipe, recipe_id)
-            before = row.mm_per_px if row is not None else None
-            if row is None:
-                session.add(Recipe(recipe_id=recipe_id, mm_per_px=mm_per_px, created_at=created_at))
-            else:
-                row.mm_per_px = mm_per_px
-            if audit is not None:
-                details = {**(audit.details or {}), "mm_per_px_before": before, "mm_per_px_after": mm_per_px}
-                write_audit(session, audit.about(recipe_id=recipe_id, details=details))
-
-    def sync_recipes(self, store: ModelStore) -> None:
-        """The recipes table rebuilt from the recipes' files (start-up, reindex)."""
-        on_disk = {recipe_id: store.read_recipe(folder) for recipe_id, folder in store.recipes()}
-        with self._write() as session, session.begin():
-            session.execute(delete(Recipe).where(Recipe.recipe_id.not_in(list(on_disk))))
-        for recipe_id, payload in on_disk.items():
-            mm_per_px = payload.get("mm_per_px")
-            self.sync_recipe(
-                recipe_id, float(mm_per_px) if isinstance(mm_per_px, (int, float)) else None,
-                str(payload.get("created_at_utc") or utc_now()),
-            )
 
 
 def calibration_uid(folder: str, entry: dict[str, Any]) -> str:
