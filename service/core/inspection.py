@@ -207,15 +207,16 @@ class Inspector:
             logger.warning("The shadow version %d of recipe=%r role=%r roi=%r was not scored: %s", shadow.version,
                            state.recipe_id, state.role_id, state.roi_id, exc)
             return {}
-        own = self._own_calibration(state, shadow.version) if shadow.calibration is None else shadow.calibration.values
+        own = self.proposed_calibration(state, shadow.version) if shadow.calibration is None else shadow.calibration.values
         values = own or (state.calibration.values if state.calibration is not None else {})
         score = image_score(amap, mask, values.get("score_percentile") or self.settings.score_percentile)
         threshold = values.get("threshold")
         decision = None if threshold is None else ("ng" if score >= threshold else "ok")
         return {"shadow_version": shadow.version, "shadow_score": score, "shadow_decision": decision}
 
-    def _own_calibration(self, state: ModelState, version: int) -> dict[str, Any] | None:
-        """The calibration a version without one made for it proposes for itself (a learn's, in its manifest)."""
+    def proposed_calibration(self, state: ModelState, version: int) -> dict[str, Any] | None:
+        """The calibration a version without one made for it proposes for itself (a learn's, in its manifest);
+        shadow scoring and replay judge such a version by it."""
         try:
             proposed = self.store.version_files(self.store.root / state.folder, version).manifest.get("calibration")
         except (OSError, ValueError):

@@ -1,7 +1,7 @@
 """Replay: what would change if a version of a model were active, judged on what the line already inspected.
 
-A replay job scores ``version`` (its own calibration when it has one, else the active threshold) on the kept
-images of the model's last ``last`` records plus every reviewed record with a kept image, each with the record's
+A replay job scores ``version`` (its own calibration when it has one, else the one its learn proposed, else the
+active threshold) on the kept images of the model's last ``last`` records plus every reviewed record with a kept image, each with the record's
 shape (null: the whole image) and mm_per_px, and compares with what was answered then (``compare``). It changes
 nothing. Its forwards go through the /infer batcher's background lane (``MicroBatcher.extract_later``): /infer
 images always go first, and the next replay image is decoded while the current one's forward runs.
@@ -114,11 +114,13 @@ class Replay:
         state = fresh
         index = self.memories.of_version(state, version)
         _, calibrations = self.registry.history(state.role_id, state.roi_id, recipe_id=state.recipe_id)
-        own = next((c for c in calibrations if c.memory_version == version), None)
+        own = next((c.values for c in calibrations if c.memory_version == version), None)
         active = state.calibration
-        judging = own or active
-        threshold = judging.values["threshold"] if judging is not None else None
-        percentile = (judging.values.get("score_percentile") if judging is not None else None) \
+        # as shadow scoring does: a calibration made for the version, else the one its learn proposed, else active
+        judging = own or self.inspector.proposed_calibration(state, version) or (
+            active.values if active is not None else None)
+        threshold = judging["threshold"] if judging is not None else None
+        percentile = (judging.get("score_percentile") if judging is not None else None) \
             or self.settings.score_percentile
         records = records_to_replay(self.registry.engine, state.recipe_id, state.role_id, state.roi_id, last)
         items: list[dict[str, Any]] = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 
 import pytest
 
@@ -287,3 +288,24 @@ def test_a_learned_staged_version_shadows_under_the_calibration_it_proposes(make
         assert record["shadow_version"] == learned.json()["version"] and record["decision"] == "ng"
         assert record["shadow_decision"] == ("ng" if record["shadow_score"] >= proposed else "ok")
     assert "ok" in {record["shadow_decision"] for record in records}  # judged by the proposal, not by 0.01
+
+    # a replay of the staged version judges it by the same proposal the shadow used
+    job = client.post("/models/replay", json={"role_id": ROLE, "roi_id": ROI, "version": learned.json()["version"]})
+    assert job.status_code == 202, job.text
+    deadline = time.monotonic() + 120
+    while (status := client.get(f"/jobs/{job.json()['job_id']}").json())["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert status["status"] == "done", status
+    for item in status["result"]["items"]:
+        assert item["new_decision"] == ("ng" if item["new_score"] >= proposed else "ok")
+    assert "ok" in {item["new_decision"] for item in status["result"]["items"]}
+
+    # once active, the version stops shadowing (it would be compared with itself)
+    activated = client.post("/models/activate", json={"role_id": ROLE, "roi_id": ROI,
+                                                      "version": learned.json()["version"]})
+    assert activated.status_code == 200, activated.text
+    shadow = client.get("/models/shadow", params={"role_id": ROLE, "roi_id": ROI}).json()
+    assert shadow["version"] is None
+    versions = client.get("/models/versions", params={"role_id": ROLE, "roi_id": ROI}).json()["items"]
+    assert not any(item["shadow"] for item in versions)

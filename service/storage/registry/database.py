@@ -463,7 +463,10 @@ class Registry(RecipeRows, ShadowRows):
     @staticmethod
     def _set_statuses(session: Session, model: Model, store: ModelStore, folder: Path) -> None:
         """Each version row's status: the model's active version is active, those the files say are staged
-        staged, every other retired."""
+        staged, every other retired. A shadow version that became active (activate, rollback) stops shadowing:
+        it would only be compared with itself."""
+        if model.shadow_version is not None and model.shadow_version == model.active_version:
+            model.shadow_version = model.shadow_since = None
         staged = store.staged_versions(folder)
         for row in session.scalars(select(MemoryVersion).where(MemoryVersion.model_id == model.id)).all():
             row.status = ACTIVE if row.version == model.active_version else STAGED if row.version in staged else RETIRED
