@@ -9,14 +9,14 @@ import json
 from tests.support import make_record
 
 UTC = dt.timezone.utc
-NOW = dt.datetime.now(UTC).replace(microsecond=0)
 
 
 def _two_recipes(client):
     store = client.app.state.service.records
-    rows = [make_record(NOW - dt.timedelta(minutes=1), recipe_id="line2-disc"),
-            make_record(NOW - dt.timedelta(minutes=2), recipe_id="default"),
-            make_record(NOW - dt.timedelta(days=10), recipe_id="line2-disc")]
+    now = dt.datetime.now(UTC).replace(microsecond=0)  # at the call: ages like "5m" count from the request's now
+    rows = [make_record(now - dt.timedelta(minutes=1), recipe_id="line2-disc"),
+            make_record(now - dt.timedelta(minutes=2), recipe_id="default"),
+            make_record(now - dt.timedelta(days=10), recipe_id="line2-disc")]
     store.insert(rows)
     return rows
 
@@ -45,7 +45,7 @@ def test_since_takes_an_age_as_the_cli_does(client):
     assert [item["id"] for item in week.json()["items"]] == [rows[0].id, rows[1].id]
     assert len(client.get("/inspections", params={"since": "2w"}).json()["items"]) == 3
     assert len(client.get("/inspections", params={"until": "5m"}).json()["items"]) == 1
-    iso = client.get("/inspections", params={"since": (NOW - dt.timedelta(minutes=90)).isoformat()})
+    iso = client.get("/inspections", params={"since": (rows[0].created_at - dt.timedelta(minutes=89)).isoformat()})
     assert len(iso.json()["items"]) == 2
     for bad in ("yesterday", "1700000000", "2026-13-01T00:00:00Z"):
         refused = client.get("/inspections", params={"since": bad})
